@@ -71,7 +71,7 @@ def open_engine(path_or_url: str | Path, *, create: bool = True) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         if create:
             # Import the modules that define tables so create_all sees them all.
-            import gated.holds  # noqa: F401
+            import gated.holds
             import gated.store  # noqa: F401
 
             metadata.create_all(engine)

@@ -1,0 +1,41 @@
+# gated: `make demo`, `make test`, `make bench` on a fresh Debian machine with Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint typecheck unit schema system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## The demo gate: embedded broker, simulated lanes, the daemon, scripted trucks (Ctrl-C to stop).
+demo: $(STAMP)
+	$(BIN)/gated demo $(DEMO_ARGS)
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Everything: lint, types, and the whole test suite on real parts.
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/gated bench policy
+	$(BIN)/gated bench store
+
+schema: $(STAMP)
+	$(BIN)/python -c "from gated.config import json_schema; open('config/gated.schema.json', 'w').write(json_schema())"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

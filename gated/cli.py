@@ -1,0 +1,160 @@
+"""The ``gated`` command line (CONTRACT section 2).
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error (argparse), 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gated import __version__
+from gated.errors import ConfigError, GatedError
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2
+EX_CONFIG = 78
+
+log = logging.getLogger("gated")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from gated import holds_cli
+
+    parser = argparse.ArgumentParser(
+        prog="gated",
+        description="Port gate automation: device drivers, normalised readings over MQTT, customs "
+        "hold checks and gate decisions.",
+    )
+    parser.add_argument("--version", action="version", version=f"gated {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run the gate daemon")
+    run.add_argument("--config", required=True, metavar="PATH")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check-config", help="validate a config (exit 78 with one line per problem)")
+    check.add_argument("--config", required=True, metavar="PATH")
+    check.set_defaults(handler=_check_config)
+
+    demo = commands.add_parser(
+        "demo", help="a whole demo gate: embedded broker, simulators, daemon, scripted trucks"
+    )
+    demo.add_argument("--lanes", type=int, default=2, help="number of lanes (default 2)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS and exit 0")
+    demo.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port (default 1883)")
+    demo.add_argument("--broker", default=None, metavar="URL", help="use mqtt://host:port instead")
+    demo.add_argument(
+        "--console-port", type=int, default=None, help="(the operator console is not built yet)"
+    )
+    demo.add_argument("--data-dir", default=None, help="where the demo keeps its database (default: temp)")
+    demo.set_defaults(handler=_demo)
+
+    database = argparse.ArgumentParser(add_help=False)
+    source = database.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="PATH", help="take the database from this config")
+    source.add_argument("--db", metavar="PATH_OR_URL", help="SQLite file or SQLAlchemy URL")
+
+    holds_cli.register(commands, parents=[database])
+
+    query = commands.add_parser(
+        "query", parents=[database], help="everything known about one container number"
+    )
+    query.add_argument("container")
+    query.add_argument("--json", action="store_true")
+    query.set_defaults(handler=_query)
+
+    bench = commands.add_parser("bench", help="run a benchmark; the last stdout line is JSON")
+    bench.add_argument("name", choices=["policy", "store"], help="which benchmark")
+    bench.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if hasattr(args, "func"):  # the holds sub-commands
+            return int(args.func(args, _engine(args)))
+        return int(args.handler(args))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    except GatedError as error:
+        print(f"gated: {error}", file=sys.stderr)
+        return EX_FAILURE
+    except KeyboardInterrupt:
+        return EX_FAILURE
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from gated.config import load_config
+    from gated.db import open_engine
+
+    if getattr(args, "db", None):
+        return open_engine(args.db)
+    if getattr(args, "config", None):
+        return open_engine(load_config(args.config).storage.database)
+    raise ConfigError(["give the database with --db PATH or --config PATH"])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gated.config import load_config
+    from gated.daemon import Daemon
+
+    Daemon(load_config(args.config)).run_forever()
+    return EX_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gated.config import load_config
+    from gated.devices import check_devices
+
+    config = load_config(args.config)
+    problems = check_devices([(lane.id, device) for lane in config.lanes for device in lane.devices])
+    if problems:
+        raise ConfigError(problems)
+    devices = sum(len(lane.devices) for lane in config.lanes)
+    print(f"{args.config}: valid ({len(config.lanes)} lanes, {devices} devices)")
+    return EX_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from simulators.demo import run_demo
+
+    return run_demo(
+        lanes=args.lanes,
+        duration=args.duration,
+        mqtt_port=args.mqtt_port,
+        broker=args.broker,
+        data_dir=args.data_dir,
+    )
+
+
+def _query(args: argparse.Namespace) -> int:
+    from gated.query import query_container, render_text
+
+    report = query_container(_engine(args), args.container)
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return EX_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gated.bench import run_bench
+
+    result = run_bench(args.name, quick=args.quick)
+    print(json.dumps(result))
+    return EX_OK

@@ -1,0 +1,220 @@
+"""The configuration schema (TOML), validated with pydantic.
+
+Unknown keys and wrong types are errors that name the file and the key path; nothing is silently
+fixed or dropped. ``load_config`` is the only way the daemon reads a config.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gated.errors import ConfigError
+from gated.model import IDENTIFIER, RESERVED_LANE_IDS
+
+Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    keepalive: int = Field(30, ge=5, le=3600, description="Seconds between MQTT keepalive pings.")
+    client_id: str | None = Field(None, description="Defaults to gated-{site}-{node}.")
+    username: str | None = None
+    password_file: str | None = Field(None, description="File holding the MQTT password.")
+    max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged QoS 1 messages at once.")
+
+
+class StorageConfig(_Strict):
+    database: str = Field(
+        "/var/lib/gated/gated.db",
+        description="SQLite file path (relative to the config file) or an SQLAlchemy URL.",
+    )
+
+
+class HoldsConfig(_Strict):
+    max_age_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="A hold list not updated for longer than this is stale: no automatic release.",
+    )
+
+
+class RfidSerialDevice(_Strict):
+    id: Identifier
+    driver: Literal["rfid-serial"]
+    url: str = Field(description="A tty path, or socket://host:port for a serial device server.")
+    baudrate: int = Field(9600, gt=0)
+    repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
+
+
+class RpmModbusDevice(_Strict):
+    id: Identifier
+    driver: Literal["rpm-modbus"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247)
+    profile: str = Field(description="Register map profile (TOML), relative to the config file.")
+    poll_interval_seconds: float = Field(0.2, gt=0, le=10)
+    timeout_seconds: float = Field(1.0, gt=0, le=30)
+
+
+class OcrCameraDevice(_Strict):
+    id: Identifier
+    driver: Literal["ocr-camera"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    min_confidence: float = Field(0.9, ge=0, le=1)
+    silence_timeout_seconds: float = Field(3.0, gt=0)
+
+
+DeviceConfig = Annotated[RfidSerialDevice | RpmModbusDevice | OcrCameraDevice, Field(discriminator="driver")]
+
+RequiredKind = Literal["rfid", "ocr", "rpm"]
+DEFAULT_REQUIRE: tuple[RequiredKind, ...] = ("ocr", "rpm")
+
+DEVICE_KINDS = {"rfid-serial": "rfid", "rpm-modbus": "rpm", "ocr-camera": "ocr"}
+
+
+class LaneConfig(_Strict):
+    id: Identifier
+    visit_timeout_seconds: float = Field(
+        60.0, gt=0, description="A visit closes after this long even if incomplete (and cannot release)."
+    )
+    settle_seconds: float = Field(
+        1.0, ge=0, description="After the last expected reading, wait this long for late ones."
+    )
+    require: list[RequiredKind] = Field(
+        default_factory=lambda: list(DEFAULT_REQUIRE),
+        description="Device kinds whose report completes a visit; a missing one means no release.",
+    )
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_LANE_IDS:
+            raise ValueError(f"a lane may not be named {value!r} (reserved topic level)")
+        return value
+
+    @model_validator(mode="after")
+    def _devices_fit(self) -> LaneConfig:
+        ids = [device.id for device in self.devices]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"device ids must be unique within a lane: {', '.join(duplicates)}")
+        kinds = {DEVICE_KINDS[device.driver] for device in self.devices}
+        missing = [kind for kind in self.require if kind not in kinds]
+        if missing:
+            raise ValueError(f"require lists {', '.join(missing)} but the lane has no such device")
+        return self
+
+
+class GateConfig(_Strict):
+    site: Identifier
+    node: Identifier = "gate-1"
+    mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig())
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+    holds: HoldsConfig = Field(default_factory=lambda: HoldsConfig())
+    lanes: list[LaneConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lanes_unique(self) -> GateConfig:
+        ids = [lane.id for lane in self.lanes]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"lane ids must be unique: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"gated/v1/{self.site}"
+
+
+def _key_path(location: tuple[int | str, ...], data: Any) -> str:
+    """A readable key path: lanes[0].devices[1].port, naming the list item by its id when known."""
+    parts: list[str] = []
+    node = data
+    for item in location:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], dict):
+                ident = node[item].get("id")
+                if isinstance(ident, str):
+                    label = f"[{item}:{ident}]"
+            parts.append(label)
+            node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
+        else:
+            # Discriminated unions put the tag into the location; it is not a key the user wrote.
+            if isinstance(node, dict) and item not in node and item in DEVICE_KINDS:
+                continue
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def validate(data: Any, *, source: str = "<config>") -> GateConfig:
+    """Validate parsed TOML; raises ``ConfigError`` with one line per problem."""
+    try:
+        return GateConfig.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            path = _key_path(tuple(item["loc"]), data)
+            message = item["msg"]
+            if item["type"] == "extra_forbidden":
+                message = "unknown key"
+            elif item["type"] == "missing":
+                message = "required key is missing"
+            problems.append(f"{source}: {path}: {message}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path) -> GateConfig:
+    """Read and validate a TOML config file; file paths in it are resolved against its folder."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{file}: cannot read: {error}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{file}: not valid TOML: {error}"]) from None
+    config = validate(data, source=str(file))
+    return _resolve_paths(config, file.parent)
+
+
+def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
+    def resolve(value: str) -> str:
+        if "://" in value or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    lanes = []
+    for lane in config.lanes:
+        devices = [
+            device.model_copy(update={"profile": resolve(device.profile)})
+            if isinstance(device, RpmModbusDevice)
+            else device
+            for device in lane.devices
+        ]
+        lanes.append(lane.model_copy(update={"devices": devices}))
+    storage = config.storage.model_copy(update={"database": resolve(config.storage.database)})
+    return config.model_copy(update={"lanes": lanes, "storage": storage})
+
+
+def json_schema() -> str:
+    """The JSON Schema of the config file, as shipped in config/gated.schema.json."""
+    schema = GateConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gated configuration"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,121 @@
+"""Visit correlation: which readings belong to which truck, per lane.
+
+A visit opens on the first reading that says a truck is there (an RFID tag, the RPM's occupancy,
+or a camera read), gathers the lane's readings, and closes either when every required device has
+reported and a short settle time has passed (late readings still join), or on a timeout. Time
+comes from an injected clock, so tests drive it deterministically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gated.clock import Clock
+from gated.model import Reading, Source, Visit, new_id
+
+# The reading that tells each required kind has reported on this truck.
+COMPLETES = {"rfid": Source.EPC, "ocr": Source.PASSAGE_END, "rpm": Source.SCREENING}
+# Readings that belong to a truck (others, like background counts between trucks, do not).
+VISIT_SOURCES = frozenset(
+    {
+        Source.EPC,
+        Source.CONTAINER_NUMBER,
+        Source.PASSAGE_END,
+        Source.OCCUPANCY,
+        Source.GAMMA_CPS,
+        Source.GAMMA_BACKGROUND_CPS,
+        Source.NEUTRON_CPS,
+        Source.NEUTRON_BACKGROUND_CPS,
+        Source.SCREENING,
+        "size_type",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneRules:
+    lane: str
+    require: frozenset[str]
+    visit_timeout: float
+    settle: float
+
+
+class LaneCorrelator:
+    """The open visit of one lane. Not thread-safe: the pipeline thread owns it."""
+
+    def __init__(self, rules: LaneRules, clock: Clock) -> None:
+        self.rules = rules
+        self.clock = clock
+        self.visit: Visit | None = None
+        self._opened_monotonic = 0.0
+        self._complete_since: float | None = None
+
+    def accept(self, reading: Reading) -> tuple[Reading, list[Visit], Visit | None]:
+        """Attach ``reading`` to the lane's visit.
+
+        Returns the reading (with its visit id, or unchanged when it belongs to no truck), the
+        visits this reading closed (a new truck ends the previous one), and the visit it opened."""
+        if reading.source not in VISIT_SOURCES:
+            return reading, [], None
+        closed: list[Visit] = []
+        opened: Visit | None = None
+        if self.visit is not None and self._starts_new_truck(reading):
+            closed.append(self._close("superseded"))
+        if self.visit is None:
+            if reading.source == Source.OCCUPANCY and reading.value is False:
+                return reading, closed, None  # the end of a pass nobody saw start
+            opened = self._open(reading)
+        assert self.visit is not None
+        attached = reading.in_visit(self.visit.id)
+        self.visit = self.visit.with_reading(attached)
+        if self._complete_since is None and self._is_complete(self.visit):
+            self._complete_since = self.clock.monotonic()
+        return attached, closed, opened
+
+    def _starts_new_truck(self, reading: Reading) -> bool:
+        assert self.visit is not None
+        if reading.source == Source.EPC:
+            tags = {r.value for r in self.visit.of_source(Source.EPC)}
+            return bool(tags) and reading.value not in tags
+        if reading.source == Source.OCCUPANCY and reading.value is True:
+            # A second occupancy after this visit's pass ended is the next truck.
+            return any(r.value is False for r in self.visit.of_source(Source.OCCUPANCY))
+        if reading.source == Source.CONTAINER_NUMBER:
+            return bool(self.visit.of_source(Source.PASSAGE_END))
+        return False
+
+    def _is_complete(self, visit: Visit) -> bool:
+        return all(visit.of_source(COMPLETES[kind]) for kind in self.rules.require)
+
+    def _open(self, reading: Reading) -> Visit:
+        self.visit = Visit(
+            id=new_id(),
+            lane=self.rules.lane,
+            opened_at=reading.ts,
+            trigger=f"{reading.kind}:{reading.source}",
+        )
+        self._opened_monotonic = self.clock.monotonic()
+        self._complete_since = None
+        return self.visit
+
+    def _close(self, cause: str) -> Visit:
+        assert self.visit is not None
+        closed = self.visit.closed(self.clock.now(), cause)
+        self.visit = None
+        self._complete_since = None
+        return closed
+
+    def tick(self) -> list[Visit]:
+        """Close the visit if it is complete and settled, or has timed out."""
+        if self.visit is None:
+            return []
+        now = self.clock.monotonic()
+        if self._complete_since is not None and now - self._complete_since >= self.rules.settle:
+            return [self._close("complete")]
+        if now - self._opened_monotonic >= self.rules.visit_timeout:
+            return [self._close("timeout")]
+        return []
+
+    def close_open(self, cause: str) -> list[Visit]:
+        """Close whatever is open (at shutdown): it is decided, and so never released blindly."""
+        return [self._close(cause)] if self.visit is not None else []

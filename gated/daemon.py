@@ -1,0 +1,132 @@
+"""The daemon: builds the pipeline, the drivers and the publisher from a config and runs them.
+
+Threads: one per driver, the pipeline thread, and the publisher (plus paho's network thread).
+Stopping is orderly: drivers stop, the pipeline decides what is still open and stores it, the
+publisher flushes the outbox and announces the node offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from drivers.base import Driver
+from gated.clock import Clock, SystemClock
+from gated.config import GateConfig
+from gated.db import open_engine
+from gated.devices import build_driver, check_devices
+from gated.errors import ConfigError
+from gated.holds import HoldStore
+from gated.messages import Topics
+from gated.model import Decision, Visit
+from gated.pipeline import Pipeline
+from gated.publisher import MqttPublisher
+from gated.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: GateConfig, *, clock: Clock | None = None) -> None:
+        problems = check_devices([(lane.id, device) for lane in config.lanes for device in lane.devices])
+        if problems:
+            raise ConfigError(problems)
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.engine = open_engine(config.storage.database)
+        self.store = Store(self.engine, site=config.site, node=config.node, clock=self.clock)
+        self.holds = HoldStore(self.engine, self.clock)
+        self.boot = self.store.next_boot()
+        self.pipeline = Pipeline(config, self.store, self.holds, self.clock)
+        topics = Topics(config.site)
+        self.publisher = MqttPublisher(
+            self.store,
+            config.mqtt,
+            prefix=topics.prefix,
+            boot=self.boot,
+            subscriptions=[topics.holds_cmd],
+            on_message=self.pipeline.inbound,
+            status_snapshot=self.pipeline.status_snapshot,
+        )
+        self.pipeline.on_stored = self.publisher.wake
+        self.drivers: list[Driver] = [
+            build_driver(lane.id, device, self.clock) for lane in config.lanes for device in lane.devices
+        ]
+        self._stop = threading.Event()
+        self._driver_stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pipeline_thread: threading.Thread | None = None
+
+    def on_decision(self, listener: Callable[[Visit, list[Decision]], None]) -> None:
+        self.pipeline.listeners.append(listener)
+
+    def start(self) -> None:
+        log.info(
+            "gated node %s of site %s starting (boot %d), %d lanes, %d devices",
+            self.config.node,
+            self.config.site,
+            self.boot,
+            len(self.config.lanes),
+            len(self.drivers),
+        )
+        self.publisher.start()
+        self._pipeline_thread = threading.Thread(
+            target=self.pipeline.run, args=(self._stop,), name="gated-pipeline", daemon=True
+        )
+        self._pipeline_thread.start()
+        for driver in self.drivers:
+            thread = threading.Thread(
+                target=driver.run,
+                args=(self.pipeline, self._driver_stop),
+                name=f"driver-{driver.lane}-{driver.device}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._driver_stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._stop.set()
+        if self._pipeline_thread is not None:
+            self._pipeline_thread.join(timeout)
+        self.publisher.stop(graceful_offline=True, timeout=timeout)
+        self.engine.dispose()
+
+    def run_forever(self) -> None:
+        """``gated run``: until SIGTERM or SIGINT; tells systemd when ready (Type=notify)."""
+        done = threading.Event()
+
+        def _signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        self.publisher.wait_connected(10.0)
+        sd_notify("READY=1")
+        done.wait()
+        sd_notify("STOPPING=1")
+        self.stop()
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd our state when started with Type=notify; a no-op otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as error:
+        log.warning("cannot notify systemd: %s", error)

@@ -1,0 +1,222 @@
+"""``gated holds ...``: import, place, release, list and check customs holds from the command line.
+
+Each sub-command's ``func(args, engine)`` returns the exit code: 0 ok, 1 when the hold list refused
+the request or the database failed (one line on stderr saying why). argparse exits 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+
+from gated.clock import rfc3339
+from gated.errors import ContainerNumberError, HoldListError, StorageError
+from gated.holds import HoldRecord, HoldStore, ImportKind, normalise_container
+from gated.iso6346 import ContainerNumber
+
+Handler = Callable[[argparse.Namespace, Engine], int]
+
+
+def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Add ``holds`` and its sub-commands to the ``gated`` parser's subparsers. ``parents`` (e.g.
+    the ``--db``/``--config`` options) are added to every sub-command."""
+    inherited = list(parents)
+    holds = subparsers.add_parser(
+        "holds",
+        help="the customs hold list: import, add, release, list, check",
+        description="The customs hold list. A container may leave only with no active hold on it "
+        "or on any bill of lading it carries.",
+    )
+    commands = holds.add_subparsers(dest="holds_command", metavar="COMMAND", required=True)
+
+    imp = commands.add_parser(
+        "import",
+        parents=inherited,
+        help="import a hold list or a manifest (CSV with a header, or JSON lines)",
+        description="Import a file as one transaction: any bad line rejects the whole file. "
+        "Hold files have the columns container, bill_of_lading, agency, hold_type, code, reference, "
+        "note and action (place or release); manifests have only container and bill_of_lading.",
+    )
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--kind", choices=["holds", "manifest"], help="default: told by the columns")
+    imp.set_defaults(func=_guarded(_import))
+
+    add = commands.add_parser(
+        "add", parents=inherited, help="place a hold on a container or a bill of lading"
+    )
+    target = add.add_mutually_exclusive_group(required=True)
+    target.add_argument("--container", metavar="C")
+    target.add_argument("--bl", metavar="B", dest="bill_of_lading", help="bill of lading")
+    add.add_argument("--agency", required=True, help="e.g. CBP, USDA, LINE")
+    add.add_argument("--type", required=True, dest="hold_type", help="e.g. customs, exam, vacis")
+    add.add_argument("--code", help="disposition code, e.g. 1H")
+    add.add_argument("--reference")
+    add.add_argument("--note")
+    add.set_defaults(func=_guarded(_add))
+
+    release = commands.add_parser("release", parents=inherited, help="release active holds (history is kept)")
+    which = release.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, dest="hold_id", metavar="N", help="one hold by its id")
+    which.add_argument("--container", metavar="C", help="every active hold placed on the container")
+    which.add_argument("--bl", metavar="B", dest="bill_of_lading", help="every active hold on the B/L")
+    release.add_argument("--agency", help="only this agency's holds")
+    release.add_argument("--type", dest="hold_type", help="only holds of this type")
+    release.add_argument("--code", help="release code, e.g. 1I")
+    release.add_argument("--reference")
+    release.set_defaults(func=_guarded(_release))
+
+    show = commands.add_parser(
+        "list", parents=inherited, help="list active holds (with --all, released ones too)"
+    )
+    show.add_argument("--all", action="store_true", help="include released holds")
+    show.add_argument("--container", metavar="C")
+    show.add_argument("--bl", metavar="B", dest="bill_of_lading")
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    show.set_defaults(func=_guarded(_list))
+
+    check = commands.add_parser(
+        "check",
+        parents=inherited,
+        help="is a container free to leave as far as holds go?",
+        description="Show the active holds that stop a container, directly or through a bill of "
+        "lading it carries. Exit 0 whether or not it is held; read the output (or --json).",
+    )
+    check.add_argument("container", metavar="CONTAINER")
+    check.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    check.set_defaults(func=_guarded(_check))
+
+
+def _guarded(handler: Handler) -> Handler:
+    def run(args: argparse.Namespace, engine: Engine) -> int:
+        try:
+            return handler(args, engine)
+        except (HoldListError, ContainerNumberError, StorageError) as error:
+            print(f"gated holds {args.holds_command}: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _import(args: argparse.Namespace, engine: Engine) -> int:
+    kind: ImportKind | None = args.kind
+    result = HoldStore(engine).import_file(args.file, kind)
+    if result.kind == "manifest":
+        print(
+            f"imported manifest {result.path}: {result.rows} line(s), {result.manifest_added} new; "
+            f"hold list version {result.version}"
+        )
+    else:
+        print(
+            f"imported holds {result.path}: {result.rows} row(s), {result.placed} placed, "
+            f"{result.released} released, {result.unchanged} already active; "
+            f"hold list version {result.version}"
+        )
+    return 0
+
+
+def _add(args: argparse.Namespace, engine: Engine) -> int:
+    record = HoldStore(engine).place(
+        container=args.container,
+        bill_of_lading=args.bill_of_lading,
+        agency=args.agency,
+        hold_type=args.hold_type,
+        code=args.code,
+        reference=args.reference,
+        note=args.note,
+    )
+    print(f"placed {_line(record)}")
+    return 0
+
+
+def _release(args: argparse.Namespace, engine: Engine) -> int:
+    records = HoldStore(engine).release(
+        hold_id=args.hold_id,
+        container=args.container,
+        bill_of_lading=args.bill_of_lading,
+        agency=args.agency,
+        hold_type=args.hold_type,
+        code=args.code,
+        reference=args.reference,
+    )
+    for record in records:
+        print(f"released {_line(record)}")
+    return 0
+
+
+def _list(args: argparse.Namespace, engine: Engine) -> int:
+    store = HoldStore(engine)
+    records = store.list_holds(
+        active_only=not args.all, container=args.container, bill_of_lading=args.bill_of_lading
+    )
+    state = store.state()
+    if args.json:
+        print(json.dumps({"holds": [record.to_json() for record in records], "state": state.to_json()}))
+        return 0
+    for record in records:
+        print(_line(record))
+    what = "hold(s)" if args.all else "active hold(s)"
+    print(f"{len(records)} {what} shown; hold list version {state.version}, {state.active} active")
+    if not state.loaded:
+        print("the hold list has never been loaded: nothing may be released automatically")
+    return 0
+
+
+def _check(args: argparse.Namespace, engine: Engine) -> int:
+    number = normalise_container(args.container)
+    check_digit_valid = ContainerNumber.parse(number, require_valid_check_digit=False).check_digit_valid
+    store = HoldStore(engine)
+    records = store.active_holds_for(number)
+    bills = store.bills_for(number)
+    state = store.state()
+    eligible = state.loaded and not records
+    if args.json:
+        report = {
+            "container": number,
+            "check_digit_valid": check_digit_valid,
+            "held": bool(records),
+            "eligible": eligible,
+            "holds": [record.to_json() for record in records],
+            "bills_of_lading": bills,
+            "hold_list": state.to_json(),
+        }
+        print(json.dumps(report))
+        return 0
+    carried = f" (B/L {', '.join(bills)})" if bills else ""
+    if records:
+        print(f"{number}{carried}: HELD by {len(records)} active hold(s)")
+        for record in records:
+            print(f"  {_line(record)}")
+    elif not state.loaded:
+        print(f"{number}{carried}: no hold found, but the hold list has never been loaded: not eligible")
+    else:
+        print(f"{number}{carried}: no active hold (hold list version {state.version})")
+    if not check_digit_valid:
+        print(f"note: {number} does not carry a valid ISO 6346 check digit")
+    return 0
+
+
+def _line(record: HoldRecord) -> str:
+    parts = [f"hold {record.id}:"]
+    if record.container:
+        parts.append(record.container)
+    if record.bill_of_lading:
+        parts.append(f"B/L {record.bill_of_lading}")
+    parts.append(f"{record.agency} {record.hold_type}")
+    if record.code:
+        parts.append(record.code)
+    if record.reference:
+        parts.append(f"ref {record.reference}")
+    parts.append(f"placed {rfc3339(record.placed_at)}")
+    if record.released_at is not None:
+        released = f"released {rfc3339(record.released_at)}"
+        if record.release_code:
+            released += f" {record.release_code}"
+        parts.append(released)
+    if record.note:
+        parts.append(f"- {record.note}")
+    return " ".join(parts)

@@ -1,0 +1,437 @@
+"""The pipeline: the one thread that turns what devices report into stored, published facts.
+
+Drivers (each on its own thread) hand readings and status changes to ``Pipeline`` through a
+queue. The pipeline thread takes them in batches and, for each batch, in this order:
+1. attaches each reading to its lane's visit (``LaneCorrelator``),
+2. decides every visit that closed (``policy.decide``, against the hold list),
+3. stores readings, visits, decisions, audit records and the outgoing messages in ONE
+   transaction (``Store.write``),
+4. only then wakes the publisher and reports the decisions (barrier, console, demo output).
+If storing fails, nothing is published or actuated; the batch is kept and tried again, and the
+lanes stop releasing until storage works again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gated.clock import Clock, rfc3339
+from gated.config import DEVICE_KINDS, GateConfig
+from gated.correlator import LaneCorrelator, LaneRules
+from gated.errors import ProtocolError, StorageError
+from gated.holds import HoldStore
+from gated.messages import (
+    HOLD,
+    STATUS,
+    Topics,
+    alarm_message,
+    decision_message,
+    device_status_message,
+    lane_status_message,
+    reading_message,
+)
+from gated.model import Decision, DeviceState, Reading, ScreeningVerdict, Source, Visit, new_id
+from gated.policy import HoldListStatus, PolicySettings, decide
+from gated.store import AuditRecord, Batch, Message, Store
+
+log = logging.getLogger(__name__)
+
+DecisionListener = Callable[[Visit, list[Decision]], None]
+
+
+@dataclass
+class PipelineStats:
+    readings: int = 0
+    decisions: int = 0
+    frame_errors: dict[str, int] = field(default_factory=dict)
+    rejected_commands: int = 0
+    storage_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    lane: str
+    device: str
+    state: DeviceState
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _FrameError:
+    lane: str
+    device: str
+    error: str
+
+
+_Event = Reading | _Status | _Inbound | _FrameError
+
+
+class Pipeline:
+    """Implements the drivers' ``DriverSink``; owns correlation, decisions and storage."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        store: Store,
+        holds: HoldStore,
+        clock: Clock,
+        *,
+        on_stored: Callable[[], None] = lambda: None,
+        batch_limit: int = 1000,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.holds = holds
+        self.clock = clock
+        self.topics = Topics(config.site)
+        self.on_stored = on_stored
+        self.batch_limit = batch_limit
+        self.stats = PipelineStats()
+        self.listeners: list[DecisionListener] = []
+        self._queue: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._pending = Batch()  # stored-but-failed work, retried before anything new
+        self._pending_decided: list[tuple[Visit, list[Decision]]] = []
+        self.correlators = {
+            lane.id: LaneCorrelator(
+                LaneRules(
+                    lane=lane.id,
+                    require=frozenset(lane.require),
+                    visit_timeout=lane.visit_timeout_seconds,
+                    settle=lane.settle_seconds,
+                ),
+                clock,
+            )
+            for lane in config.lanes
+        }
+        self.device_kinds = {
+            (lane.id, device.id): DEVICE_KINDS[device.driver]
+            for lane in config.lanes
+            for device in lane.devices
+        }
+        self.device_states: dict[tuple[str, str], tuple[DeviceState, str]] = {
+            key: (DeviceState.OFFLINE, "not connected yet") for key in self.device_kinds
+        }
+        self.policy_settings = {
+            lane.id: PolicySettings(
+                hold_list_max_age_seconds=config.holds.max_age_seconds, require_rfid="rfid" in lane.require
+            )
+            for lane in config.lanes
+        }
+        self.storage_ok = True
+
+    # -- DriverSink: called from driver threads ----------------------------------------------
+    def reading(self, reading: Reading) -> None:
+        self._queue.put(reading)
+
+    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
+        self._queue.put(_Status(lane, device, state, detail))
+
+    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
+        self._queue.put(_FrameError(lane, device, str(error)))
+
+    def inbound(self, topic: str, payload: bytes) -> None:
+        """An MQTT message for the node (from paho's thread)."""
+        self._queue.put(_Inbound(topic, payload))
+
+    # -- the pipeline thread -------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step(wait=0.1)
+        self.shutdown()
+
+    def step(self, wait: float = 0.0) -> int:
+        """Handle what is queued (waiting up to ``wait`` for the first event); returns events handled."""
+        events: list[_Event] = []
+        try:
+            events.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+            while len(events) < self.batch_limit:
+                events.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        batch = Batch()
+        decided: list[tuple[Visit, list[Decision]]] = []
+        for event in events:
+            if isinstance(event, Reading):
+                self._on_reading(event, batch, decided)
+            elif isinstance(event, _Status):
+                self._on_status(event, batch)
+            elif isinstance(event, _FrameError):
+                self._on_frame_error(event)
+            else:
+                self._on_inbound(event, batch)
+        for correlator in self.correlators.values():
+            for visit in correlator.tick():
+                self._decide(visit, batch, decided)
+        self._commit(batch, decided)
+        return len(events)
+
+    def shutdown(self) -> None:
+        """Decide whatever visit is still open (it cannot release) and store it all."""
+        self.step()
+        batch = Batch()
+        decided: list[tuple[Visit, list[Decision]]] = []
+        for correlator in self.correlators.values():
+            for visit in correlator.close_open("shutdown"):
+                self._decide(visit, batch, decided)
+        self._commit(batch, decided)
+
+    # -- handlers ------------------------------------------------------------------------------
+    def _on_reading(
+        self, reading: Reading, batch: Batch, decided: list[tuple[Visit, list[Decision]]]
+    ) -> None:
+        correlator = self.correlators.get(reading.lane)
+        if correlator is None:
+            log.error("reading for unknown lane %s from %s: dropped", reading.lane, reading.device)
+            return
+        attached, closed, opened = correlator.accept(reading)
+        for visit in closed:
+            self._decide(visit, batch, decided)
+        if opened is not None:
+            batch.visits.append(opened)
+        self.stats.readings += 1
+        batch.readings.append(attached)
+        batch.messages.append(reading_message(self.topics, attached))
+        self._reading_alarms(attached, batch)
+
+    def _reading_alarms(self, reading: Reading, batch: Batch) -> None:
+        alarm: str | None = None
+        text = ""
+        if reading.source == Source.SCREENING and reading.value in (
+            ScreeningVerdict.GAMMA_ALARM,
+            ScreeningVerdict.NEUTRON_ALARM,
+        ):
+            alarm, text = "radiation_alarm", f"radiation portal monitor: {reading.value}"
+        elif reading.source == Source.SCREENING and reading.value == ScreeningVerdict.FAULT:
+            alarm, text = "device_fault", "radiation portal monitor reported a fault during the pass"
+        elif reading.source == "tamper" and reading.value is True:
+            alarm, text = "tamper", f"tamper reported by {reading.device}"
+        elif reading.source == "fault" and reading.value:
+            alarm, text = "device_fault", f"{reading.device}: {reading.value}"
+        if alarm:
+            batch.messages.append(
+                alarm_message(
+                    self.topics,
+                    lane=reading.lane,
+                    alarm=alarm,
+                    text=text,
+                    ts=reading.ts,
+                    visit=reading.visit,
+                    device=reading.device,
+                    detail={"reading": reading.id},
+                )
+            )
+
+    def _on_status(self, event: _Status, batch: Batch) -> None:
+        key = (event.lane, event.device)
+        if key not in self.device_kinds:
+            return
+        previous = self.device_states.get(key)
+        self.device_states[key] = (event.state, event.detail)
+        if previous is not None and previous[0] == event.state:
+            return
+        now = self.clock.now()
+        kind = self.device_kinds[key]
+        batch.messages.append(
+            device_status_message(self.topics, event.lane, event.device, kind, event.state, event.detail, now)
+        )
+        batch.messages.append(self._lane_status(event.lane))
+        if event.state is DeviceState.OFFLINE and previous is not None and previous[0] is DeviceState.ONLINE:
+            batch.messages.append(
+                alarm_message(
+                    self.topics,
+                    lane=event.lane,
+                    alarm="device_fault",
+                    text=f"{event.device} went offline: {event.detail}",
+                    ts=now,
+                    device=event.device,
+                    severity="medium",
+                )
+            )
+
+    def _lane_status(self, lane: str) -> Message:
+        devices = {
+            device: state for (lane_id, device), (state, _) in self.device_states.items() if lane_id == lane
+        }
+        offline = sorted(device for device, state in devices.items() if state is not DeviceState.ONLINE)
+        if not self.storage_ok:
+            state, reason = "closed", "storage failure: no automatic release"
+        elif offline:
+            state, reason = "degraded", f"not online: {', '.join(offline)}"
+        else:
+            state, reason = "open", "all devices online"
+        return lane_status_message(
+            self.topics, lane, state, {d: str(s) for d, s in devices.items()}, reason, self.clock.now()
+        )
+
+    def status_snapshot(self) -> list[Message]:
+        """Current lane and device status (published after every (re)connect)."""
+        now = self.clock.now()
+        messages = [
+            device_status_message(
+                self.topics, lane, device, self.device_kinds[(lane, device)], state, detail, now
+            )
+            for (lane, device), (state, detail) in sorted(self.device_states.items())
+        ]
+        messages.extend(self._lane_status(lane.id) for lane in self.config.lanes)
+        messages.append(self.holds_state_message())
+        return messages
+
+    def _on_frame_error(self, event: _FrameError) -> None:
+        key = f"{event.lane}/{event.device}"
+        count = self.stats.frame_errors.get(key, 0) + 1
+        self.stats.frame_errors[key] = count
+        # Log the first few and then every hundredth, so a babbling device cannot flood the log.
+        if count <= 5 or count % 100 == 0:
+            log.warning("%s: malformed frame #%d: %s", key, count, event.error)
+
+    # -- hold commands -------------------------------------------------------------------------
+    def _on_inbound(self, event: _Inbound, batch: Batch) -> None:
+        if event.topic != self.topics.holds_cmd:
+            return
+        try:
+            payload: Any = json.loads(event.payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            self.stats.rejected_commands += 1
+            log.warning("hold command rejected: not JSON: %s", error)
+            self._hold_ack(
+                batch,
+                {"command": None, "applied": False, "reason": f"not a JSON document: {error}", "holds": []},
+            )
+            return
+        result = self.holds.apply_command(payload)
+        if not result.applied:
+            self.stats.rejected_commands += 1
+            log.warning("hold command %s rejected: %s", result.command_id, result.reason)
+        self._hold_ack(batch, result.to_json())
+        batch.audit.append(
+            AuditRecord(
+                actor="customs",
+                action="hold_command",
+                subject=result.command_id,
+                detail={"applied": result.applied, "reason": result.reason, "command": _bounded(payload)},
+                ts=self.clock.now(),
+            )
+        )
+        batch.messages.append(self.holds_state_message())
+
+    def _hold_ack(self, batch: Batch, result: dict[str, Any]) -> None:
+        body = {"id": new_id(), "ts": rfc3339(self.clock.now()), **result}
+        batch.messages.append(Message(self.topics.holds_ack, HOLD, body))
+
+    def hold_list_status(self) -> HoldListStatus:
+        state = self.holds.state()
+        return HoldListStatus(loaded=state.loaded, updated_at=state.updated_at, version=state.version)
+
+    def holds_state_message(self) -> Message:
+        state = self.holds.state()
+        max_age = self.config.holds.max_age_seconds
+        fresh = state.loaded and (
+            max_age is None
+            or (
+                state.updated_at is not None
+                and (self.clock.now() - state.updated_at).total_seconds() <= max_age
+            )
+        )
+        body = {
+            "id": new_id(),
+            "ts": rfc3339(self.clock.now()),
+            "version": state.version,
+            "count": state.active,
+            "updated_at": rfc3339(state.updated_at) if state.updated_at else None,
+            "loaded": state.loaded,
+            "fresh": fresh,
+        }
+        return Message(self.topics.holds_state, STATUS, body, retain=True)
+
+    # -- deciding and committing ---------------------------------------------------------------
+    def _decide(self, visit: Visit, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
+        numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
+        holds = {number: [h.to_json() for h in self.holds.active_holds_for(number)] for number in numbers}
+        now = self.clock.now()
+        decisions = decide(visit, holds, self.hold_list_status(), self.policy_settings[visit.lane], now=now)
+        batch.visits.append(visit)
+        for slot, decision in enumerate(decisions):
+            batch.decisions.append((decision, slot))
+            batch.messages.append(decision_message(self.topics, decision))
+            batch.audit.append(
+                AuditRecord(
+                    actor="gated",
+                    action="decision",
+                    subject=visit.id,
+                    detail={"container": decision.container, "outcome": str(decision.outcome)},
+                    ts=now,
+                )
+            )
+            for record in decision.holds:
+                batch.messages.append(
+                    alarm_message(
+                        self.topics,
+                        lane=visit.lane,
+                        alarm="hold_hit",
+                        text=f"held container {decision.container} at the gate",
+                        ts=now,
+                        visit=visit.id,
+                        container=decision.container,
+                        detail={"hold": record},
+                    )
+                )
+        decided.append((visit, decisions))
+        self.stats.decisions += len(decisions)
+
+    def _commit(self, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
+        if self._pending:
+            _merge(self._pending, batch)
+            batch = self._pending
+            decided = self._pending_decided + decided
+        if not batch:
+            return
+        try:
+            self.store.write(batch)
+        except StorageError as error:
+            self.stats.storage_failures += 1
+            if self.storage_ok:
+                log.error("storage failed, lanes stop releasing until it works again: %s", error)
+            self.storage_ok = False
+            self._pending, self._pending_decided = batch, decided
+            self._queue_wait(1.0)
+            return
+        if not self.storage_ok:
+            log.info("storage works again")
+            self.storage_ok = True
+        self._pending, self._pending_decided = Batch(), []
+        self.on_stored()
+        for visit, decisions in decided:
+            for listener in self.listeners:
+                try:
+                    listener(visit, decisions)
+                except Exception:  # a listener's bug must not stop the lane
+                    log.exception("decision listener failed")
+
+    def _queue_wait(self, seconds: float) -> None:
+        threading.Event().wait(seconds)
+
+
+def _merge(into: Batch, other: Batch) -> None:
+    into.readings.extend(other.readings)
+    into.visits.extend(other.visits)
+    into.decisions.extend(other.decisions)
+    into.audit.extend(other.audit)
+    into.messages.extend(other.messages)
+
+
+def _bounded(payload: Any) -> Any:
+    """The command as received, cut down so a hostile payload cannot bloat the audit table."""
+    text = json.dumps(payload, default=str)
+    return payload if len(text) <= 4096 else {"truncated": text[:4096]}

@@ -1,0 +1,369 @@
+"""Durable storage of what gated learns and says: readings, visits, decisions, audit records, and
+the outbox of MQTT messages waiting for the broker's acknowledgement.
+
+Everything one step of the pipeline produces is written in ONE transaction before anything is
+published or actuated, and each outgoing message gets its ``seq`` here, from a counter stored in
+the same transaction, so ``seq`` goes up by exactly one per message across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from gated.clock import Clock, SystemClock, rfc3339
+from gated.db import UTCDateTime, metadata
+from gated.errors import StorageError
+from gated.model import Decision, Reading, Visit, new_id
+
+counters = Table(
+    "node_counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("topic", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("qos", Integer, nullable=False),
+    Column("retain", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+readings = Table(
+    "readings",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("lane", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("visit", String(40), nullable=True, index=True),
+    Column("ts", UTCDateTime, nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+visits = Table(
+    "visits",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("lane", String(64), nullable=False),
+    Column("trigger", String(64), nullable=False),
+    Column("opened_at", UTCDateTime, nullable=False),
+    Column("closed_at", UTCDateTime, nullable=True),
+    Column("close_cause", String(16), nullable=True),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("visit", String(40), nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("lane", String(64), nullable=False),
+    Column("container", String(11), nullable=True, index=True),
+    Column("outcome", String(24), nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
+    Column("body", Text, nullable=False),
+    # One decision per container slot of a visit, even when a restart replays the visit.
+    UniqueConstraint("visit", "slot", name="uq_decision_visit_slot"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("ts", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(128), nullable=True),
+    Column("detail", Text, nullable=False),
+)
+
+Index("ix_readings_lane_ts", readings.c.lane, readings.c.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to publish: its topic, schema and body; the envelope is added when stored."""
+
+    topic: str
+    schema: str
+    body: dict[str, Any]
+    retain: bool = False
+    qos: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    actor: str
+    action: str
+    subject: str | None
+    detail: dict[str, Any]
+    ts: datetime
+    id: str = field(default_factory=new_id)
+
+
+@dataclass
+class Batch:
+    """Everything one pipeline step wants stored together, atomically."""
+
+    readings: list[Reading] = field(default_factory=list)
+    visits: list[Visit] = field(default_factory=list)
+    decisions: list[tuple[Decision, int]] = field(default_factory=list)  # (decision, slot)
+    audit: list[AuditRecord] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.readings or self.visits or self.decisions or self.audit or self.messages)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class Store:
+    """The daemon's durable state. Thread-safe: one writer at a time inside this process."""
+
+    def __init__(self, engine: Engine, *, site: str, node: str, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.site = site
+        self.node = node
+        self.clock: Clock = clock or SystemClock()
+        self._write_lock = threading.Lock()
+
+    # -- counters ---------------------------------------------------------------------------
+    def _counter(self, conn: Connection, name: str) -> int:
+        value = conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar()
+        if value is None:
+            conn.execute(insert(counters).values(name=name, value=0))
+            return 0
+        return int(value)
+
+    def _set_counter(self, conn: Connection, name: str, value: int) -> None:
+        conn.execute(update(counters).where(counters.c.name == name).values(value=value))
+
+    def next_boot(self) -> int:
+        """Count one more start of this node (carried in the birth message)."""
+        with self._write_lock, self._begin() as conn:
+            boot = self._counter(conn, "boot") + 1
+            self._set_counter(conn, "boot", boot)
+            return boot
+
+    # -- writing ----------------------------------------------------------------------------
+    def _begin(self) -> Any:
+        try:
+            return self.engine.begin()
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot open a transaction: {error}") from error
+
+    def envelope(self, message: Message, seq: int | None) -> dict[str, Any]:
+        """The full payload: the message body inside the CONTRACT envelope."""
+        payload = dict(message.body)
+        payload["schema"] = message.schema
+        payload.setdefault("id", new_id())
+        payload["site"] = self.site
+        payload["node"] = self.node
+        payload["seq"] = seq
+        payload.setdefault("ts", rfc3339(self.clock.now()))
+        return payload
+
+    def write(self, batch: Batch) -> list[OutboxRow]:
+        """Store the whole batch in one transaction; return the outbox rows it queued.
+
+        Raises ``StorageError`` when nothing could be stored; then nothing of the batch was."""
+        if not batch:
+            return []
+        now = self.clock.now()
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                if batch.readings:
+                    conn.execute(
+                        insert(readings),
+                        [
+                            {
+                                "id": r.id,
+                                "lane": r.lane,
+                                "kind": str(r.kind),
+                                "device": r.device,
+                                "source": r.source,
+                                "visit": r.visit,
+                                "ts": r.ts,
+                                "body": _dumps(r.body()),
+                            }
+                            for r in batch.readings
+                        ],
+                    )
+                for visit in batch.visits:
+                    self._upsert_visit(conn, visit)
+                if batch.decisions:
+                    conn.execute(
+                        insert(decisions),
+                        [
+                            {
+                                "id": d.id,
+                                "visit": d.visit,
+                                "slot": slot,
+                                "lane": d.lane,
+                                "container": d.container,
+                                "outcome": str(d.outcome),
+                                "decided_at": d.decided_at,
+                                "body": _dumps(d.body()),
+                            }
+                            for d, slot in batch.decisions
+                        ],
+                    )
+                if batch.audit:
+                    conn.execute(
+                        insert(audit),
+                        [
+                            {
+                                "id": a.id,
+                                "ts": a.ts,
+                                "actor": a.actor,
+                                "action": a.action,
+                                "subject": a.subject,
+                                "detail": _dumps(a.detail),
+                            }
+                            for a in batch.audit
+                        ],
+                    )
+                rows: list[OutboxRow] = []
+                if batch.messages:
+                    seq = self._counter(conn, "seq")
+                    values = []
+                    for message in batch.messages:
+                        seq += 1
+                        payload = _dumps(self.envelope(message, seq))
+                        values.append(
+                            {
+                                "seq": seq,
+                                "topic": message.topic,
+                                "payload": payload,
+                                "qos": message.qos,
+                                "retain": int(message.retain),
+                                "created_at": now,
+                            }
+                        )
+                        rows.append(
+                            OutboxRow(seq, message.topic, payload.encode(), message.qos, message.retain)
+                        )
+                    conn.execute(insert(outbox), values)
+                    self._set_counter(conn, "seq", seq)
+                return rows
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot store {self._describe(batch)}: {error}") from error
+
+    @staticmethod
+    def _describe(batch: Batch) -> str:
+        return (
+            f"{len(batch.readings)} readings, {len(batch.decisions)} decisions, "
+            f"{len(batch.audit)} audit records, {len(batch.messages)} messages"
+        )
+
+    def _upsert_visit(self, conn: Connection, visit: Visit) -> None:
+        values = {
+            "lane": visit.lane,
+            "trigger": visit.trigger,
+            "opened_at": visit.opened_at,
+            "closed_at": visit.closed_at,
+            "close_cause": visit.close_cause,
+        }
+        changed = conn.execute(update(visits).where(visits.c.id == visit.id).values(**values)).rowcount
+        if not changed:
+            conn.execute(insert(visits).values(id=visit.id, **values))
+
+    # -- the outbox -------------------------------------------------------------------------
+    def pending(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        """Undelivered messages with seq > ``after_seq``, oldest first."""
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execute(
+                    select(outbox.c.seq, outbox.c.topic, outbox.c.payload, outbox.c.qos, outbox.c.retain)
+                    .where(outbox.c.seq > after_seq)
+                    .order_by(outbox.c.seq)
+                    .limit(limit)
+                )
+                return [
+                    OutboxRow(int(seq), topic, payload.encode(), int(qos), bool(retain))
+                    for seq, topic, payload, qos, retain in result
+                ]
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot read the outbox: {error}") from error
+
+    def mark_delivered(self, seqs: Iterable[int]) -> None:
+        """The broker acknowledged these: they leave the outbox (the records stay in their tables)."""
+        chosen = sorted(set(seqs))
+        if not chosen:
+            return
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                for start in range(0, len(chosen), 500):
+                    conn.execute(delete(outbox).where(outbox.c.seq.in_(chosen[start : start + 500])))
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot mark {len(chosen)} messages delivered: {error}") from error
+
+    def outbox_depth(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(outbox)).scalar() or 0)
+
+    # -- reading back (for `gated query` and the tests) -------------------------------------
+    def decisions_for_visit(self, visit_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                select(decisions.c.body).where(decisions.c.visit == visit_id).order_by(decisions.c.slot)
+            )
+            return [json.loads(body) for (body,) in result]
+
+    def decisions_for_container(self, container: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                select(decisions.c.body)
+                .where(decisions.c.container == container)
+                .order_by(decisions.c.decided_at)
+            )
+            return [json.loads(body) for (body,) in result]
+
+    def readings_for_visits(self, visit_ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not visit_ids:
+            return []
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                select(readings.c.body).where(readings.c.visit.in_(list(visit_ids))).order_by(readings.c.ts)
+            )
+            return [json.loads(body) for (body,) in result]

@@ -1,0 +1,262 @@
+"""`gated demo`: a whole gate on one machine with nothing installed beyond the project.
+
+An embedded MQTT broker (or an external one with ``--broker``), the simulators of N lanes on real
+transports (the RFID reader on a pty, the radiation portal monitor on Modbus TCP, the smart OCR
+camera on TCP), the real daemon, and scripted trucks that cover the four outcomes: a clean
+container, held containers (by number and by bill of lading), a radiation alarm, and a number
+nobody can read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlparse
+
+from gated.broker import EmbeddedBroker
+from gated.config import validate
+from gated.daemon import Daemon
+from gated.errors import ConfigError
+from gated.holds import HoldStore
+from gated.iso6346 import check_digit
+from gated.model import Decision, Visit
+from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
+from simulators.ocr_camera import SmartCameraSimulator
+from simulators.rfid_serial import SerialRfidSimulator
+from simulators.rpm_modbus import ModbusRpmSimulator
+
+log = logging.getLogger(__name__)
+
+PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "rpm-modbus.toml"
+HELD_BL = "MAEU240512345"
+
+
+def numbered(first_ten: str) -> str:
+    """A container number with its ISO 6346 check digit."""
+    return f"{first_ten}{check_digit(first_ten)}"
+
+
+def demo_trucks(lane_index: int) -> list[Truck]:
+    """The script: every lane cycles through the four outcomes (numbers differ per lane)."""
+    base = 100_000 + lane_index * 10_000
+    clean = numbered(f"MSKU{base + 1:06d}")
+    held = numbered(f"TGHU{base + 2:06d}")
+    on_held_bl = numbered(f"CSQU{base + 3:06d}")
+    hot = numbered(f"HLXU{base + 4:06d}")
+    return [
+        Truck(
+            "clean container",
+            f"e2801160600002{lane_index:02d}0001",
+            (ContainerSighting(clean),),
+            expected="RELEASE",
+        ),
+        Truck(
+            "container on the hold list",
+            f"e2801160600002{lane_index:02d}0002",
+            (ContainerSighting(held, size_type="42G1"),),
+            expected="HOLD",
+        ),
+        Truck(
+            "radiation alarm",
+            f"e2801160600002{lane_index:02d}0003",
+            (ContainerSighting(hot),),
+            radiation="gamma",
+            expected="SECONDARY_INSPECTION",
+        ),
+        Truck(
+            "unreadable number",
+            f"e2801160600002{lane_index:02d}0004",
+            (ContainerSighting("M?K 4#", confidence=0.21, size_type=None),),
+            expected="MANUAL_REVIEW",
+        ),
+        Truck(
+            "two 20 ft boxes, one on a held bill of lading",
+            f"e2801160600002{lane_index:02d}0005",
+            (ContainerSighting(numbered(f"MSKU{base + 5:06d}")), ContainerSighting(on_held_bl)),
+            expected="RELEASE + HOLD",
+        ),
+    ]
+
+
+def _seed_holds(holds: HoldStore, lanes: int, data_dir: Path) -> None:
+    manifest = data_dir / "manifest.csv"
+    rows = ["container,bill_of_lading"]
+    for index in range(lanes):
+        trucks = demo_trucks(index)
+        held = trucks[1].containers[0].code
+        holds.place(
+            container=held,
+            agency="CBP",
+            hold_type="customs",
+            code="1H",
+            reference="DEMO-EXAM-1",
+            note="selected for exam",
+        )
+        rows.append(f"{trucks[4].containers[1].code},{HELD_BL}")
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    holds.import_manifest(manifest)
+    holds.place(
+        bill_of_lading=HELD_BL,
+        agency="CBP",
+        hold_type="customs",
+        code="1H",
+        reference="DEMO-BL-1",
+        note="B/L held pending documents",
+    )
+
+
+def _print_decision(visit: Visit, decisions: list[Decision]) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    for decision in decisions:
+        reasons = "; ".join(f"{r.code}: {r.text}" for r in decision.reasons)
+        number = decision.container or "(unread)"
+        print(f"{stamp} {decision.lane:<7} {number:<12} {decision.outcome:<21} {reasons}", flush=True)
+
+
+def run_demo(
+    *,
+    lanes: int = 2,
+    duration: float | None = None,
+    mqtt_port: int = 1883,
+    broker: str | None = None,
+    data_dir: str | None = None,
+) -> int:
+    if not 1 <= lanes <= 8:
+        raise ConfigError([f"--lanes: {lanes} is not between 1 and 8"])
+    folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="gated-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    embedded: EmbeddedBroker | None = None
+    if broker:
+        url = urlparse(broker)
+        if url.scheme != "mqtt" or not url.hostname:
+            raise ConfigError([f"--broker: {broker!r} is not mqtt://host:port"])
+        host, port = url.hostname, url.port or 1883
+    else:
+        host, port = "127.0.0.1", mqtt_port
+        embedded = EmbeddedBroker(host, port)
+        embedded.start()
+
+    stop = threading.Event()
+    devices: list[LaneDevices] = []
+    daemon: Daemon | None = None
+    try:
+        for _ in range(lanes):
+            lane_devices = LaneDevices(
+                SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator()
+            )
+            lane_devices.rfid.start()
+            lane_devices.rpm.start()
+            lane_devices.camera.start()
+            devices.append(lane_devices)
+        config = validate(
+            {
+                "site": "demo",
+                "node": "demo-gate",
+                "mqtt": {"host": host, "port": port, "keepalive": 15},
+                "storage": {"database": str(folder / "gated.db")},
+                "holds": {"max_age_seconds": 86_400},
+                "lanes": [
+                    {
+                        "id": f"lane-{index + 1}",
+                        "require": ["rfid", "ocr", "rpm"],
+                        "settle_seconds": 0.5,
+                        "visit_timeout_seconds": 20.0,
+                        "devices": [
+                            {"id": "rfid-1", "driver": "rfid-serial", "url": lane.rfid.device_path},
+                            {
+                                "id": "rpm-1",
+                                "driver": "rpm-modbus",
+                                "host": "127.0.0.1",
+                                "port": lane.rpm.port,
+                                "profile": str(PROFILE),
+                            },
+                            {
+                                "id": "ocr-1",
+                                "driver": "ocr-camera",
+                                "host": "127.0.0.1",
+                                "port": lane.camera.port,
+                            },
+                        ],
+                    }
+                    for index, lane in enumerate(devices)
+                ],
+            },
+            source="demo",
+        )
+        daemon = Daemon(config)
+        _seed_holds(daemon.holds, lanes, folder)
+        daemon.on_decision(_print_decision)
+        daemon.start()
+        if not daemon.publisher.wait_connected(15):
+            print(f"gated demo: MQTT broker {host}:{port} is not answering", file=sys.stderr)
+            return 1
+        print(
+            f"gated demo: {lanes} lanes, broker mqtt://{host}:{port} "
+            f"({'embedded' if embedded else 'external'}), database {folder / 'gated.db'}",
+            flush=True,
+        )
+        print(f"  watch the traffic: mosquitto_sub -h {host} -p {port} -t 'gated/#' -v", flush=True)
+        print("  (the operator console is not part of this version yet)", flush=True)
+        print(f"{'time':<8} {'lane':<7} {'container':<12} {'outcome':<21} reasons", flush=True)
+
+        def _signal(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _signal)
+            signal.signal(signal.SIGTERM, _signal)
+        time.sleep(1.0)  # let every driver connect before the first truck
+        drivers = [
+            threading.Thread(
+                target=_drive_lane, args=(ScriptedLane(lane), demo_trucks(index), stop), daemon=True
+            )
+            for index, lane in enumerate(devices)
+        ]
+        for thread in drivers:
+            thread.start()
+        stop.wait(duration)
+        stop.set()
+        for thread in drivers:
+            thread.join(10)
+        time.sleep(1.0)  # let the last visits settle and be decided
+        outcomes = Counter(str(outcome) for outcome in _outcomes(daemon))
+        print(
+            "gated demo: done; decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())),
+            flush=True,
+        )
+        return 0
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for lane in devices:
+            lane.rfid.stop()
+            lane.rpm.stop()
+            lane.camera.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _drive_lane(lane: ScriptedLane, trucks: list[Truck], stop: threading.Event) -> None:
+    for truck in itertools.cycle(trucks):
+        if stop.is_set():
+            return
+        lane.drive(truck, stop)
+        if stop.wait(2.0):
+            return
+
+
+def _outcomes(daemon: Daemon) -> list[str]:
+    from sqlalchemy import select
+
+    from gated.store import decisions
+
+    with daemon.engine.connect() as conn:
+        return [row[0] for row in conn.execute(select(decisions.c.outcome))]

@@ -1,0 +1,82 @@
+"""A scripted lane: the simulators of one gate lane driven truck by truck.
+
+Each ``Truck`` says what the devices will see: its RFID tag, the container numbers as the camera
+will read them (with confidence), and what the radiation portal monitor will measure. ``drive``
+plays one truck through the lane in the order real devices report: tag at the approach, portal
+occupancy, camera reads while the truck passes, end of the pass with its result, end of passage.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+from simulators.ocr_camera import SmartCameraSimulator
+from simulators.rfid_serial import SerialRfidSimulator
+from simulators.rpm_modbus import ModbusRpmSimulator
+
+Radiation = Literal["clear", "gamma", "neutron", "fault"]
+
+
+@dataclass(frozen=True)
+class ContainerSighting:
+    code: str  # as the camera will report it (may be wrong or empty)
+    confidence: float = 0.97
+    size_type: str | None = "22G1"
+
+
+@dataclass(frozen=True)
+class Truck:
+    label: str
+    tag: str | None
+    containers: tuple[ContainerSighting, ...]
+    radiation: Radiation = "clear"
+    background_cps: float = 250.0
+    note: str = ""
+    expected: str = field(default="", compare=False)  # the outcome the script expects (for output)
+
+
+@dataclass
+class LaneDevices:
+    rfid: SerialRfidSimulator
+    rpm: ModbusRpmSimulator
+    camera: SmartCameraSimulator
+
+
+class ScriptedLane:
+    def __init__(self, devices: LaneDevices, *, pace: float = 1.0) -> None:
+        self.devices = devices
+        self.pace = pace  # scales every pause: 1.0 is a truck at walking pace, quicker than real
+
+    def _pause(self, seconds: float, stop: threading.Event | None) -> bool:
+        """Wait; True when asked to stop."""
+        waiter = stop or threading.Event()
+        return waiter.wait(seconds * self.pace)
+
+    def drive(self, truck: Truck, stop: threading.Event | None = None) -> None:
+        devices = self.devices
+        if truck.tag:
+            devices.rfid.present_tag(truck.tag)
+        if self._pause(0.3, stop):
+            return
+        devices.rpm.begin_pass()
+        if self._pause(0.4, stop):
+            return
+        for slot, sighting in enumerate(truck.containers, start=1):
+            devices.camera.read(
+                sighting.code, sighting.confidence, slot=slot, view="rear", size_type=sighting.size_type
+            )
+        if self._pause(0.6, stop):
+            return
+        gamma_alarm = truck.radiation == "gamma"
+        neutron_alarm = truck.radiation == "neutron"
+        background = truck.background_cps
+        devices.rpm.end_pass(
+            gamma_peak=background * (4.0 if gamma_alarm else 1.05),
+            neutron_peak=6.0 if neutron_alarm else 0.4,
+            gamma_alarm=gamma_alarm,
+            neutron_alarm=neutron_alarm,
+            fault=truck.radiation == "fault",
+        )
+        devices.camera.passage_end(len(truck.containers))

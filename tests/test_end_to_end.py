@@ -1,0 +1,275 @@
+"""One gate lane end to end on real parts: the daemon as its own process, real mosquitto, the
+device simulators on a real pty and real TCP ports, and a subscriber that sees what a customs
+system would see."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gated.iso6346 import check_digit
+from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
+from simulators.ocr_camera import SmartCameraSimulator
+from simulators.rfid_serial import SerialRfidSimulator
+from simulators.rpm_modbus import ModbusRpmSimulator
+from tests.conftest import Mosquitto, Received
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "gated/v1/e2e"
+ENVELOPE = {"schema", "id", "site", "node", "seq", "ts"}
+READING_FIELDS = ENVELOPE | {
+    "lane",
+    "kind",
+    "device",
+    "source",
+    "value",
+    "value_type",
+    "units",
+    "quality",
+    "confidence",
+    "visit",
+    "evidence",
+}
+DECISION_FIELDS = ENVELOPE | {
+    "lane",
+    "visit",
+    "container",
+    "outcome",
+    "reasons",
+    "holds",
+    "inputs",
+    "decided_at",
+}
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+def number(first_ten: str) -> str:
+    return first_ten + str(check_digit(first_ten))
+
+
+CLEAN = number("MSKU413532")
+HELD = number("TGHU100002")
+ON_HELD_BL = number("CSQU100003")
+HOT = number("HLXU100004")
+HELD_BL = "MAEU240512345"
+
+
+def gated(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "gated", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def lane_devices() -> Iterator[LaneDevices]:
+    devices = LaneDevices(SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator())
+    devices.rfid.start()
+    devices.rpm.start()
+    devices.camera.start()
+    yield devices
+    devices.rfid.stop()
+    devices.rpm.stop()
+    devices.camera.stop()
+
+
+def write_config(tmp_path: Path, broker: Mosquitto, devices: LaneDevices) -> Path:
+    config = tmp_path / "gate.toml"
+    config.write_text(
+        f"""
+site = "e2e"
+node = "gate-1"
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+keepalive = 5
+[storage]
+database = "gated.db"
+[holds]
+max_age_seconds = 3600
+[[lanes]]
+id = "lane-1"
+require = ["rfid", "ocr", "rpm"]
+settle_seconds = 0.5
+visit_timeout_seconds = 20
+[[lanes.devices]]
+id = "rfid-1"
+driver = "rfid-serial"
+url = "{devices.rfid.device_path}"
+[[lanes.devices]]
+id = "rpm-1"
+driver = "rpm-modbus"
+host = "127.0.0.1"
+port = {devices.rpm.port}
+profile = "{ROOT / "config" / "profiles" / "rpm-modbus.toml"}"
+[[lanes.devices]]
+id = "ocr-1"
+driver = "ocr-camera"
+host = "127.0.0.1"
+port = {devices.camera.port}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gated", "run", "--config", str(config)],
+            stdout=sink,
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def decisions_by_container(messages: list[Received]) -> dict[str | None, list[str]]:
+    found: dict[str | None, list[str]] = {}
+    for message in messages:
+        if message.topic == f"{PREFIX}/lane-1/decision":
+            found.setdefault(message.payload["container"], []).append(message.payload["outcome"])
+    return found
+
+
+def test_one_lane_end_to_end(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any, lane_devices: LaneDevices
+) -> None:
+    config = write_config(tmp_path, mosquitto, lane_devices)
+    # Customs' hold list and the manifest, through the command line as an operator would.
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"container,bill_of_lading\n{ON_HELD_BL},{HELD_BL}\n", encoding="utf-8")
+    gated("holds", "import", str(manifest), "--config", str(config))
+    gated(
+        "holds",
+        "add",
+        "--container",
+        HELD,
+        "--agency",
+        "CBP",
+        "--type",
+        "customs",
+        "--code",
+        "1H",
+        "--config",
+        str(config),
+    )
+    gated("holds", "add", "--bl", HELD_BL, "--agency", "CBP", "--type", "customs", "--config", str(config))
+
+    customs = subscriber_factory(mosquitto.port)
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    try:
+        customs.wait_for(
+            lambda m: m.topic == f"{PREFIX}/node/gate-1/status" and m.payload["state"] == "online",
+            what="node birth",
+        )
+        customs.wait_for(
+            lambda m: m.topic == f"{PREFIX}/lane-1/status" and m.payload["state"] == "open",
+            what="lane open (all devices online)",
+        )
+        lane = ScriptedLane(lane_devices, pace=0.5)
+        trucks = [
+            Truck("clean", "e28011606000020000000001", (ContainerSighting(CLEAN),)),
+            Truck("held by number", "e28011606000020000000002", (ContainerSighting(HELD),)),
+            Truck("held by B/L", "e28011606000020000000003", (ContainerSighting(ON_HELD_BL),)),
+            Truck("radiation", "e28011606000020000000004", (ContainerSighting(HOT),), radiation="gamma"),
+            Truck("unreadable", "e28011606000020000000005", (ContainerSighting("#?7 X", confidence=0.2),)),
+        ]
+        for truck in trucks:
+            lane.drive(truck)
+            time.sleep(1.5)  # settle, so the next tag is a new truck rather than a superseding one
+        customs.wait_for(
+            lambda m: m.topic.endswith("/decision") and m.payload["container"] is None,
+            what="the unreadable truck's decision",
+        )
+        time.sleep(0.5)
+        messages = customs.snapshot()
+        decided = decisions_by_container(messages)
+        assert decided.get(CLEAN) == ["RELEASE"], decided
+        assert decided.get(HELD) == ["HOLD"], decided
+        assert decided.get(ON_HELD_BL) == ["HOLD"], decided
+        assert decided.get(HOT) == ["SECONDARY_INSPECTION"], decided
+        assert decided.get(None) == ["MANUAL_REVIEW"], decided
+        assert "RELEASE" not in decided[HELD] + decided[ON_HELD_BL]
+
+        # The alarms an officer needs: two hold hits and the radiation alarm.
+        alarms = [m.payload for m in messages if m.topic == f"{PREFIX}/lane-1/alarm"]
+        assert {a["container"] for a in alarms if a["alarm"] == "hold_hit"} == {HELD, ON_HELD_BL}
+        assert any(a["alarm"] == "radiation_alarm" for a in alarms)
+
+        # Every payload carries the CONTRACT fields; seq rises by exactly one per message.
+        for message in messages:
+            assert set(message.payload) >= ENVELOPE, message
+            assert message.payload["site"] == "e2e" and message.payload["node"] == "gate-1"
+        for message in messages:
+            if "/reading/" in message.topic:
+                assert set(message.payload) >= READING_FIELDS
+                _, _lane, _, kind, device = message.topic.removeprefix(PREFIX).split("/")
+                assert (message.payload["kind"], message.payload["device"]) == (kind, device)
+            if message.topic.endswith("/decision"):
+                assert set(message.payload) >= DECISION_FIELDS
+                reading_ids = {m.payload["id"] for m in messages if "/reading/" in m.topic}
+                assert set(message.payload["inputs"]) <= reading_ids
+                assert message.payload["inputs"]
+        seqs = sorted(m.payload["seq"] for m in messages)
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap or a duplicate in seq"
+        assert len({m.payload["id"] for m in messages}) == len(messages)
+
+        # A late subscriber sees the retained node, lane and device status.
+        late = subscriber_factory(mosquitto.port)
+        retained = late.wait_for(
+            lambda m: m.retain and m.topic == f"{PREFIX}/lane-1/status", what="lane status"
+        )
+        assert retained[0].payload["state"] == "open"
+        late.wait_for(lambda m: m.retain and m.topic == f"{PREFIX}/lane-1/device/rpm-1/status", what="device")
+        late.wait_for(
+            lambda m: (
+                m.retain and m.topic == f"{PREFIX}/node/gate-1/status" and m.payload["state"] == "online"
+            ),
+            what="retained birth",
+        )
+
+        # The daemon is killed: its Will marks the node offline, retained.
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        will = customs.wait_for(
+            lambda m: m.topic == f"{PREFIX}/node/gate-1/status" and m.payload["state"] == "offline",
+            timeout=20,
+            what="the Will",
+        )
+        assert will[0].payload["seq"] is None
+        after = subscriber_factory(mosquitto.port)
+        after.wait_for(
+            lambda m: (
+                m.retain and m.topic == f"{PREFIX}/node/gate-1/status" and m.payload["state"] == "offline"
+            ),
+            what="retained offline status",
+        )
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+        print(log.read_text(errors="replace")[-5000:])
+
+    # Everything decided is in the database and `gated query` finds it.
+    report = gated("query", HELD, "--json", "--config", str(config))
+    assert '"outcome": "HOLD"' in report.stdout
+
+
+def test_gated_run_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('site = "x"\nlanes = []\nextra = 1\n', encoding="utf-8")
+    result = gated("run", "--config", str(bad), check=False)
+    assert result.returncode == 78
+    assert "extra: unknown key" in result.stderr

@@ -1,0 +1,199 @@
+"""The decision policy: RELEASE only when every check passed; every doubt keeps the barrier closed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gated import policy
+from gated.model import Kind, Outcome, Quality, Reading, ScreeningVerdict, Source, Visit
+from gated.policy import HoldListStatus, PolicySettings, decide
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+FRESH = HoldListStatus(loaded=True, updated_at=NOW - timedelta(minutes=5), version=3)
+SETTINGS = PolicySettings(hold_list_max_age_seconds=3600)
+CLEAN = "MSKU4135329"
+OTHER = "CSQU3054383"
+HOLD = {
+    "id": 1,
+    "container": CLEAN,
+    "bill_of_lading": None,
+    "agency": "CBP",
+    "hold_type": "customs",
+    "code": "1H",
+}
+
+
+def reading(
+    source: str, value: Any, quality: Quality = Quality.GOOD, confidence: float | None = None
+) -> Reading:
+    kind = {Source.EPC: Kind.RFID, Source.SCREENING: Kind.RPM}.get(source, Kind.OCR)  # type: ignore[call-overload]
+    return Reading("lane-1", kind, "dev-1", source, value, NOW, quality, confidence=confidence)
+
+
+def visit(*readings: Reading, cause: str = "complete") -> Visit:
+    result = Visit(id="v1", lane="lane-1", opened_at=NOW, trigger="rfid:epc", close_cause=cause)
+    for item in readings:
+        result = result.with_reading(item.in_visit("v1"))
+    return result
+
+
+def truck(number: str | None = CLEAN, screening: str | None = "clear", **kwargs: Any) -> Visit:
+    items = [reading(Source.EPC, "e280aa")]
+    if number is not None:
+        items.append(reading(Source.CONTAINER_NUMBER, number, confidence=0.97))
+    items.append(reading(Source.PASSAGE_END, 1))
+    if screening is not None:
+        items.append(reading(Source.SCREENING, screening))
+    return visit(*items, **kwargs)
+
+
+def codes(decision: Any) -> set[str]:
+    return {reason.code for reason in decision.reasons}
+
+
+def test_clean_truck_is_released_with_its_inputs() -> None:
+    v = truck()
+    [decision] = decide(v, {}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.RELEASE
+    assert decision.container == CLEAN
+    assert decision.inputs == tuple(r.id for r in v.readings)
+    assert codes(decision) == {policy.CLEAR}
+
+
+def test_active_hold_gives_hold_with_the_record() -> None:
+    [decision] = decide(truck(), {CLEAN: [HOLD]}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.HOLD
+    assert decision.holds == (HOLD,)
+    assert policy.HOLD_ACTIVE in codes(decision)
+
+
+def test_hold_wins_over_radiation_alarm_and_both_reasons_are_given() -> None:
+    [decision] = decide(truck(screening="gamma_alarm"), {CLEAN: [HOLD]}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.HOLD
+    assert {policy.HOLD_ACTIVE, policy.RADIATION_ALARM} <= codes(decision)
+
+
+def test_radiation_alarm_goes_to_secondary_inspection() -> None:
+    for verdict in ("gamma_alarm", "neutron_alarm"):
+        [decision] = decide(truck(screening=verdict), {}, FRESH, SETTINGS, now=NOW)
+        assert decision.outcome is Outcome.SECONDARY_INSPECTION
+
+
+def test_not_screened_or_faulty_rpm_never_releases() -> None:
+    [missing] = decide(truck(screening=None), {}, FRESH, SETTINGS, now=NOW)
+    [fault] = decide(truck(screening="fault"), {}, FRESH, SETTINGS, now=NOW)
+    assert missing.outcome is Outcome.MANUAL_REVIEW and policy.RPM_NOT_SCREENED in codes(missing)
+    assert fault.outcome is Outcome.MANUAL_REVIEW and policy.RPM_FAULT in codes(fault)
+
+
+def test_unread_number_goes_to_manual_review_with_null_container() -> None:
+    [decision] = decide(truck(number=None), {}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.MANUAL_REVIEW
+    assert decision.container is None
+    assert policy.OCR_UNREAD in codes(decision)
+
+
+def test_wrong_check_digit_is_reported_as_read_not_corrected() -> None:
+    v = visit(
+        reading(Source.CONTAINER_NUMBER, "MSKU4135328", Quality.UNCERTAIN, 0.97),
+        reading(Source.PASSAGE_END, 1),
+        reading(Source.SCREENING, "clear"),
+    )
+    [decision] = decide(v, {}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.MANUAL_REVIEW
+    assert decision.container == "MSKU4135328"
+    assert policy.CHECK_DIGIT_INVALID in codes(decision)
+
+
+def test_hold_list_not_loaded_or_stale_never_releases() -> None:
+    [unloaded] = decide(truck(), {}, HoldListStatus(False, None), SETTINGS, now=NOW)
+    stale = HoldListStatus(True, NOW - timedelta(hours=2), 1)
+    [old] = decide(truck(), {}, stale, SETTINGS, now=NOW)
+    assert unloaded.outcome is Outcome.MANUAL_REVIEW and policy.HOLD_LIST_NOT_LOADED in codes(unloaded)
+    assert old.outcome is Outcome.MANUAL_REVIEW and policy.HOLD_LIST_STALE in codes(old)
+
+
+def test_two_containers_give_two_decisions() -> None:
+    v = visit(
+        reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.95),
+        reading(Source.CONTAINER_NUMBER, OTHER, confidence=0.95),
+        reading(Source.PASSAGE_END, 2),
+        reading(Source.SCREENING, "clear"),
+    )
+    held_other = {**HOLD, "container": OTHER}
+    decisions = decide(v, {OTHER: [held_other]}, FRESH, SETTINGS, now=NOW)
+    assert {(d.container, d.outcome) for d in decisions} == {(CLEAN, Outcome.RELEASE), (OTHER, Outcome.HOLD)}
+
+
+def test_camera_count_above_reads_adds_an_unread_slot() -> None:
+    v = visit(
+        reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.95),
+        reading(Source.PASSAGE_END, 2),
+        reading(Source.SCREENING, "clear"),
+    )
+    decisions = decide(v, {}, FRESH, SETTINGS, now=NOW)
+    assert sorted((d.container or "", d.outcome) for d in decisions) == [
+        ("", Outcome.MANUAL_REVIEW),
+        (CLEAN, Outcome.RELEASE),
+    ]
+
+
+def test_more_numbers_than_containers_is_a_conflict() -> None:
+    v = visit(
+        reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.95),
+        reading(Source.CONTAINER_NUMBER, OTHER, confidence=0.95),
+        reading(Source.PASSAGE_END, 1),
+        reading(Source.SCREENING, "clear"),
+    )
+    assert all(d.outcome is Outcome.MANUAL_REVIEW for d in decide(v, {}, FRESH, SETTINGS, now=NOW))
+
+
+def test_incomplete_visit_and_missing_required_rfid_never_release() -> None:
+    [timed_out] = decide(truck(cause="timeout"), {}, FRESH, SETTINGS, now=NOW)
+    assert timed_out.outcome is Outcome.MANUAL_REVIEW
+    no_tag = visit(
+        reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.97),
+        reading(Source.PASSAGE_END, 1),
+        reading(Source.SCREENING, "clear"),
+    )
+    [decision] = decide(no_tag, {}, FRESH, PolicySettings(require_rfid=True), now=NOW)
+    assert decision.outcome is Outcome.MANUAL_REVIEW and policy.RFID_MISSING in codes(decision)
+
+
+@given(
+    number=st.sampled_from([CLEAN, OTHER, "MSKU4135328", None]),
+    quality=st.sampled_from(list(Quality)),
+    screening=st.sampled_from([*[str(v) for v in ScreeningVerdict], None]),
+    held=st.booleans(),
+    loaded=st.booleans(),
+    age_minutes=st.integers(0, 180),
+    cause=st.sampled_from(["complete", "timeout", "superseded", "shutdown"]),
+)
+def test_release_only_when_every_check_passed(
+    number: str | None,
+    quality: Quality,
+    screening: str | None,
+    held: bool,
+    loaded: bool,
+    age_minutes: int,
+    cause: str,
+) -> None:
+    items = [reading(Source.PASSAGE_END, 1)]
+    if number is not None:
+        items.append(reading(Source.CONTAINER_NUMBER, number, quality, 0.97))
+    if screening is not None:
+        items.append(reading(Source.SCREENING, screening))
+    v = visit(*items, cause=cause)
+    holds = {number: [HOLD]} if held and number else {}
+    status = HoldListStatus(loaded, NOW - timedelta(minutes=age_minutes), 1)
+    for decision in decide(v, holds, status, SETTINGS, now=NOW):
+        if decision.outcome is Outcome.RELEASE:
+            assert number in (CLEAN, OTHER) and quality is Quality.GOOD
+            assert screening == "clear" and not held and loaded and age_minutes <= 60
+            assert cause == "complete"
+        if held and number is not None:
+            assert decision.outcome is Outcome.HOLD
