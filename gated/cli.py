@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # pymodbus logs every server start and client retry at INFO; ours says what matters.
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
     try:
         if hasattr(args, "func"):  # the holds sub-commands
             return int(args.func(args, _engine(args)))

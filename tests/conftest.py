@@ -13,6 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from simulators.lane import LaneDevices
+from tests.gate import lane_devices_fixture
 from tests.system import free_port, require_tool
 
 
@@ -100,6 +102,8 @@ class Subscriber:
         self._connected.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic.endswith("/holds/cmd"):
+            return  # inbound commands to gated, not gated's output
         try:
             payload = json.loads(message.payload)
         except ValueError as error:
@@ -147,3 +151,9 @@ def subscriber_factory() -> Iterator[Any]:
     yield make
     for subscriber in made:
         subscriber.stop()
+
+
+@pytest.fixture
+def lane_devices() -> Iterator[LaneDevices]:
+    """The simulators of one lane (RFID on a pty, RPM on Modbus TCP, camera on TCP), running."""
+    yield from lane_devices_fixture()

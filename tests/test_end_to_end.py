@@ -4,23 +4,16 @@ system would see."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gated.iso6346 import check_digit
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
-from simulators.ocr_camera import SmartCameraSimulator
-from simulators.rfid_serial import SerialRfidSimulator
-from simulators.rpm_modbus import ModbusRpmSimulator
 from tests.conftest import Mosquitto, Received
+from tests.gate import gated, number, start_daemon, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "gated/v1/e2e"
@@ -52,86 +45,11 @@ DECISION_FIELDS = ENVELOPE | {
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
-def number(first_ten: str) -> str:
-    return first_ten + str(check_digit(first_ten))
-
-
 CLEAN = number("MSKU413532")
 HELD = number("TGHU100002")
 ON_HELD_BL = number("CSQU100003")
 HOT = number("HLXU100004")
 HELD_BL = "MAEU240512345"
-
-
-def gated(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "gated", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-@pytest.fixture
-def lane_devices() -> Iterator[LaneDevices]:
-    devices = LaneDevices(SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator())
-    devices.rfid.start()
-    devices.rpm.start()
-    devices.camera.start()
-    yield devices
-    devices.rfid.stop()
-    devices.rpm.stop()
-    devices.camera.stop()
-
-
-def write_config(tmp_path: Path, broker: Mosquitto, devices: LaneDevices) -> Path:
-    config = tmp_path / "gate.toml"
-    config.write_text(
-        f"""
-site = "e2e"
-node = "gate-1"
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-keepalive = 5
-[storage]
-database = "gated.db"
-[holds]
-max_age_seconds = 3600
-[[lanes]]
-id = "lane-1"
-require = ["rfid", "ocr", "rpm"]
-settle_seconds = 0.5
-visit_timeout_seconds = 20
-[[lanes.devices]]
-id = "rfid-1"
-driver = "rfid-serial"
-url = "{devices.rfid.device_path}"
-[[lanes.devices]]
-id = "rpm-1"
-driver = "rpm-modbus"
-host = "127.0.0.1"
-port = {devices.rpm.port}
-profile = "{ROOT / "config" / "profiles" / "rpm-modbus.toml"}"
-[[lanes.devices]]
-id = "ocr-1"
-driver = "ocr-camera"
-host = "127.0.0.1"
-port = {devices.camera.port}
-""",
-        encoding="utf-8",
-    )
-    return config
-
-
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gated", "run", "--config", str(config)],
-            stdout=sink,
-            stderr=sink,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
 
 
 def decisions_by_container(messages: list[Received]) -> dict[str | None, list[str]]:

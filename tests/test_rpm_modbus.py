@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import socket
 import subprocess
 import threading
 import time
@@ -570,6 +571,21 @@ def test_step_raises_protocol_error_and_connect_raises_device_unavailable(profil
     with pytest.raises(DeviceUnavailable):
         nobody.connect()
     nobody.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_device_that_never_answers_is_unavailable(profile: RpmProfile) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        driver = make_driver(profile, silent.getsockname()[1])
+        driver.timeout = 0.5
+        driver.connect()
+        try:
+            with pytest.raises(DeviceUnavailable, match="no answer"):
+                driver.step()
+        finally:
+            driver.close()
 
 
 # -- the simulator seen by an independent Modbus master ---------------------------------------------

@@ -1,0 +1,33 @@
+"""`gated-sim`: run one device simulator on its real protocol, for integrators without hardware."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from simulators import ocr_camera, rfid_serial, rpm_modbus
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gated-sim",
+        description="Device simulators speaking the real protocols on real ports and ptys.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    devices = parser.add_subparsers(dest="device", metavar="DEVICE", required=True)
+    rfid_serial.register_cli(devices)
+    rpm_modbus.register_cli(devices)
+    ocr_camera.register_cli(devices)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr)
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

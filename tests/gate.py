@@ -1,0 +1,95 @@
+"""A running gate for tests: config, daemon process and simulators, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gated.iso6346 import check_digit
+from simulators.lane import LaneDevices
+from simulators.ocr_camera import SmartCameraSimulator
+from simulators.rfid_serial import SerialRfidSimulator
+from simulators.rpm_modbus import ModbusRpmSimulator
+
+if TYPE_CHECKING:
+    from tests.conftest import Mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def number(first_ten: str) -> str:
+    return first_ten + str(check_digit(first_ten))
+
+
+def gated(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "gated", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def lane_devices_fixture() -> Iterator[LaneDevices]:
+    devices = LaneDevices(SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator())
+    devices.rfid.start()
+    devices.rpm.start()
+    devices.camera.start()
+    yield devices
+    devices.rfid.stop()
+    devices.rpm.stop()
+    devices.camera.stop()
+
+
+def write_config(tmp_path: Path, broker: Mosquitto, devices: LaneDevices) -> Path:
+    config = tmp_path / "gate.toml"
+    config.write_text(
+        f"""
+site = "e2e"
+node = "gate-1"
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+keepalive = 5
+[storage]
+database = "gated.db"
+[holds]
+max_age_seconds = 3600
+[[lanes]]
+id = "lane-1"
+require = ["rfid", "ocr", "rpm"]
+settle_seconds = 0.5
+visit_timeout_seconds = 20
+[[lanes.devices]]
+id = "rfid-1"
+driver = "rfid-serial"
+url = "{devices.rfid.device_path}"
+[[lanes.devices]]
+id = "rpm-1"
+driver = "rpm-modbus"
+host = "127.0.0.1"
+port = {devices.rpm.port}
+profile = "{ROOT / "config" / "profiles" / "rpm-modbus.toml"}"
+[[lanes.devices]]
+id = "ocr-1"
+driver = "ocr-camera"
+host = "127.0.0.1"
+port = {devices.camera.port}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gated", "run", "--config", str(config)],
+            stdout=sink,
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
