@@ -307,7 +307,14 @@ class Pipeline:
             log.warning("hold command rejected: not JSON: %s", error)
             self._hold_ack(
                 batch,
-                {"command": None, "applied": False, "reason": f"not a JSON document: {error}", "holds": []},
+                {
+                    "command": None,
+                    "action": None,
+                    "applied": False,
+                    "duplicate": False,
+                    "reason": f"not a JSON document: {error}",
+                    "holds": [],
+                },
             )
             return
         result = self.holds.apply_command(payload)

@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gated.payload_schemas import validate_payload
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto, Subscriber
 from tests.gate import number, start_daemon, write_config
@@ -136,6 +137,8 @@ def test_holds_over_mqtt(
         lane.drive(Truck("released", "e28011606000030000000002", (ContainerSighting(CONTAINER),)))
         assert decision_for(customs, "released", mark) == "RELEASE"
         assert daemon.poll() is None, "the daemon died on hostile input"
+        for message in customs.snapshot():
+            assert validate_payload(message.topic, message.payload) == [], message
     finally:
         daemon.terminate()
         daemon.wait(20)
