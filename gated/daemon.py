@@ -61,6 +61,7 @@ class Daemon:
         self._driver_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pipeline_thread: threading.Thread | None = None
+        self._stopped = False
 
     def on_decision(self, listener: Callable[[Visit, list[Decision]], None]) -> None:
         self.pipeline.listeners.append(listener)
@@ -90,6 +91,10 @@ class Daemon:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop in order; safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._driver_stop.set()
         for thread in self._threads:
             thread.join(timeout)

@@ -194,13 +194,16 @@ class Store:
 
     def envelope(self, message: Message, seq: int | None) -> dict[str, Any]:
         """The full payload: the message body inside the CONTRACT envelope."""
-        payload = dict(message.body)
-        payload["schema"] = message.schema
-        payload.setdefault("id", new_id())
-        payload["site"] = self.site
-        payload["node"] = self.node
-        payload["seq"] = seq
-        payload.setdefault("ts", rfc3339(self.clock.now()))
+        body = message.body
+        payload: dict[str, Any] = {
+            "schema": message.schema,
+            "id": body.get("id") or new_id(),
+            "site": self.site,
+            "node": self.node,
+            "seq": seq,
+            "ts": body.get("ts") or rfc3339(self.clock.now()),
+        }
+        payload.update((key, value) for key, value in body.items() if key not in payload)
         return payload
 
     def write(self, batch: Batch) -> list[OutboxRow]:

@@ -226,12 +226,11 @@ def run_demo(
         stop.set()
         for thread in drivers:
             thread.join(10)
-        time.sleep(1.0)  # let the last visits settle and be decided
+        time.sleep(1.5)  # let the last visits settle and be decided
+        daemon.stop()
         outcomes = Counter(str(outcome) for outcome in _outcomes(daemon))
-        print(
-            "gated demo: done; decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())),
-            flush=True,
-        )
+        summary = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items()))
+        print(f"gated demo: done; decisions: {summary}", flush=True)
         return 0
     finally:
         if daemon is not None:
@@ -245,10 +244,11 @@ def run_demo(
 
 
 def _drive_lane(lane: ScriptedLane, trucks: list[Truck], stop: threading.Event) -> None:
+    # A truck that has started its pass finishes it: stopping only ever happens between trucks.
     for truck in itertools.cycle(trucks):
         if stop.is_set():
             return
-        lane.drive(truck, stop)
+        lane.drive(truck)
         if stop.wait(2.0):
             return
 
