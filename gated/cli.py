@@ -63,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
 
     holds_cli.register(commands, parents=[database])
 
+    preadvice = commands.add_parser(
+        "preadvice", help="which containers each truck tag is announced to carry (import, list)"
+    )
+    preadvice_commands = preadvice.add_subparsers(dest="preadvice_command", metavar="COMMAND", required=True)
+    pa_import = preadvice_commands.add_parser(
+        "import", parents=[database], help="import pre-advice (CSV: tag,container[,truck]; or JSON lines)"
+    )
+    pa_import.add_argument("file", metavar="FILE")
+    pa_import.add_argument("--replace", action="store_true", help="drop the old pre-advice first")
+    pa_import.set_defaults(handler=_preadvice_import)
+    pa_list = preadvice_commands.add_parser("list", parents=[database], help="list the pre-advice")
+    pa_list.set_defaults(handler=_preadvice_list)
+
     query = commands.add_parser(
         "query", parents=[database], help="everything known about one container number"
     )
@@ -71,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     query.set_defaults(handler=_query)
 
     bench = commands.add_parser("bench", help="run a benchmark; the last stdout line is JSON")
-    bench.add_argument("name", choices=["policy", "store"], help="which benchmark")
+    bench.add_argument("name", choices=["policy", "store", "pipeline"], help="which benchmark")
     bench.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     bench.set_defaults(handler=_bench)
     return parser
@@ -159,4 +172,20 @@ def _bench(args: argparse.Namespace) -> int:
 
     result = run_bench(args.name, quick=args.quick)
     print(json.dumps(result))
+    return EX_OK
+
+
+def _preadvice_import(args: argparse.Namespace) -> int:
+    from gated.preadvice import PreadviceStore
+
+    added = PreadviceStore(_engine(args)).import_file(args.file, replace=args.replace)
+    print(f"{args.file}: {added} pre-advice lines added")
+    return EX_OK
+
+
+def _preadvice_list(args: argparse.Namespace) -> int:
+    from gated.preadvice import PreadviceStore
+
+    for row in PreadviceStore(_engine(args)).all():
+        print(f"{row.tag}\t{row.container}\t{row.truck or ''}")
     return EX_OK

@@ -31,12 +31,26 @@ class MqttConfig(_Strict):
     username: str | None = None
     password_file: str | None = Field(None, description="File holding the MQTT password.")
     max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged QoS 1 messages at once.")
+    replay_seconds: int = Field(
+        60,
+        ge=0,
+        le=86_400,
+        description="Messages acknowledged this recently are sent again when the broker comes back "
+        "without our session (it restarted and may have lost them). Keep above the broker's "
+        "persistence autosave interval.",
+    )
 
 
 class StorageConfig(_Strict):
     database: str = Field(
         "/var/lib/gated/gated.db",
         description="SQLite file path (relative to the config file) or an SQLAlchemy URL.",
+    )
+    max_pending_readings: int = Field(
+        1_000_000,
+        ge=1000,
+        description="Reading messages waiting for the broker beyond this are dropped, oldest first, "
+        "and counted (a warning comes at 80%). Decisions, alarms and audit records are never dropped.",
     )
 
 

@@ -22,9 +22,10 @@ from gated.db import open_engine
 from gated.devices import build_driver, check_devices
 from gated.errors import ConfigError
 from gated.holds import HoldStore
-from gated.messages import Topics
+from gated.messages import Topics, alarm_message, lane_status_message
 from gated.model import Decision, Visit
 from gated.pipeline import Pipeline
+from gated.preadvice import PreadviceStore
 from gated.publisher import MqttPublisher
 from gated.store import Store
 
@@ -42,7 +43,9 @@ class Daemon:
         self.store = Store(self.engine, site=config.site, node=config.node, clock=self.clock)
         self.holds = HoldStore(self.engine, self.clock)
         self.boot = self.store.next_boot()
-        self.pipeline = Pipeline(config, self.store, self.holds, self.clock)
+        self.pipeline = Pipeline(
+            config, self.store, self.holds, self.clock, preadvice=PreadviceStore(self.engine)
+        )
         topics = Topics(config.site)
         self.publisher = MqttPublisher(
             self.store,
@@ -52,8 +55,14 @@ class Daemon:
             subscriptions=[topics.holds_cmd],
             on_message=self.pipeline.inbound,
             status_snapshot=self.pipeline.status_snapshot,
+            max_pending_readings=config.storage.max_pending_readings,
+            on_backlog_warning=lambda waiting, cap: self.pipeline.node_alarm(
+                "backlog",
+                f"{waiting} reading messages wait for the broker; beyond {cap} the oldest are dropped",
+            ),
         )
         self.pipeline.on_stored = self.publisher.wake
+        self.pipeline.storage_listeners.append(self._on_storage)
         self.drivers: list[Driver] = [
             build_driver(lane.id, device, self.clock) for lane in config.lanes for device in lane.devices
         ]
@@ -66,6 +75,31 @@ class Daemon:
     def on_decision(self, listener: Callable[[Visit, list[Decision]], None]) -> None:
         self.pipeline.listeners.append(listener)
 
+    def _on_storage(self, ok: bool, detail: str) -> None:
+        """Storage failed: nothing can be stored, so say so directly (seq null) on every lane."""
+        if ok:
+            return
+        now = self.clock.now()
+        topics = Topics(self.config.site)
+        messages = []
+        for lane in self.config.lanes:
+            messages.append(
+                lane_status_message(
+                    topics, lane.id, "closed", {}, f"storage failure: no automatic release ({detail})", now
+                )
+            )
+            messages.append(
+                alarm_message(
+                    topics,
+                    lane=lane.id,
+                    alarm="storage_failure",
+                    text=f"gated cannot store decisions: lane closed to automatic release: {detail}",
+                    ts=now,
+                    severity="high",
+                )
+            )
+        self.publisher.publish_volatile(messages)
+
     def start(self) -> None:
         log.info(
             "gated node %s of site %s starting (boot %d), %d lanes, %d devices",
@@ -75,6 +109,7 @@ class Daemon:
             len(self.config.lanes),
             len(self.drivers),
         )
+        self.pipeline.recover()
         self.publisher.start()
         self._pipeline_thread = threading.Thread(
             target=self.pipeline.run, args=(self._stop,), name="gated-pipeline", daemon=True

@@ -144,6 +144,24 @@ class Reading:
     def value_type(self) -> str:
         return _value_type(self.value)
 
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Reading:
+        """A reading back from its stored body (what ``body()`` wrote)."""
+        return cls(
+            lane=body["lane"],
+            kind=Kind(body["kind"]),
+            device=body["device"],
+            source=body["source"],
+            value=body["value"],
+            ts=datetime.fromisoformat(body["ts"].replace("Z", "+00:00")),
+            quality=Quality(body["quality"]),
+            units=body.get("units"),
+            confidence=body.get("confidence"),
+            visit=body.get("visit"),
+            evidence=tuple(Evidence(**item) for item in body.get("evidence", [])),
+            id=body["id"],
+        )
+
     def in_visit(self, visit_id: str) -> Reading:
         return replace(self, visit=visit_id)
 

@@ -38,6 +38,7 @@ from gated.messages import (
 )
 from gated.model import Decision, DeviceState, Reading, ScreeningVerdict, Source, Visit, new_id
 from gated.policy import HoldListStatus, PolicySettings, decide
+from gated.preadvice import PreadviceStore
 from gated.store import AuditRecord, Batch, Message, Store
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,15 @@ class _FrameError:
     error: str
 
 
-_Event = Reading | _Status | _Inbound | _FrameError
+@dataclass(frozen=True, slots=True)
+class _NodeAlarm:
+    alarm: str
+    text: str
+    severity: str
+
+
+_Event = Reading | _Status | _Inbound | _FrameError | _NodeAlarm
+StorageListener = Callable[[bool, str], None]
 
 
 class Pipeline:
@@ -90,6 +99,7 @@ class Pipeline:
         *,
         on_stored: Callable[[], None] = lambda: None,
         batch_limit: int = 1000,
+        preadvice: PreadviceStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -130,6 +140,10 @@ class Pipeline:
             for lane in config.lanes
         }
         self.storage_ok = True
+        self.storage_listeners: list[StorageListener] = []
+        self.preadvice = preadvice
+        # Devices of each lane that were not online at some point of the lane's open visit.
+        self._offline_seen: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
 
     # -- DriverSink: called from driver threads ----------------------------------------------
     def reading(self, reading: Reading) -> None:
@@ -144,6 +158,22 @@ class Pipeline:
     def inbound(self, topic: str, payload: bytes) -> None:
         """An MQTT message for the node (from paho's thread)."""
         self._queue.put(_Inbound(topic, payload))
+
+    def node_alarm(self, alarm: str, text: str, severity: str = "medium") -> None:
+        """An alarm about the node itself, raised on every lane (from any thread)."""
+        self._queue.put(_NodeAlarm(alarm, text, severity))
+
+    def recover(self) -> None:
+        """Decide the visits a previous run left open (stopped mid-truck): they cannot be
+        released, and deciding them now means no visit is ever left without a decision."""
+        batch = Batch()
+        decided: list[tuple[Visit, list[Decision]]] = []
+        for visit in self.store.open_visits():
+            if visit.lane not in self.correlators:
+                continue
+            log.warning("visit %s on %s was open when gated stopped: deciding it now", visit.id, visit.lane)
+            self._decide(visit.closed(self.clock.now(), "restart"), batch, decided)
+        self._commit(batch, decided)
 
     # -- the pipeline thread -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -169,6 +199,18 @@ class Pipeline:
                 self._on_status(event, batch)
             elif isinstance(event, _FrameError):
                 self._on_frame_error(event)
+            elif isinstance(event, _NodeAlarm):
+                for lane in self.config.lanes:
+                    batch.messages.append(
+                        alarm_message(
+                            self.topics,
+                            lane=lane.id,
+                            alarm=event.alarm,
+                            text=event.text,
+                            ts=self.clock.now(),
+                            severity=event.severity,
+                        )
+                    )
             else:
                 self._on_inbound(event, batch)
         for correlator in self.correlators.values():
@@ -200,6 +242,7 @@ class Pipeline:
             self._decide(visit, batch, decided)
         if opened is not None:
             batch.visits.append(opened)
+            self._offline_seen[reading.lane] = set(self._not_online(reading.lane))
         self.stats.readings += 1
         batch.readings.append(attached)
         batch.messages.append(reading_message(self.topics, attached))
@@ -239,6 +282,8 @@ class Pipeline:
             return
         previous = self.device_states.get(key)
         self.device_states[key] = (event.state, event.detail)
+        if event.state is not DeviceState.ONLINE:
+            self._offline_seen[event.lane].add(event.device)
         if previous is not None and previous[0] == event.state:
             return
         now = self.clock.now()
@@ -259,6 +304,13 @@ class Pipeline:
                     severity="medium",
                 )
             )
+
+    def _not_online(self, lane: str) -> list[str]:
+        return sorted(
+            device
+            for (lane_id, device), (state, _) in self.device_states.items()
+            if lane_id == lane and state is not DeviceState.ONLINE
+        )
 
     def _lane_status(self, lane: str) -> Message:
         devices = {
@@ -367,7 +419,16 @@ class Pipeline:
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
         holds = {number: [h.to_json() for h in self.holds.active_holds_for(number)] for number in numbers}
         now = self.clock.now()
-        decisions = decide(visit, holds, self.hold_list_status(), self.policy_settings[visit.lane], now=now)
+        offline = self._offline_seen.get(visit.lane, set()) | set(self._not_online(visit.lane))
+        decisions = decide(
+            visit,
+            holds,
+            self.hold_list_status(),
+            self.policy_settings[visit.lane],
+            now=now,
+            offline_devices=sorted(offline),
+            expected_containers=self._expected(visit),
+        )
         batch.visits.append(visit)
         for slot, decision in enumerate(decisions):
             batch.decisions.append((decision, slot))
@@ -397,6 +458,17 @@ class Pipeline:
         decided.append((visit, decisions))
         self.stats.decisions += len(decisions)
 
+    def _expected(self, visit: Visit) -> frozenset[str] | None:
+        """What the visit's tag(s) were pre-advised to carry; None without any pre-advice."""
+        if self.preadvice is None:
+            return None
+        expected: set[str] | None = None
+        for tag in {r.value for r in visit.of_source(Source.EPC) if isinstance(r.value, str)}:
+            found = self.preadvice.expected_for(tag)
+            if found is not None:
+                expected = (expected or set()) | found
+        return frozenset(expected) if expected is not None else None
+
     def _commit(self, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
         if self._pending:
             _merge(self._pending, batch)
@@ -408,23 +480,43 @@ class Pipeline:
             self.store.write(batch)
         except StorageError as error:
             self.stats.storage_failures += 1
+            self._pending, self._pending_decided = batch, decided
             if self.storage_ok:
                 log.error("storage failed, lanes stop releasing until it works again: %s", error)
-            self.storage_ok = False
-            self._pending, self._pending_decided = batch, decided
+                self.storage_ok = False
+                self._tell_storage(False, str(error))
             self._queue_wait(1.0)
             return
-        if not self.storage_ok:
-            log.info("storage works again")
-            self.storage_ok = True
         self._pending, self._pending_decided = Batch(), []
+        if not self.storage_ok:
+            log.warning("storage works again")
+            self.storage_ok = True
+            self._tell_storage(True, "storage works again")
+            self._pending.messages.extend(self._lane_status(lane.id) for lane in self.config.lanes)
         self.on_stored()
+        for _visit, decisions in decided:
+            for decision in decisions:
+                log.info(
+                    "decision %s lane=%s visit=%s container=%s outcome=%s",
+                    decision.id,
+                    decision.lane,
+                    decision.visit,
+                    decision.container,
+                    decision.outcome,
+                )
         for visit, decisions in decided:
             for listener in self.listeners:
                 try:
                     listener(visit, decisions)
                 except Exception:  # a listener's bug must not stop the lane
                     log.exception("decision listener failed")
+
+    def _tell_storage(self, ok: bool, detail: str) -> None:
+        for listener in self.storage_listeners:
+            try:
+                listener(ok, detail)
+            except Exception:  # a listener's bug must not stop the lane
+                log.exception("storage listener failed")
 
     def _queue_wait(self, seconds: float) -> None:
         threading.Event().wait(seconds)

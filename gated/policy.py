@@ -32,6 +32,9 @@ CHECK_DIGIT_INVALID = "CHECK_DIGIT_INVALID"
 OCR_CONFLICT = "OCR_CONFLICT"
 RFID_MISSING = "RFID_MISSING"
 VISIT_INCOMPLETE = "VISIT_INCOMPLETE"
+DEVICE_OFFLINE = "DEVICE_OFFLINE"
+EVIDENCE_MISMATCH = "EVIDENCE_MISMATCH"
+STORAGE_FAILURE = "STORAGE_FAILURE"
 
 _SEVERITY = {
     Outcome.HOLD: 3,
@@ -137,10 +140,20 @@ def decide(
     settings: PolicySettings,
     *,
     now: datetime,
+    offline_devices: Sequence[str] = (),
+    expected_containers: frozenset[str] | None = None,
 ) -> list[Decision]:
-    """One decision per container of a closed visit. ``holds`` maps each container number read in
-    the visit to its active hold records (direct or through a bill of lading)."""
+    """One decision per container of a closed visit.
+
+    ``holds`` maps each container number read in the visit to its active hold records (direct or
+    through a bill of lading). ``offline_devices`` are the lane's devices that were not online at
+    some point of the visit. ``expected_containers`` is what the truck's tag was pre-advised to
+    carry, when a pre-advice exists: a number outside it contradicts the tag."""
     common: list[Reason] = []
+    if offline_devices:
+        common.append(
+            Reason(DEVICE_OFFLINE, f"not online during the visit: {', '.join(sorted(offline_devices))}")
+        )
     if not hold_list.loaded:
         common.append(Reason(HOLD_LIST_NOT_LOADED, "no hold list loaded: no automatic release"))
     elif settings.hold_list_max_age_seconds is not None:
@@ -173,6 +186,14 @@ def decide(
                 )
             elif slot.quality is not Quality.GOOD:
                 reasons.append(Reason(OCR_UNCERTAIN, f"{slot.number}: read with low confidence"))
+            if expected_containers is not None and slot.number not in expected_containers:
+                expected = ", ".join(sorted(expected_containers)) or "no container"
+                reasons.append(
+                    Reason(
+                        EVIDENCE_MISMATCH,
+                        f"camera read {slot.number}; the truck's tag is pre-advised for {expected}",
+                    )
+                )
             for record in matched:
                 reasons.append(Reason(HOLD_ACTIVE, _hold_text(record)))
         outcome = _outcome(reasons, bool(matched), radiation_alarm)

@@ -1,19 +1,30 @@
 """MQTT output: drains the durable outbox to the broker at QoS 1, in order.
 
-A row leaves the outbox only when the broker has acknowledged it (PUBACK). paho keeps its
-unacknowledged messages in memory and sends them again after a reconnect, so within one run the
-mid -> seq map below stays valid across reconnects; across restarts the outbox itself replays.
-The node's Will marks it offline; a birth with the boot counter is published on every connect,
-followed by the current lane and device status (retained), so a broker that lost its retained
-messages is brought up to date.
+- A row is marked delivered only when the broker acknowledged it (PUBACK). paho keeps its
+  unacknowledged messages in memory and sends them again after a reconnect, so within one run the
+  mid -> seq map below stays valid across reconnects; across restarts the outbox itself replays.
+- The session is persistent (clean_session=False). When the broker answers a reconnect with no
+  session, it has restarted and may have lost messages it had acknowledged but not yet passed
+  on: the messages acknowledged within ``replay_seconds`` are sent again (consumers drop
+  duplicates by id).
+- A connection that stays open but goes silent is noticed by our own watchdog: nothing heard
+  from the broker for 1.5 x keepalive (paho answers a ping in time on a live link) closes the
+  socket and paho reconnects.
+- The node's Will marks it offline; a birth with the boot counter is published on every connect,
+  followed by the current lane and device status (retained), so a broker that lost its retained
+  messages is brought up to date.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +35,15 @@ from gated.clock import rfc3339
 from gated.config import MqttConfig
 from gated.errors import ConfigError, StorageError
 from gated.model import new_id
-from gated.store import Batch, Message, Store
+from gated.store import Batch, Message, OutboxRow, Store
 
 log = logging.getLogger(__name__)
 
 InboundHandler = Callable[[str, bytes], None]
 StatusSnapshot = Callable[[], list[Message]]
+BacklogWarning = Callable[[int, int], None]
+
+HOUSEKEEPING_SECONDS = 5.0
 
 
 @dataclass
@@ -38,6 +52,9 @@ class PublisherStats:
     acknowledged: int = 0
     connects: int = 0
     disconnects: int = 0
+    replayed: int = 0
+    stalls: int = 0
+    dropped_readings: int = 0
 
 
 class MqttPublisher:
@@ -53,6 +70,8 @@ class MqttPublisher:
         subscriptions: list[str],
         on_message: InboundHandler,
         status_snapshot: StatusSnapshot,
+        max_pending_readings: int = 1_000_000,
+        on_backlog_warning: BacklogWarning | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -61,6 +80,8 @@ class MqttPublisher:
         self.subscriptions = subscriptions
         self.on_inbound = on_message
         self.status_snapshot = status_snapshot
+        self.max_pending_readings = max_pending_readings
+        self.on_backlog_warning = on_backlog_warning
         self.stats = PublisherStats()
         self.node_topic = f"{prefix}/node/{store.node}/status"
         self._lock = threading.Lock()
@@ -70,16 +91,21 @@ class MqttPublisher:
         self._early_acks: set[int] = set()  # acks that beat the mid bookkeeping
         self._acked: list[int] = []
         self._sent_ahead: set[int] = set()  # seqs published out of order (births)
+        self._replay: list[OutboxRow] = []
         self._cursor = 0
         self._connected = threading.Event()
         self._needs_birth = False
+        self._needs_replay = False
+        self._last_heard = time.monotonic()
+        self._next_housekeeping = 0.0
+        self._backlog_warned = False
         self._thread: threading.Thread | None = None
         self.client = self._make_client()
 
     # -- paho set-up and callbacks (paho's network thread: never block here) ---------------
     def _make_client(self) -> mqtt.Client:
         client_id = self.config.client_id or f"gated-{self.store.site}-{self.store.node}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
@@ -94,24 +120,32 @@ class MqttPublisher:
         will = self.store.envelope(
             Message(self.node_topic, "gated.status/1", {"state": "offline", "boot": self.boot}), None
         )
-        client.will_set(self.node_topic, _json_bytes(will), qos=1, retain=True)
+        client.will_set(self.node_topic, json.dumps(will, separators=(",", ":")).encode(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             log.warning("MQTT broker refused the connection: %s", reason)
             return
-        log.info("connected to MQTT broker %s:%s", self.config.host, self.config.port)
+        session_present = bool(getattr(flags, "session_present", False))
+        log.info(
+            "connected to MQTT broker %s:%s (session %s)",
+            self.config.host,
+            self.config.port,
+            "resumed" if session_present else "new",
+        )
         self.stats.connects += 1
-        # Subscriptions do not survive a reconnect with a clean session: make them every time.
+        self._last_heard = time.monotonic()
+        # Subscribe every time: a new session on the broker has no subscriptions.
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         with self._lock:
             self._needs_birth = True
+            self._needs_replay = not session_present and self.config.replay_seconds > 0
         self._connected.set()
         self._wake.set()
 
@@ -122,6 +156,7 @@ class MqttPublisher:
         self._connected.clear()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+        self._last_heard = time.monotonic()
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
@@ -131,6 +166,7 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self._last_heard = time.monotonic()
         self.on_inbound(message.topic, bytes(message.payload))
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,16 +182,18 @@ class MqttPublisher:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (used at shutdown and by tests)."""
-        deadline = threading.Event()
-        waited = 0.0
-        while waited < timeout:
+        """Wait until every stored message is acknowledged (used at shutdown and by tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if self.store.outbox_depth() == 0:
                 return True
             self._wake.set()
-            deadline.wait(0.05)
-            waited += 0.05
+            time.sleep(0.05)
         return False
 
     def stop(self, *, graceful_offline: bool = True, timeout: float = 5.0) -> None:
@@ -182,7 +220,9 @@ class MqttPublisher:
             self._wake.wait(0.5)
             self._wake.clear()
             try:
+                self._watch_for_silence()
                 self._drain_once()
+                self._housekeeping()
             except StorageError as error:
                 log.error("outbox: %s", error)
                 self._stop.wait(1.0)
@@ -190,10 +230,31 @@ class MqttPublisher:
                 log.exception("publisher failed; continuing")
                 self._stop.wait(1.0)
 
+    def _watch_for_silence(self) -> None:
+        """Close a connection that is open but silent, so paho reconnects."""
+        if not self._connected.is_set():
+            return
+        heard = max(self._last_heard, _paho_last_heard(self.client))
+        silent = time.monotonic() - heard
+        if silent < 1.5 * self.config.keepalive:
+            return
+        self.stats.stalls += 1
+        log.warning("MQTT broker silent for %.1f s: dropping the connection to reconnect", silent)
+        self._connected.clear()
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            try:
+                # Shutting the socket makes paho's loop see the connection lost and reconnect;
+                # nothing is lost: unacknowledged messages stay queued in paho and in the outbox.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError as error:
+                log.debug("shutdown of a dead socket: %s", error)
+
     def _drain_once(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
             needs_birth, self._needs_birth = self._needs_birth, False
+            needs_replay, self._needs_replay = self._needs_replay, False
         if acked:
             self.store.mark_delivered(acked)
             self.stats.acknowledged += len(acked)
@@ -201,11 +262,27 @@ class MqttPublisher:
                 self._sent_ahead.difference_update(acked)
         if needs_birth:
             self._publish_birth()
+        if needs_replay:
+            since = self.store.clock.now() - timedelta(seconds=self.config.replay_seconds)
+            self._replay = self.store.recently_delivered(since, 1_000_000)
+            if self._replay:
+                log.warning(
+                    "broker came back without our session: sending the %d messages it acknowledged "
+                    "in the last %d s again",
+                    len(self._replay),
+                    self.config.replay_seconds,
+                )
         while not self._stop.is_set():
             with self._lock:
                 room = self.config.max_inflight - len(self._inflight)
             if room <= 0:
                 return
+            if self._replay:
+                batch, self._replay = self._replay[:room], self._replay[room:]
+                for row in batch:
+                    self._publish(row.seq, row.topic, row.payload, row.qos, row.retain)
+                self.stats.replayed += len(batch)
+                continue
             rows = self.store.pending(self._cursor, room)
             if not rows:
                 return
@@ -240,12 +317,45 @@ class MqttPublisher:
         for row in rows:
             self._publish(row.seq, row.topic, row.payload, row.qos, row.retain)
 
+    def _housekeeping(self) -> None:
+        """Every few seconds: forget old deliveries, and keep the reading backlog within its cap."""
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_SECONDS
+        self.store.purge_delivered(self.store.clock.now() - timedelta(seconds=self.config.replay_seconds))
+        waiting = self.store.pending_readings()
+        warn_at = int(self.max_pending_readings * 0.8)
+        if waiting >= warn_at and not self._backlog_warned:
+            self._backlog_warned = True
+            log.warning(
+                "%d reading messages wait for the broker; beyond %d the oldest are dropped",
+                waiting,
+                self.max_pending_readings,
+            )
+            if self.on_backlog_warning is not None:
+                self.on_backlog_warning(waiting, self.max_pending_readings)
+        elif waiting < warn_at // 2:
+            self._backlog_warned = False
+        if waiting > self.max_pending_readings:
+            dropped = self.store.drop_oldest_pending_readings(self.max_pending_readings)
+            self.stats.dropped_readings += dropped
+            log.error("dropped the %d oldest reading messages waiting for the broker", dropped)
+
+    def publish_volatile(self, messages: list[Message]) -> None:
+        """Publish without storing, with ``seq`` null: only for telling the world that storage
+        itself has failed (nothing can be stored then, so nothing can wait in the outbox)."""
+        for message in messages:
+            payload = json.dumps(self.store.envelope(message, None), separators=(",", ":")).encode()
+            self.client.publish(message.topic, payload, qos=message.qos, retain=message.retain)
+
     def inflight(self) -> int:
         with self._lock:
             return len(self._inflight)
 
 
-def _json_bytes(payload: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(payload, separators=(",", ":")).encode()
+def _paho_last_heard(client: mqtt.Client) -> float:
+    """When paho last received bytes from the broker (paho pings on an idle link, so on a live
+    connection this is never much older than the keepalive). Not public in paho: 0.0 if absent."""
+    value = getattr(client, "_last_bytes_received", 0.0)
+    return float(value) if isinstance(value, int | float) else 0.0

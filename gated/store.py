@@ -54,7 +54,19 @@ outbox = Table(
     Column("qos", Integer, nullable=False),
     Column("retain", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Set when the broker acknowledged the message. Delivered rows are kept for a while so they
+    # can be sent again if the broker turns out to have lost them (it restarted without them).
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("is_reading", Integer, nullable=False, default=0),
 )
+# What the publisher scans: undelivered rows in seq order.
+Index(
+    "ix_outbox_pending",
+    outbox.c.seq,
+    sqlite_where=outbox.c.delivered_at.is_(None),
+    postgresql_where=outbox.c.delivered_at.is_(None),
+)
+Index("ix_outbox_delivered", outbox.c.delivered_at)
 
 readings = Table(
     "readings",
@@ -151,6 +163,9 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.readings or self.visits or self.decisions or self.audit or self.messages)
+
+
+READING_SCHEMA = "gated.reading/1"
 
 
 def _dumps(value: Any) -> str:
@@ -281,6 +296,8 @@ class Store:
                                 "qos": message.qos,
                                 "retain": int(message.retain),
                                 "created_at": now,
+                                "delivered_at": None,
+                                "is_reading": int(message.schema == READING_SCHEMA),
                             }
                         )
                         rows.append(
@@ -314,11 +331,21 @@ class Store:
     # -- the outbox -------------------------------------------------------------------------
     def pending(self, after_seq: int, limit: int) -> list[OutboxRow]:
         """Undelivered messages with seq > ``after_seq``, oldest first."""
+        return self._select_rows(
+            (outbox.c.delivered_at.is_(None)) & (outbox.c.seq > after_seq), limit, "read the outbox"
+        )
+
+    def recently_delivered(self, since: datetime, limit: int) -> list[OutboxRow]:
+        """Messages the broker acknowledged since ``since``: sent again when the broker comes back
+        without our session, since it may have lost what it had acknowledged but not yet passed on."""
+        return self._select_rows(outbox.c.delivered_at >= since, limit, "read recent deliveries")
+
+    def _select_rows(self, condition: Any, limit: int, what: str) -> list[OutboxRow]:
         try:
             with self.engine.connect() as conn:
                 result = conn.execute(
                     select(outbox.c.seq, outbox.c.topic, outbox.c.payload, outbox.c.qos, outbox.c.retain)
-                    .where(outbox.c.seq > after_seq)
+                    .where(condition)
                     .order_by(outbox.c.seq)
                     .limit(limit)
                 )
@@ -327,25 +354,115 @@ class Store:
                     for seq, topic, payload, qos, retain in result
                 ]
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot read the outbox: {error}") from error
+            raise StorageError(f"cannot {what}: {error}") from error
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
-        """The broker acknowledged these: they leave the outbox (the records stay in their tables)."""
+        """The broker acknowledged these."""
         chosen = sorted(set(seqs))
         if not chosen:
             return
+        now = self.clock.now()
         try:
             with self._write_lock, self.engine.begin() as conn:
                 for start in range(0, len(chosen), 500):
-                    conn.execute(delete(outbox).where(outbox.c.seq.in_(chosen[start : start + 500])))
+                    conn.execute(
+                        update(outbox)
+                        .where(outbox.c.seq.in_(chosen[start : start + 500]))
+                        .values(delivered_at=now)
+                    )
         except SQLAlchemyError as error:
             raise StorageError(f"cannot mark {len(chosen)} messages delivered: {error}") from error
 
-    def outbox_depth(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(outbox)).scalar() or 0)
+    def purge_delivered(self, before: datetime) -> int:
+        """Forget outbox rows delivered before ``before`` (the records stay in their own tables)."""
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                return int(
+                    conn.execute(
+                        delete(outbox).where(
+                            outbox.c.delivered_at.is_not(None) & (outbox.c.delivered_at < before)
+                        )
+                    ).rowcount
+                )
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot purge delivered messages: {error}") from error
 
-    # -- reading back (for `gated query` and the tests) -------------------------------------
+    def drop_oldest_pending_readings(self, keep: int) -> int:
+        """Enforce the cap on reading messages waiting for the broker: drop the oldest beyond
+        ``keep`` and count them. Decisions, alarms, status and audit messages are never dropped."""
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                waiting = int(
+                    conn.execute(
+                        select(func.count())
+                        .select_from(outbox)
+                        .where(outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
+                    ).scalar()
+                    or 0
+                )
+                excess = waiting - keep
+                if excess <= 0:
+                    return 0
+                oldest = (
+                    select(outbox.c.seq)
+                    .where(outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
+                    .order_by(outbox.c.seq)
+                    .limit(excess)
+                )
+                dropped = int(conn.execute(delete(outbox).where(outbox.c.seq.in_(oldest))).rowcount)
+                total = self._counter(conn, "dropped_readings") + dropped
+                self._set_counter(conn, "dropped_readings", total)
+                return dropped
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot enforce the reading cap: {error}") from error
+
+    def counter(self, name: str) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar()
+            return int(value or 0)
+
+    def outbox_depth(self) -> int:
+        """Messages not yet acknowledged by the broker."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.delivered_at.is_(None))
+                ).scalar()
+                or 0
+            )
+
+    def pending_readings(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
+                ).scalar()
+                or 0
+            )
+
+    # -- reading back (for recovery, `gated query` and the tests) -----------------------------
+    def open_visits(self) -> list[Visit]:
+        """Visits that were open when the daemon stopped (never closed, never decided), with
+        their readings, so they can be decided after a restart instead of forgotten."""
+        with self.engine.connect() as conn:
+            rows = list(
+                conn.execute(select(visits).where(visits.c.closed_at.is_(None)).order_by(visits.c.opened_at))
+            )
+            found = []
+            for row in rows:
+                bodies = conn.execute(
+                    select(readings.c.body).where(readings.c.visit == row.id).order_by(readings.c.ts)
+                )
+                items = tuple(Reading.from_body(json.loads(body)) for (body,) in bodies)
+                found.append(
+                    Visit(
+                        id=row.id, lane=row.lane, opened_at=row.opened_at, trigger=row.trigger, readings=items
+                    )
+                )
+            return found
+
     def decisions_for_visit(self, visit_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             result = conn.execute(
