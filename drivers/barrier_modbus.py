@@ -245,7 +245,7 @@ class ModbusBarrier:
             except DeviceUnavailable as error:
                 log.warning("%s: connection lost: %s", self._where, error)
                 failing_logged = True
-            except Exception as error:  # noqa: BLE001  a bug must not end the thread silently
+            except Exception as error:  # a bug must not end the thread silently
                 log.exception("%s: barrier thread failed: %s", self._where, error)
                 failing_logged = True
             self._close()
@@ -267,7 +267,7 @@ class ModbusBarrier:
                     next_beat = max(next_beat + self.heartbeat_interval, now)
                     if self._is_healthy():
                         beat = (self._beat + 1) & 0xFFFF
-                        self._call(lambda c: c.write_register(HEARTBEAT, beat, device_id=self.unit))
+                        self._write(HEARTBEAT, [beat])
                         self._beat = beat
                 self._expire_lease()
                 self._write_permit()
@@ -351,19 +351,19 @@ class ModbusBarrier:
             grant, withdraw = self._grant, self._withdraw
         if grant is not None and not grant.written:
             token = grant.token
-            self._call(lambda c: c.write_registers(PERMIT, [1, token], device_id=self.unit))
+            self._write(PERMIT, [1, token])
             with self._lock:
                 if self._grant is grant:
                     grant.written = True
         elif withdraw:
-            self._call(lambda c: c.write_register(PERMIT, 0, device_id=self.unit))
+            self._write(PERMIT, [0])
             with self._lock:
                 if self._grant is None:
                     self._withdraw = False
 
     def _write_permit_best_effort(self) -> None:
         try:
-            self._call(lambda c: c.write_register(PERMIT, 0, device_id=self.unit))
+            self._write(PERMIT, [0])
         except (DeviceUnavailable, ProtocolError) as error:
             log.warning("%s: could not withdraw the permit on stop: %s", self._where, error)
 
@@ -415,6 +415,12 @@ class ModbusBarrier:
             raise ProtocolError(f"{self._where}: Modbus exception {code}")
         return response
 
+    def _write(self, address: int, values: list[int]) -> None:
+        if len(values) == 1:
+            self._call(lambda c: c.write_register(address, values[0], device_id=self.unit))
+        else:
+            self._call(lambda c: c.write_registers(address, values, device_id=self.unit))
+
     def _read(self) -> list[int]:
         response = self._call(
             lambda c: c.read_holding_registers(0, count=REGISTER_COUNT, device_id=self.unit)
@@ -458,5 +464,5 @@ class ModbusBarrier:
             return
         try:
             callback(current)
-        except Exception as error:  # noqa: BLE001  a listener's bug must not stop the heartbeat
+        except Exception as error:  # a listener's bug must not stop the heartbeat
             log.exception("%s: on_state listener failed: %s", self._where, error)

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gated.clock import Clock, rfc3339
@@ -36,8 +36,18 @@ from gated.messages import (
     lane_status_message,
     reading_message,
 )
-from gated.model import Decision, DeviceState, Reading, ScreeningVerdict, Source, Visit, new_id
-from gated.policy import HoldListStatus, PolicySettings, decide
+from gated.model import (
+    Decision,
+    DeviceState,
+    Outcome,
+    Reading,
+    Reason,
+    ScreeningVerdict,
+    Source,
+    Visit,
+    new_id,
+)
+from gated.policy import STORAGE_FAILURE, HoldListStatus, PolicySettings, decide
 from gated.preadvice import PreadviceStore
 from gated.store import AuditRecord, Batch, Message, Store
 
@@ -429,6 +439,15 @@ class Pipeline:
             offline_devices=sorted(offline),
             expected_containers=self._expected(visit),
         )
+        if not self.storage_ok:
+            decisions = _without_release(decisions)
+        decided.append((visit, decisions))
+        self.stats.decisions += len(decisions)
+
+    def _decision_records(self, batch: Batch, visit: Visit, decisions: list[Decision]) -> None:
+        """What a decided visit adds to the transaction: the closed visit, its decisions, their
+        messages, hold-hit alarms and audit records."""
+        now = self.clock.now()
         batch.visits.append(visit)
         for slot, decision in enumerate(decisions):
             batch.decisions.append((decision, slot))
@@ -455,8 +474,6 @@ class Pipeline:
                         detail={"hold": record},
                     )
                 )
-        decided.append((visit, decisions))
-        self.stats.decisions += len(decisions)
 
     def _expected(self, visit: Visit) -> frozenset[str] | None:
         """What the visit's tag(s) were pre-advised to carry; None without any pre-advice."""
@@ -470,14 +487,26 @@ class Pipeline:
         return frozenset(expected) if expected is not None else None
 
     def _commit(self, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
-        if self._pending:
+        if self._pending or self._pending_decided:
             _merge(self._pending, batch)
             batch = self._pending
             decided = self._pending_decided + decided
-        if not batch:
+        if not batch and not decided:
             return
+        if not self.storage_ok:
+            # Decided before storage failed, but not stored: no release came of it, none will.
+            decided = [(visit, _without_release(decisions)) for visit, decisions in decided]
+        attempt = Batch(
+            readings=list(batch.readings),
+            visits=list(batch.visits),
+            decisions=list(batch.decisions),
+            audit=list(batch.audit),
+            messages=list(batch.messages),
+        )
+        for visit, decisions in decided:
+            self._decision_records(attempt, visit, decisions)
         try:
-            self.store.write(batch)
+            self.store.write(attempt)
         except StorageError as error:
             self.stats.storage_failures += 1
             self._pending, self._pending_decided = batch, decided
@@ -520,6 +549,20 @@ class Pipeline:
 
     def _queue_wait(self, seconds: float) -> None:
         threading.Event().wait(seconds)
+
+
+def _without_release(decisions: list[Decision]) -> list[Decision]:
+    """The decisions with every RELEASE turned into MANUAL_REVIEW: storage has failed."""
+    return [
+        replace(
+            decision,
+            outcome=Outcome.MANUAL_REVIEW,
+            reasons=(Reason(STORAGE_FAILURE, "decisions could not be stored: no automatic release"),),
+        )
+        if decision.outcome is Outcome.RELEASE
+        else decision
+        for decision in decisions
+    ]
 
 
 def _merge(into: Batch, other: Batch) -> None:

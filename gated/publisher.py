@@ -3,10 +3,11 @@
 - A row is marked delivered only when the broker acknowledged it (PUBACK). paho keeps its
   unacknowledged messages in memory and sends them again after a reconnect, so within one run the
   mid -> seq map below stays valid across reconnects; across restarts the outbox itself replays.
-- The session is persistent (clean_session=False). When the broker answers a reconnect with no
-  session, it has restarted and may have lost messages it had acknowledged but not yet passed
-  on: the messages acknowledged within ``replay_seconds`` are sent again (consumers drop
-  duplicates by id).
+- A broker that dies may lose messages it had acknowledged but not yet passed on or saved (a
+  mosquitto snapshot is taken every ``autosave_interval``). So after every lost connection, the
+  messages acknowledged in the ``replay_seconds`` before it was lost are sent again (consumers
+  drop duplicates by id). The session is persistent (clean_session=False) so hold commands sent
+  while gated is away wait for it.
 - A connection that stays open but goes silent is noticed by our own watchdog: nothing heard
   from the broker for 1.5 x keepalive (paho answers a ping in time on a live link) closes the
   socket and paho reconnects.
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ class MqttPublisher:
         self._connected = threading.Event()
         self._needs_birth = False
         self._needs_replay = False
+        self._disconnected_at: datetime | None = None
         self._last_heard = time.monotonic()
         self._next_housekeeping = 0.0
         self._backlog_warned = False
@@ -145,7 +147,7 @@ class MqttPublisher:
             client.subscribe(topic, qos=1)
         with self._lock:
             self._needs_birth = True
-            self._needs_replay = not session_present and self.config.replay_seconds > 0
+            self._needs_replay = self._disconnected_at is not None and self.config.replay_seconds > 0
         self._connected.set()
         self._wake.set()
 
@@ -153,6 +155,8 @@ class MqttPublisher:
         if not self._stop.is_set():
             log.warning("MQTT connection lost: %s (reconnecting)", reason)
         self.stats.disconnects += 1
+        if self._connected.is_set() or self._disconnected_at is None:
+            self._disconnected_at = self.store.clock.now()
         self._connected.clear()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
@@ -240,6 +244,7 @@ class MqttPublisher:
             return
         self.stats.stalls += 1
         log.warning("MQTT broker silent for %.1f s: dropping the connection to reconnect", silent)
+        self._disconnected_at = self.store.clock.now() - timedelta(seconds=silent)
         self._connected.clear()
         sock = self.client.socket()
         if isinstance(sock, socket.socket):
@@ -263,12 +268,13 @@ class MqttPublisher:
         if needs_birth:
             self._publish_birth()
         if needs_replay:
-            since = self.store.clock.now() - timedelta(seconds=self.config.replay_seconds)
+            lost_at = self._disconnected_at or self.store.clock.now()
+            since = lost_at - timedelta(seconds=self.config.replay_seconds)
             self._replay = self.store.recently_delivered(since, 1_000_000)
             if self._replay:
                 log.warning(
-                    "broker came back without our session: sending the %d messages it acknowledged "
-                    "in the last %d s again",
+                    "connection was lost: sending again the %d messages the broker acknowledged "
+                    "in the %d s before",
                     len(self._replay),
                     self.config.replay_seconds,
                 )
