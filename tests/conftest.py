@@ -21,7 +21,7 @@ from tests.system import free_port, require_tool
 class Mosquitto:
     """A real mosquitto broker on a loopback port, owned by the test."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         self.binary = require_tool("mosquitto")
         self.port = free_port()
         self.workdir = workdir
@@ -31,10 +31,18 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 1000000\n"
+            + ("" if persistent else "persistence false\n")
+            + "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
-            "log_dest stderr\n",
+            "log_dest stderr\n"
+            + (
+                # Sessions and queued messages survive a restart; snapshot every second.
+                f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+                # As root mosquitto would switch to its own user, who cannot write the test's folder.
+                "user root\n"
+                if persistent
+                else ""
+            ),
             encoding="utf-8",
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -83,17 +91,23 @@ class Received:
 
 @dataclass
 class Subscriber:
-    """Subscribes like a customs system would: QoS 1 to everything under gated/."""
+    """Subscribes like a customs system would: QoS 1 to everything under gated/. A durable one
+    keeps its session on the broker (clean_session=False) and reconnects by itself."""
 
     port: int
     topic: str = "gated/#"
+    client_id: str = ""
+    durable: bool = False
     messages: list[Received] = field(default_factory=list)
     raw_errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=not self.durable
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
 
@@ -143,8 +157,8 @@ class Subscriber:
 def subscriber_factory() -> Iterator[Any]:
     made: list[Subscriber] = []
 
-    def make(port: int, topic: str = "gated/#") -> Subscriber:
-        subscriber = Subscriber(port, topic).start()
+    def make(port: int, topic: str = "gated/#", *, client_id: str = "", durable: bool = False) -> Subscriber:
+        subscriber = Subscriber(port, topic, client_id=client_id, durable=durable).start()
         made.append(subscriber)
         return subscriber
 
