@@ -170,7 +170,7 @@ class ModbusBarrier:
 
     @property
     def state(self) -> BarrierState | None:
-        """The last state reported (None before the first connect attempt)."""
+        """The last state reported (None before the first report)."""
         with self._lock:
             return self._state
 
@@ -229,7 +229,7 @@ class ModbusBarrier:
                 self._connect()
             except DeviceUnavailable as error:
                 if not failing_logged:
-                    log.warning("%s: cannot connect: %s", self._where, error)
+                    log.warning("%s", error)
                     failing_logged = True
                 self._report_offline()
                 self._expire_lease()
@@ -243,7 +243,7 @@ class ModbusBarrier:
             try:
                 self._serve()
             except DeviceUnavailable as error:
-                log.warning("%s: connection lost: %s", self._where, error)
+                log.warning("%s", error)
                 failing_logged = True
             except Exception as error:  # a bug must not end the thread silently
                 log.exception("%s: barrier thread failed: %s", self._where, error)

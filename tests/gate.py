@@ -45,7 +45,15 @@ def lane_devices_fixture() -> Iterator[LaneDevices]:
     devices.camera.stop()
 
 
-def write_config(tmp_path: Path, broker: Mosquitto, devices: LaneDevices) -> Path:
+def write_config(
+    tmp_path: Path,
+    broker: Mosquitto,
+    devices: LaneDevices,
+    *,
+    max_age_seconds: int = 3600,
+    visit_timeout_seconds: float = 20,
+    database: str = "gated.db",
+) -> Path:
     config = tmp_path / "gate.toml"
     config.write_text(
         f"""
@@ -56,14 +64,14 @@ host = "127.0.0.1"
 port = {broker.port}
 keepalive = 5
 [storage]
-database = "gated.db"
+database = "{database}"
 [holds]
-max_age_seconds = 3600
+max_age_seconds = {max_age_seconds}
 [[lanes]]
 id = "lane-1"
 require = ["rfid", "ocr", "rpm"]
 settle_seconds = 0.5
-visit_timeout_seconds = 20
+visit_timeout_seconds = {visit_timeout_seconds}
 [[lanes.devices]]
 id = "rfid-1"
 driver = "rfid-serial"
