@@ -53,6 +53,8 @@ from gated.store import AuditRecord, Batch, Message, Store
 
 log = logging.getLogger(__name__)
 
+STORAGE_RETRY_SECONDS = 1.0  # how often a failing database is tried again
+
 DecisionListener = Callable[[Visit, list[Decision]], None]
 
 
@@ -150,6 +152,7 @@ class Pipeline:
             for lane in config.lanes
         }
         self.storage_ok = True
+        self._retry_at = 0.0
         self.storage_listeners: list[StorageListener] = []
         self.preadvice = preadvice
         # Devices of each lane that were not online at some point of the lane's open visit.
@@ -505,6 +508,9 @@ class Pipeline:
         )
         for visit, decisions in decided:
             self._decision_records(attempt, visit, decisions)
+        if not self.storage_ok and self.clock.monotonic() < self._retry_at:
+            self._pending, self._pending_decided = batch, decided
+            return
         try:
             self.store.write(attempt)
         except StorageError as error:
@@ -514,7 +520,7 @@ class Pipeline:
                 log.error("storage failed, lanes stop releasing until it works again: %s", error)
                 self.storage_ok = False
                 self._tell_storage(False, str(error))
-            self._queue_wait(1.0)
+            self._retry_at = self.clock.monotonic() + STORAGE_RETRY_SECONDS
             return
         self._pending, self._pending_decided = Batch(), []
         if not self.storage_ok:
@@ -546,9 +552,6 @@ class Pipeline:
                 listener(ok, detail)
             except Exception:  # a listener's bug must not stop the lane
                 log.exception("storage listener failed")
-
-    def _queue_wait(self, seconds: float) -> None:
-        threading.Event().wait(seconds)
 
 
 def _without_release(decisions: list[Decision]) -> list[Decision]:

@@ -234,3 +234,8 @@ def _hold_text(record: Mapping[str, Any]) -> str:
 
 def most_severe(decisions: Sequence[Decision]) -> Outcome:
     return max((d.outcome for d in decisions), key=lambda outcome: _SEVERITY[outcome])
+
+
+def may_open(decisions: Sequence[Decision]) -> bool:
+    """The barrier may open for a truck only when every container on it was RELEASEd."""
+    return bool(decisions) and all(decision.outcome is Outcome.RELEASE for decision in decisions)
