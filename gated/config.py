@@ -90,12 +90,29 @@ class OcrCameraDevice(_Strict):
     silence_timeout_seconds: float = Field(3.0, gt=0)
 
 
-DeviceConfig = Annotated[RfidSerialDevice | RpmModbusDevice | OcrCameraDevice, Field(discriminator="driver")]
+class BarrierModbusDevice(_Strict):
+    id: Identifier
+    driver: Literal["barrier-modbus"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247)
+    lease_seconds: float = Field(
+        60.0, gt=0, le=600, description="How long a permit to open lasts if no vehicle passes."
+    )
+    heartbeat_interval_seconds: float = Field(
+        0.25, gt=0, le=2, description="Keep well below the PLC's watchdog timeout."
+    )
+    timeout_seconds: float = Field(1.0, gt=0, le=30)
+
+
+DeviceConfig = Annotated[
+    RfidSerialDevice | RpmModbusDevice | OcrCameraDevice | BarrierModbusDevice, Field(discriminator="driver")
+]
 
 RequiredKind = Literal["rfid", "ocr", "rpm"]
 DEFAULT_REQUIRE: tuple[RequiredKind, ...] = ("ocr", "rpm")
 
-DEVICE_KINDS = {"rfid-serial": "rfid", "rpm-modbus": "rpm", "ocr-camera": "ocr"}
+DEVICE_KINDS = {"rfid-serial": "rfid", "rpm-modbus": "rpm", "ocr-camera": "ocr", "barrier-modbus": "barrier"}
 
 
 class LaneConfig(_Strict):
@@ -125,6 +142,9 @@ class LaneConfig(_Strict):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"device ids must be unique within a lane: {', '.join(duplicates)}")
+        barriers = [device.id for device in self.devices if isinstance(device, BarrierModbusDevice)]
+        if len(barriers) > 1:
+            raise ValueError(f"a lane has one barrier, not {len(barriers)}: {', '.join(barriers)}")
         kinds = {DEVICE_KINDS[device.driver] for device in self.devices}
         missing = [kind for kind in self.require if kind not in kinds]
         if missing:

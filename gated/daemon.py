@@ -17,10 +17,11 @@ from types import FrameType
 
 from drivers.base import Driver
 from gated.clock import Clock, SystemClock
-from gated.config import GateConfig
+from gated.config import BarrierModbusDevice, GateConfig
 from gated.db import open_engine
-from gated.devices import build_driver, check_devices
+from gated.devices import build_barrier, build_driver, check_devices
 from gated.errors import ConfigError
+from gated.gate import GateControl
 from gated.holds import HoldStore
 from gated.messages import Topics, alarm_message, lane_status_message
 from gated.model import Decision, Visit
@@ -64,13 +65,32 @@ class Daemon:
         self.pipeline.on_stored = self.publisher.wake
         self.pipeline.storage_listeners.append(self._on_storage)
         self.drivers: list[Driver] = [
-            build_driver(lane.id, device, self.clock) for lane in config.lanes for device in lane.devices
+            build_driver(lane.id, device, self.clock)
+            for lane in config.lanes
+            for device in lane.devices
+            if not isinstance(device, BarrierModbusDevice)
         ]
+        self.gate = GateControl(
+            self.pipeline,
+            {
+                lane.id: (build_barrier(lane.id, device, self.clock), device.lease_seconds)
+                for lane in config.lanes
+                for device in lane.devices
+                if isinstance(device, BarrierModbusDevice)
+            },
+            self.clock,
+            alive=self._pipeline_alive,
+        )
         self._stop = threading.Event()
         self._driver_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pipeline_thread: threading.Thread | None = None
         self._stopped = False
+
+    def _pipeline_alive(self) -> bool:
+        return (
+            self._pipeline_thread is not None and self._pipeline_thread.is_alive() and not self._stop.is_set()
+        )
 
     def on_decision(self, listener: Callable[[Visit, list[Decision]], None]) -> None:
         self.pipeline.listeners.append(listener)
@@ -124,12 +144,14 @@ class Daemon:
             )
             thread.start()
             self._threads.append(thread)
+        self.gate.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop in order; safe to call more than once."""
         if self._stopped:
             return
         self._stopped = True
+        self.gate.stop()
         self._driver_stop.set()
         for thread in self._threads:
             thread.join(timeout)

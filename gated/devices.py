@@ -3,16 +3,25 @@ which ``driver = "..."`` entry of the config."""
 
 from __future__ import annotations
 
+from drivers.barrier_modbus import ModbusBarrier
 from drivers.base import Driver
 from drivers.ocr_camera import SmartCameraDriver
 from drivers.profile import load_profile
 from drivers.rfid_serial import SerialRfidDriver
 from drivers.rpm_modbus import ModbusRpmDriver
 from gated.clock import Clock
-from gated.config import DeviceConfig, OcrCameraDevice, RfidSerialDevice, RpmModbusDevice
+from gated.config import (
+    BarrierModbusDevice,
+    DeviceConfig,
+    OcrCameraDevice,
+    RfidSerialDevice,
+    RpmModbusDevice,
+)
+
+ReadingDevice = RfidSerialDevice | RpmModbusDevice | OcrCameraDevice
 
 
-def build_driver(lane: str, device: DeviceConfig, clock: Clock) -> Driver:
+def build_driver(lane: str, device: ReadingDevice, clock: Clock) -> Driver:
     """A driver for one configured device. Raises ``ConfigError`` for a bad device profile."""
     if isinstance(device, RfidSerialDevice):
         return SerialRfidDriver(
@@ -46,6 +55,19 @@ def build_driver(lane: str, device: DeviceConfig, clock: Clock) -> Driver:
             clock=clock,
         )
     raise AssertionError(f"no driver for {device!r}")  # the config schema makes this unreachable
+
+
+def build_barrier(lane: str, device: BarrierModbusDevice, clock: Clock) -> ModbusBarrier:
+    return ModbusBarrier(
+        lane,
+        device.id,
+        host=device.host,
+        port=device.port,
+        unit=device.unit,
+        heartbeat_interval=device.heartbeat_interval_seconds,
+        timeout=device.timeout_seconds,
+        clock=clock,
+    )
 
 
 def check_devices(config_lanes: list[tuple[str, DeviceConfig]]) -> list[str]:

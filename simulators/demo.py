@@ -28,6 +28,7 @@ from gated.errors import ConfigError
 from gated.holds import HoldStore
 from gated.iso6346 import check_digit
 from gated.model import Decision, Visit
+from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from simulators.ocr_camera import SmartCameraSimulator
 from simulators.rfid_serial import SerialRfidSimulator
@@ -131,6 +132,10 @@ def run_demo(
 ) -> int:
     if not 1 <= lanes <= 8:
         raise ConfigError([f"--lanes: {lanes} is not between 1 and 8"])
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        # The demo's own lines tell the story; the daemon's routine log lines would drown them.
+        for name in ("gated", "drivers", "simulators"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="gated-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
@@ -150,11 +155,12 @@ def run_demo(
     try:
         for _ in range(lanes):
             lane_devices = LaneDevices(
-                SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator()
+                SerialRfidSimulator(),
+                ModbusRpmSimulator(port=0),
+                SmartCameraSimulator(),
+                BarrierPlcSimulator(),
             )
-            lane_devices.rfid.start()
-            lane_devices.rpm.start()
-            lane_devices.camera.start()
+            lane_devices.start()
             devices.append(lane_devices)
         config = validate(
             {
@@ -184,6 +190,13 @@ def run_demo(
                                 "host": "127.0.0.1",
                                 "port": lane.camera.port,
                             },
+                            {
+                                "id": "barrier-1",
+                                "driver": "barrier-modbus",
+                                "host": "127.0.0.1",
+                                "port": lane.barrier.port if lane.barrier else 0,
+                                "lease_seconds": 20.0,
+                            },
                         ],
                     }
                     for index, lane in enumerate(devices)
@@ -204,7 +217,10 @@ def run_demo(
             flush=True,
         )
         print(f"  watch the traffic: mosquitto_sub -h {host} -p {port} -t 'gated/#' -v", flush=True)
-        print("  (the operator console is not part of this version yet)", flush=True)
+        print(
+            "  (no operator console in this version yet; `gated --log-level DEBUG demo` shows the log)",
+            flush=True,
+        )
         print(f"{'time':<8} {'lane':<7} {'container':<12} {'outcome':<21} reasons", flush=True)
 
         def _signal(_signum: int, _frame: FrameType | None) -> None:
@@ -216,7 +232,9 @@ def run_demo(
         time.sleep(1.0)  # let every driver connect before the first truck
         drivers = [
             threading.Thread(
-                target=_drive_lane, args=(ScriptedLane(lane), demo_trucks(index), stop), daemon=True
+                target=_drive_lane,
+                args=(f"lane-{index + 1}", ScriptedLane(lane), demo_trucks(index), stop),
+                daemon=True,
             )
             for index, lane in enumerate(devices)
         ]
@@ -236,20 +254,19 @@ def run_demo(
         if daemon is not None:
             daemon.stop()
         for lane in devices:
-            lane.rfid.stop()
-            lane.rpm.stop()
-            lane.camera.stop()
+            lane.stop()
         if embedded is not None:
             embedded.stop()
 
 
-def _drive_lane(lane: ScriptedLane, trucks: list[Truck], stop: threading.Event) -> None:
+def _drive_lane(name: str, lane: ScriptedLane, trucks: list[Truck], stop: threading.Event) -> None:
     # A truck that has started its pass finishes it: stopping only ever happens between trucks.
     for truck in itertools.cycle(trucks):
         if stop.is_set():
             return
-        lane.drive(truck)
-        if stop.wait(2.0):
+        if lane.drive(truck):
+            print(f"{time.strftime('%H:%M:%S')} {name:<7} barrier opened, truck drove through", flush=True)
+        if stop.wait(1.5):
             return
 
 

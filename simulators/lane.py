@@ -9,12 +9,17 @@ occupancy, camera reads while the truck passes, end of the pass with its result,
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.ocr_camera import SmartCameraSimulator
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
+
+Simulator = SerialRfidSimulator | ModbusRpmSimulator | SmartCameraSimulator | BarrierPlcSimulator
+BARRIER_OPEN = 2  # the PLC's state register value for "open"
 
 Radiation = Literal["clear", "gamma", "neutron", "fault"]
 
@@ -42,6 +47,24 @@ class LaneDevices:
     rfid: SerialRfidSimulator
     rpm: ModbusRpmSimulator
     camera: SmartCameraSimulator
+    barrier: BarrierPlcSimulator | None = None
+
+    def start(self) -> None:
+        for device in self.all():
+            device.start()
+
+    def stop(self) -> None:
+        for device in self.all():
+            device.stop()
+
+    def all(
+        self,
+    ) -> list[SerialRfidSimulator | ModbusRpmSimulator | SmartCameraSimulator | BarrierPlcSimulator]:
+        devices: list[SerialRfidSimulator | ModbusRpmSimulator | SmartCameraSimulator | BarrierPlcSimulator]
+        devices = [self.rfid, self.rpm, self.camera]
+        if self.barrier is not None:
+            devices.append(self.barrier)
+        return devices
 
 
 class ScriptedLane:
@@ -54,21 +77,23 @@ class ScriptedLane:
         waiter = stop or threading.Event()
         return waiter.wait(seconds * self.pace)
 
-    def drive(self, truck: Truck, stop: threading.Event | None = None) -> None:
+    def drive(self, truck: Truck, stop: threading.Event | None = None, *, pass_through: bool = True) -> bool:
+        """Play one truck; True when the barrier opened for it (and, with ``pass_through``, the
+        truck then drove through, which the PLC's loop detector reports)."""
         devices = self.devices
         if truck.tag:
             devices.rfid.present_tag(truck.tag)
         if self._pause(0.3, stop):
-            return
+            return False
         devices.rpm.begin_pass()
         if self._pause(0.4, stop):
-            return
+            return False
         for slot, sighting in enumerate(truck.containers, start=1):
             devices.camera.read(
                 sighting.code, sighting.confidence, slot=slot, view="rear", size_type=sighting.size_type
             )
         if self._pause(0.6, stop):
-            return
+            return False
         gamma_alarm = truck.radiation == "gamma"
         neutron_alarm = truck.radiation == "neutron"
         background = truck.background_cps
@@ -80,3 +105,19 @@ class ScriptedLane:
             fault=truck.radiation == "fault",
         )
         devices.camera.passage_end(len(truck.containers))
+        return self._through_the_barrier(pass_through)
+
+    def _through_the_barrier(self, pass_through: bool) -> bool:
+        barrier = self.devices.barrier
+        if barrier is None:
+            return False
+        # The truck waits at the barrier for a moment; it opens only if gated grants a permit.
+        deadline = time.monotonic() + max(2.0, 2.5 * self.pace)
+        while time.monotonic() < deadline:
+            if barrier.state() == BARRIER_OPEN:
+                if pass_through:
+                    time.sleep(0.2 * self.pace)
+                    barrier.simulate_vehicle_passed()
+                return True
+            time.sleep(0.05)
+        return False

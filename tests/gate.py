@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gated.iso6346 import check_digit
+from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.lane import LaneDevices
 from simulators.ocr_camera import SmartCameraSimulator
 from simulators.rfid_serial import SerialRfidSimulator
@@ -35,14 +36,12 @@ def gated(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def lane_devices_fixture() -> Iterator[LaneDevices]:
-    devices = LaneDevices(SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator())
-    devices.rfid.start()
-    devices.rpm.start()
-    devices.camera.start()
+    devices = LaneDevices(
+        SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator(), BarrierPlcSimulator()
+    )
+    devices.start()
     yield devices
-    devices.rfid.stop()
-    devices.rpm.stop()
-    devices.camera.stop()
+    devices.stop()
 
 
 def write_config(
@@ -55,6 +54,12 @@ def write_config(
     database: str = "gated.db",
 ) -> Path:
     config = tmp_path / "gate.toml"
+    barrier = ""
+    if devices.barrier is not None:
+        barrier = (
+            f'[[lanes.devices]]\nid = "barrier-1"\ndriver = "barrier-modbus"\nhost = "127.0.0.1"\n'
+            f"port = {devices.barrier.port}\nlease_seconds = 30\n"
+        )
     config.write_text(
         f"""
 site = "e2e"
@@ -87,7 +92,7 @@ id = "ocr-1"
 driver = "ocr-camera"
 host = "127.0.0.1"
 port = {devices.camera.port}
-""",
+{barrier}""",
         encoding="utf-8",
     )
     return config

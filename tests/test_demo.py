@@ -44,7 +44,7 @@ def test_demo_with_embedded_broker_shows_the_four_outcomes(tmp_path: Path) -> No
     mosquitto_sub = require_tool("mosquitto_sub")
     port = free_port()
     demo = start_demo(
-        "--lanes", "1", "--duration", "19", "--mqtt-port", str(port), "--data-dir", str(tmp_path)
+        "--lanes", "1", "--duration", "24", "--mqtt-port", str(port), "--data-dir", str(tmp_path)
     )
     try:
         head = wait_for_line(demo, "mosquitto_sub")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
+from simulators.lane import BARRIER_OPEN, ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto, Received
 from tests.gate import gated, number, start_daemon, write_config
 
@@ -104,9 +104,21 @@ def test_one_lane_end_to_end(
             Truck("radiation", "e28011606000020000000004", (ContainerSighting(HOT),), radiation="gamma"),
             Truck("unreadable", "e28011606000020000000005", (ContainerSighting("#?7 X", confidence=0.2),)),
         ]
+        opened = {}
         for truck in trucks:
-            lane.drive(truck)
+            opened[truck.label] = lane.drive(truck)
             time.sleep(1.5)  # settle, so the next tag is a new truck rather than a superseding one
+        # The barrier opened for the clean truck only, and closed behind it.
+        assert opened == {
+            "clean": True,
+            "held by number": False,
+            "held by B/L": False,
+            "radiation": False,
+            "unreadable": False,
+        }, opened
+        assert lane_devices.barrier is not None
+        assert [state for _, state in lane_devices.barrier.history].count(BARRIER_OPEN) == 1
+        assert lane_devices.barrier.state() == 0
         customs.wait_for(
             lambda m: m.topic.endswith("/decision") and m.payload["container"] is None,
             what="the unreadable truck's decision",
@@ -191,3 +203,41 @@ def test_gated_run_refuses_a_bad_config(tmp_path: Path) -> None:
     result = gated("run", "--config", str(bad), check=False)
     assert result.returncode == 78
     assert "extra: unknown key" in result.stderr
+
+
+def test_killing_the_daemon_leaves_the_barrier_closed(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any, lane_devices: LaneDevices
+) -> None:
+    config = write_config(tmp_path, mosquitto, lane_devices)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
+    gated("holds", "import", str(manifest), "--config", str(config))
+    customs = subscriber_factory(mosquitto.port)
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    barrier = lane_devices.barrier
+    assert barrier is not None
+    try:
+        customs.wait_for(lambda m: m.topic == f"{PREFIX}/lane-1/status" and m.payload["state"] == "open")
+        lane = ScriptedLane(lane_devices, pace=0.5)
+        # A released truck that stays at the open barrier (it has not driven through yet).
+        truck = Truck("clean", "e28011606000020000000011", (ContainerSighting(CLEAN),))
+        assert lane.drive(truck, pass_through=False)
+        assert barrier.state() == BARRIER_OPEN
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        killed = time.monotonic()
+        while barrier.state() != 0 and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        assert barrier.state() == 0, "the barrier stayed open after the daemon died"
+        closed_after = barrier.history[-1][0] - barrier.last_heartbeat()
+        assert closed_after <= 2.0, f"closed {closed_after:.2f} s after the last heartbeat"
+        assert barrier.last_cause() == 2  # the PLC's watchdog, not gated, closed it
+        # A restarted daemon does not reopen for the old visit.
+        daemon = start_daemon(config, tmp_path / "daemon-2.log")
+        customs.wait_for(lambda m: m.topic == f"{PREFIX}/node/gate-1/status" and m.payload.get("boot") == 2)
+        time.sleep(2.0)
+        assert barrier.state() == 0 and barrier.permit() == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
