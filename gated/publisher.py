@@ -23,6 +23,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +46,9 @@ StatusSnapshot = Callable[[], list[Message]]
 BacklogWarning = Callable[[int, int], None]
 
 HOUSEKEEPING_SECONDS = 5.0
+PAGE_ROWS = 1000
+MARK_BATCH = 5000  # acks marked delivered in one transaction at most...
+MARK_SECONDS = 0.5  # ...and at least this often while messages flow
 
 
 @dataclass
@@ -93,6 +97,8 @@ class MqttPublisher:
         self._acked: list[int] = []
         self._sent_ahead: set[int] = set()  # seqs published out of order (births)
         self._replay: list[OutboxRow] = []
+        self._page: deque[OutboxRow] = deque()
+        self._last_mark = 0.0
         self._cursor = 0
         self._connected = threading.Event()
         self._needs_birth = False
@@ -167,7 +173,10 @@ class MqttPublisher:
                 self._early_acks.add(mid)
             else:
                 self._acked.append(seq)
-        self._wake.set()
+            # Wake the drain loop once the window is half free, not for every single ack.
+            wake = len(self._inflight) <= self.config.max_inflight // 2
+        if wake:
+            self._wake.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._last_heard = time.monotonic()
@@ -257,9 +266,18 @@ class MqttPublisher:
 
     def _drain_once(self) -> None:
         with self._lock:
-            acked, self._acked = self._acked, []
             needs_birth, self._needs_birth = self._needs_birth, False
             needs_replay, self._needs_replay = self._needs_replay, False
+            # Marking rows delivered costs a transaction; do it in bulk. A mark lost in a crash
+            # only means the message is sent once more, which consumers drop by id.
+            now = time.monotonic()
+            due = (
+                len(self._acked) >= MARK_BATCH or not self._inflight or now - self._last_mark >= MARK_SECONDS
+            )
+            acked: list[int] = []
+            if due and self._acked:
+                acked, self._acked = self._acked, []
+                self._last_mark = now
         if acked:
             self.store.mark_delivered(acked)
             self.stats.acknowledged += len(acked)
@@ -289,14 +307,18 @@ class MqttPublisher:
                     self._publish(row.seq, row.topic, row.payload, row.qos, row.retain)
                 self.stats.replayed += len(batch)
                 continue
-            rows = self.store.pending(self._cursor, room)
-            if not rows:
-                return
-            for row in rows:
+            if not self._page:
+                # Read ahead a page: the rows past the cursor change only by our own acks.
+                self._page.extend(self.store.pending(self._cursor, PAGE_ROWS))
+                if not self._page:
+                    return
+            while room > 0 and self._page:
+                row = self._page.popleft()
                 self._cursor = row.seq
                 if row.seq in self._sent_ahead:
                     continue
                 self._publish(row.seq, row.topic, row.payload, row.qos, row.retain)
+                room -= 1
 
     def _publish(self, seq: int, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         # Published even while disconnected: paho queues it and sends it on reconnect.

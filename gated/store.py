@@ -230,6 +230,33 @@ class Store:
         now = self.clock.now()
         try:
             with self._write_lock, self.engine.begin() as conn:
+                rows: list[OutboxRow] = []
+                payloads: dict[str, str] = {}  # message id -> JSON, reused as the reading's record
+                if batch.messages:
+                    seq = self._counter(conn, "seq")
+                    values = []
+                    for message in batch.messages:
+                        seq += 1
+                        envelope = self.envelope(message, seq)
+                        payload = _dumps(envelope)
+                        payloads[envelope["id"]] = payload
+                        values.append(
+                            {
+                                "seq": seq,
+                                "topic": message.topic,
+                                "payload": payload,
+                                "qos": message.qos,
+                                "retain": int(message.retain),
+                                "created_at": now,
+                                "delivered_at": None,
+                                "is_reading": int(message.schema == READING_SCHEMA),
+                            }
+                        )
+                        rows.append(
+                            OutboxRow(seq, message.topic, payload.encode(), message.qos, message.retain)
+                        )
+                    conn.execute(insert(outbox), values)
+                    self._set_counter(conn, "seq", seq)
                 if batch.readings:
                     conn.execute(
                         insert(readings),
@@ -242,7 +269,8 @@ class Store:
                                 "source": r.source,
                                 "visit": r.visit,
                                 "ts": r.ts,
-                                "body": _dumps(r.body()),
+                                # What was published, when it was (encoding it once is half the cost).
+                                "body": payloads.get(r.id) or _dumps(r.body()),
                             }
                             for r in batch.readings
                         ],
@@ -261,7 +289,7 @@ class Store:
                                 "container": d.container,
                                 "outcome": str(d.outcome),
                                 "decided_at": d.decided_at,
-                                "body": _dumps(d.body()),
+                                "body": payloads.get(d.id) or _dumps(d.body()),
                             }
                             for d, slot in batch.decisions
                         ],
@@ -281,30 +309,6 @@ class Store:
                             for a in batch.audit
                         ],
                     )
-                rows: list[OutboxRow] = []
-                if batch.messages:
-                    seq = self._counter(conn, "seq")
-                    values = []
-                    for message in batch.messages:
-                        seq += 1
-                        payload = _dumps(self.envelope(message, seq))
-                        values.append(
-                            {
-                                "seq": seq,
-                                "topic": message.topic,
-                                "payload": payload,
-                                "qos": message.qos,
-                                "retain": int(message.retain),
-                                "created_at": now,
-                                "delivered_at": None,
-                                "is_reading": int(message.schema == READING_SCHEMA),
-                            }
-                        )
-                        rows.append(
-                            OutboxRow(seq, message.topic, payload.encode(), message.qos, message.retain)
-                        )
-                    conn.execute(insert(outbox), values)
-                    self._set_counter(conn, "seq", seq)
                 return rows
         except SQLAlchemyError as error:
             raise StorageError(f"cannot store {self._describe(batch)}: {error}") from error
@@ -357,17 +361,24 @@ class Store:
             raise StorageError(f"cannot {what}: {error}") from error
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
-        """The broker acknowledged these."""
+        """The broker acknowledged these. Acks come mostly in order, so runs of consecutive seqs
+        are marked with one range update each."""
         chosen = sorted(set(seqs))
         if not chosen:
             return
         now = self.clock.now()
+        runs: list[tuple[int, int]] = []
+        for seq in chosen:
+            if runs and seq == runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], seq)
+            else:
+                runs.append((seq, seq))
         try:
             with self._write_lock, self.engine.begin() as conn:
-                for start in range(0, len(chosen), 500):
+                for first, last in runs:
                     conn.execute(
                         update(outbox)
-                        .where(outbox.c.seq.in_(chosen[start : start + 500]))
+                        .where(outbox.c.seq.between(first, last) & outbox.c.delivered_at.is_(None))
                         .values(delivered_at=now)
                     )
         except SQLAlchemyError as error:
