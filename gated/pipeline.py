@@ -157,6 +157,9 @@ class Pipeline:
         self.preadvice = preadvice
         # Devices of each lane that were not online at some point of the lane's open visit.
         self._offline_seen: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
+        # Devices reporting tamper now, and those that did at some point of the open visit.
+        self._tampered: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
+        self._tamper_seen: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
 
     # -- DriverSink: called from driver threads ----------------------------------------------
     def reading(self, reading: Reading) -> None:
@@ -256,6 +259,13 @@ class Pipeline:
         if opened is not None:
             batch.visits.append(opened)
             self._offline_seen[reading.lane] = set(self._not_online(reading.lane))
+            self._tamper_seen[reading.lane] = set(self._tampered[reading.lane])
+        if reading.source == "tamper":
+            if reading.value is True:
+                self._tampered[reading.lane].add(reading.device)
+                self._tamper_seen[reading.lane].add(reading.device)
+            else:
+                self._tampered[reading.lane].discard(reading.device)
         self.stats.readings += 1
         batch.readings.append(attached)
         batch.messages.append(reading_message(self.topics, attached))
@@ -441,6 +451,9 @@ class Pipeline:
             now=now,
             offline_devices=sorted(offline),
             expected_containers=self._expected(visit),
+            tampered_devices=sorted(
+                self._tamper_seen.get(visit.lane, set()) | self._tampered.get(visit.lane, set())
+            ),
         )
         if not self.storage_ok:
             decisions = _without_release(decisions)

@@ -35,6 +35,7 @@ VISIT_INCOMPLETE = "VISIT_INCOMPLETE"
 DEVICE_OFFLINE = "DEVICE_OFFLINE"
 EVIDENCE_MISMATCH = "EVIDENCE_MISMATCH"
 STORAGE_FAILURE = "STORAGE_FAILURE"
+DEVICE_TAMPER = "DEVICE_TAMPER"
 
 _SEVERITY = {
     Outcome.HOLD: 3,
@@ -142,6 +143,7 @@ def decide(
     now: datetime,
     offline_devices: Sequence[str] = (),
     expected_containers: frozenset[str] | None = None,
+    tampered_devices: Sequence[str] = (),
 ) -> list[Decision]:
     """One decision per container of a closed visit.
 
@@ -150,6 +152,10 @@ def decide(
     some point of the visit. ``expected_containers`` is what the truck's tag was pre-advised to
     carry, when a pre-advice exists: a number outside it contradicts the tag."""
     common: list[Reason] = []
+    if tampered_devices:
+        common.append(
+            Reason(DEVICE_TAMPER, f"tamper reported during the visit: {', '.join(sorted(tampered_devices))}")
+        )
     if offline_devices:
         common.append(
             Reason(DEVICE_OFFLINE, f"not online during the visit: {', '.join(sorted(offline_devices))}")

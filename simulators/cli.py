@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from simulators import barrier_plc, ocr_camera, rfid_serial, rpm_modbus
+from simulators import barrier_plc, ocr_camera, rfid_serial, rpm_modbus, scenario
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rpm_modbus.register_cli(devices)
     ocr_camera.register_cli(devices)
     barrier_plc.register_cli(devices)
+    scenario.register_cli(devices)
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr)
     logging.getLogger("pymodbus").setLevel(logging.WARNING)
