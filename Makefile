@@ -33,6 +33,8 @@ test: $(STAMP) system-deps lint typecheck
 bench: $(STAMP)
 	$(BIN)/gated bench policy
 	$(BIN)/gated bench store
+	$(BIN)/gated bench pipeline
+	$(BIN)/gated bench rpm
 
 schema: $(STAMP)
 	$(BIN)/python -c "from gated.config import json_schema; open('config/gated.schema.json', 'w').write(json_schema())"

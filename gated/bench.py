@@ -475,7 +475,13 @@ def bench_pipeline(quick: bool) -> dict[str, Any]:
     }
 
 
-BENCHES = {"policy": bench_policy, "store": bench_store, "pipeline": bench_pipeline}
+def bench_rpm(quick: bool) -> dict[str, Any]:
+    from gated.bench_rpm import bench_rpm as run
+
+    return run(quick)
+
+
+BENCHES = {"policy": bench_policy, "store": bench_store, "pipeline": bench_pipeline, "rpm": bench_rpm}
 
 
 def run_bench(name: str, *, quick: bool = False) -> dict[str, Any]:

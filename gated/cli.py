@@ -76,6 +76,25 @@ def _parser() -> argparse.ArgumentParser:
     pa_list = preadvice_commands.add_parser("list", parents=[database], help="list the pre-advice")
     pa_list.set_defaults(handler=_preadvice_list)
 
+    credentials = commands.add_parser(
+        "credentials", help="the cancelled-card list drivers' credentials are checked against"
+    )
+    credential_commands = credentials.add_subparsers(
+        dest="credentials_command", metavar="COMMAND", required=True
+    )
+    cr_import = credential_commands.add_parser(
+        "import",
+        parents=[database],
+        help="replace the cancelled-card list (one card id per line, or CSV card_id,reason)",
+    )
+    cr_import.add_argument("file", metavar="FILE")
+    cr_import.add_argument(
+        "--list-date", default=None, help="the list's date (RFC 3339) unless the file has '# list-date:'"
+    )
+    cr_import.set_defaults(handler=_credentials_import)
+    cr_status = credential_commands.add_parser("status", parents=[database], help="the list's date and size")
+    cr_status.set_defaults(handler=_credentials_status)
+
     query = commands.add_parser(
         "query", parents=[database], help="everything known about one container number"
     )
@@ -84,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     query.set_defaults(handler=_query)
 
     bench = commands.add_parser("bench", help="run a benchmark; the last stdout line is JSON")
-    bench.add_argument("name", choices=["policy", "store", "pipeline"], help="which benchmark")
+    bench.add_argument("name", choices=["policy", "store", "pipeline", "rpm"], help="which benchmark")
     bench.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     bench.set_defaults(handler=_bench)
     return parser
@@ -188,4 +207,32 @@ def _preadvice_list(args: argparse.Namespace) -> int:
 
     for row in PreadviceStore(_engine(args)).all():
         print(f"{row.tag}\t{row.container}\t{row.truck or ''}")
+    return EX_OK
+
+
+def _credentials_import(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from gated.credentials import CancelledCardList
+
+    list_date = None
+    if args.list_date:
+        try:
+            list_date = datetime.fromisoformat(args.list_date.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError([f"--list-date: {args.list_date!r} is not an RFC 3339 time"]) from None
+    state = CancelledCardList(_engine(args)).import_file(args.file, list_date=list_date)
+    print(f"{args.file}: {state.count} cancelled cards, list of {state.list_date.isoformat()}")
+    return EX_OK
+
+
+def _credentials_status(args: argparse.Namespace) -> int:
+    from gated.credentials import CancelledCardList
+
+    state = CancelledCardList(_engine(args)).state()
+    if state is None:
+        print("no cancelled-card list imported: every credential is refused")
+        return EX_OK
+    listed, imported = state.list_date.isoformat(), state.imported_at.isoformat()
+    print(f"{state.count} cancelled cards, list of {listed}, imported {imported}")
     return EX_OK

@@ -46,11 +46,21 @@ class StorageConfig(_Strict):
         "/var/lib/gated/gated.db",
         description="SQLite file path (relative to the config file) or an SQLAlchemy URL.",
     )
+    evidence: str = Field(
+        "/var/lib/gated/evidence",
+        description="Folder of the content-addressed evidence store (scan images, crops).",
+    )
     max_pending_readings: int = Field(
         1_000_000,
         ge=1000,
         description="Reading messages waiting for the broker beyond this are dropped, oldest first, "
         "and counted (a warning comes at 80%). Decisions, alarms and audit records are never dropped.",
+    )
+
+
+class CredentialsConfig(_Strict):
+    security_level: Literal["normal", "raised"] = Field(
+        "normal", description="The cancelled-card list may be 7 days old at normal level, 1 day at raised."
     )
 
 
@@ -70,6 +80,15 @@ class RfidSerialDevice(_Strict):
     repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
 
 
+class RfidLlrpDevice(_Strict):
+    id: Identifier
+    driver: Literal["rfid-llrp"]
+    host: str
+    port: int = Field(5084, ge=1, le=65535)
+    repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
+    silence_timeout_seconds: float = Field(3.0, gt=0, description="No keepalive for this long: offline.")
+
+
 class RpmModbusDevice(_Strict):
     id: Identifier
     driver: Literal["rpm-modbus"]
@@ -79,6 +98,17 @@ class RpmModbusDevice(_Strict):
     profile: str = Field(description="Register map profile (TOML), relative to the config file.")
     poll_interval_seconds: float = Field(0.2, gt=0, le=10)
     timeout_seconds: float = Field(1.0, gt=0, le=30)
+
+
+class RpmRapiscanDevice(_Strict):
+    id: Identifier
+    driver: Literal["rpm-rapiscan"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    n_sigma: float = Field(
+        5.0, gt=0, le=50, description="gated's own alarm rule: background + n * sqrt(background)."
+    )
+    silence_timeout_seconds: float = Field(2.0, gt=0, description="Records come every 200 ms.")
 
 
 class OcrCameraDevice(_Strict):
@@ -105,14 +135,60 @@ class BarrierModbusDevice(_Strict):
     timeout_seconds: float = Field(1.0, gt=0, le=30)
 
 
+class PrinterEscposDevice(_Strict):
+    id: Identifier
+    driver: Literal["printer-escpos"]
+    host: str
+    port: int = Field(9100, ge=1, le=65535)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    secondary_inspection_place: str | None = Field(None, description='Where to go, e.g. "bay 3".')
+    holding_area_place: str | None = Field(None, description='Where held trucks park, e.g. "area B".')
+
+
+class CredentialSerialDevice(_Strict):
+    id: Identifier
+    driver: Literal["credential-serial"]
+    url: str = Field(description="A tty path, or socket://host:port for a serial device server.")
+    baudrate: int = Field(9600, gt=0)
+    repeat_window_seconds: float = Field(5.0, gt=0)
+
+
+class NiiFolderDevice(_Strict):
+    id: Identifier
+    driver: Literal["nii-folder"]
+    inbox: str = Field(description="Where the scanner drops image + metadata pairs (relative to the config).")
+    poll_interval_seconds: float = Field(0.5, gt=0, le=60)
+    image_grace_seconds: float = Field(10.0, gt=0, description="How long metadata may wait for its image.")
+    max_bytes: int = Field(2 * 1024**3, gt=0, description="Larger images are quarantined.")
+
+
 DeviceConfig = Annotated[
-    RfidSerialDevice | RpmModbusDevice | OcrCameraDevice | BarrierModbusDevice, Field(discriminator="driver")
+    RfidSerialDevice
+    | RfidLlrpDevice
+    | RpmModbusDevice
+    | RpmRapiscanDevice
+    | OcrCameraDevice
+    | BarrierModbusDevice
+    | PrinterEscposDevice
+    | CredentialSerialDevice
+    | NiiFolderDevice,
+    Field(discriminator="driver"),
 ]
 
-RequiredKind = Literal["rfid", "ocr", "rpm"]
+RequiredKind = Literal["rfid", "ocr", "rpm", "credential"]
 DEFAULT_REQUIRE: tuple[RequiredKind, ...] = ("ocr", "rpm")
 
-DEVICE_KINDS = {"rfid-serial": "rfid", "rpm-modbus": "rpm", "ocr-camera": "ocr", "barrier-modbus": "barrier"}
+DEVICE_KINDS = {
+    "rfid-serial": "rfid",
+    "rfid-llrp": "rfid",
+    "rpm-modbus": "rpm",
+    "rpm-rapiscan": "rpm",
+    "ocr-camera": "ocr",
+    "barrier-modbus": "barrier",
+    "printer-escpos": "printer",
+    "credential-serial": "credential",
+    "nii-folder": "nii",
+}
 
 
 class LaneConfig(_Strict):
@@ -158,6 +234,7 @@ class GateConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig())
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
     holds: HoldsConfig = Field(default_factory=lambda: HoldsConfig())
+    credentials: CredentialsConfig = Field(default_factory=lambda: CredentialsConfig())
     lanes: list[LaneConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -235,14 +312,17 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
 
     lanes = []
     for lane in config.lanes:
-        devices = [
-            device.model_copy(update={"profile": resolve(device.profile)})
-            if isinstance(device, RpmModbusDevice)
-            else device
-            for device in lane.devices
-        ]
+        devices: list[DeviceConfig] = []
+        for device in lane.devices:
+            if isinstance(device, RpmModbusDevice):
+                device = device.model_copy(update={"profile": resolve(device.profile)})
+            elif isinstance(device, NiiFolderDevice):
+                device = device.model_copy(update={"inbox": resolve(device.inbox)})
+            devices.append(device)
         lanes.append(lane.model_copy(update={"devices": devices}))
-    storage = config.storage.model_copy(update={"database": resolve(config.storage.database)})
+    storage = config.storage.model_copy(
+        update={"database": resolve(config.storage.database), "evidence": resolve(config.storage.evidence)}
+    )
     return config.model_copy(update={"lanes": lanes, "storage": storage})
 
 

@@ -14,7 +14,7 @@ from gated.clock import Clock
 from gated.model import Reading, Source, Visit, new_id
 
 # The reading that tells each required kind has reported on this truck.
-COMPLETES = {"rfid": Source.EPC, "ocr": Source.PASSAGE_END, "rpm": Source.SCREENING}
+COMPLETES = {"rfid": Source.EPC, "ocr": Source.PASSAGE_END, "rpm": Source.SCREENING, "credential": "card"}
 # Readings that belong to a truck (others, like background counts between trucks, do not).
 VISIT_SOURCES = frozenset(
     {
@@ -28,6 +28,10 @@ VISIT_SOURCES = frozenset(
         Source.NEUTRON_BACKGROUND_CPS,
         Source.SCREENING,
         "size_type",
+        "card",  # the driver's credential, shown at the lane
+        "rpm_profile",  # the counts of the pass, for the console to plot
+        "screening_check",  # gated's own radiation check of the pass
+        "speed_kmh",
     }
 )
 

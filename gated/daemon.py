@@ -13,15 +13,18 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from drivers.base import Driver
 from gated.clock import Clock, SystemClock
-from gated.config import BarrierModbusDevice, GateConfig
+from gated.config import BarrierModbusDevice, GateConfig, PrinterEscposDevice
+from gated.credentials import CancelledCardList
 from gated.db import open_engine
-from gated.devices import build_barrier, build_driver, check_devices
+from gated.devices import build_barrier, build_driver, build_printer, check_devices, printer_places
 from gated.errors import ConfigError
-from gated.gate import GateControl
+from gated.evidence import EvidenceStore
+from gated.gate import GateControl, PassPrinter
 from gated.holds import HoldStore
 from gated.messages import Topics, alarm_message, lane_status_message
 from gated.model import Decision, Visit
@@ -45,7 +48,12 @@ class Daemon:
         self.holds = HoldStore(self.engine, self.clock)
         self.boot = self.store.next_boot()
         self.pipeline = Pipeline(
-            config, self.store, self.holds, self.clock, preadvice=PreadviceStore(self.engine)
+            config,
+            self.store,
+            self.holds,
+            self.clock,
+            preadvice=PreadviceStore(self.engine),
+            credentials=CancelledCardList(self.engine, self.clock),
         )
         topics = Topics(config.site)
         self.publisher = MqttPublisher(
@@ -64,11 +72,18 @@ class Daemon:
         )
         self.pipeline.on_stored = self.publisher.wake
         self.pipeline.storage_listeners.append(self._on_storage)
+        self.evidence = EvidenceStore(Path(config.storage.evidence))
         self.drivers: list[Driver] = [
-            build_driver(lane.id, device, self.clock)
+            build_driver(lane.id, device, self.clock, self.evidence)
             for lane in config.lanes
             for device in lane.devices
-            if not isinstance(device, BarrierModbusDevice)
+            if not isinstance(device, BarrierModbusDevice | PrinterEscposDevice)
+        ]
+        self.printers = [
+            PassPrinter(self.pipeline, build_printer(lane.id, device), self.clock, printer_places(device))
+            for lane in config.lanes
+            for device in lane.devices
+            if isinstance(device, PrinterEscposDevice)
         ]
         self.gate = GateControl(
             self.pipeline,
@@ -145,6 +160,8 @@ class Daemon:
             thread.start()
             self._threads.append(thread)
         self.gate.start()
+        for printer in self.printers:
+            printer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop in order; safe to call more than once."""
@@ -152,6 +169,8 @@ class Daemon:
             return
         self._stopped = True
         self.gate.stop()
+        for printer in self.printers:
+            printer.stop()
         self._driver_stop.set()
         for thread in self._threads:
             thread.join(timeout)

@@ -3,25 +3,47 @@ which ``driver = "..."`` entry of the config."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from drivers.barrier_modbus import ModbusBarrier
 from drivers.base import Driver
+from drivers.credential_serial import SerialCredentialDriver
+from drivers.nii_folder import NiiFolderDriver
 from drivers.ocr_camera import SmartCameraDriver
+from drivers.printer_escpos import EscposPrinter
 from drivers.profile import load_profile
+from drivers.rfid_llrp import LlrpRfidDriver
 from drivers.rfid_serial import SerialRfidDriver
 from drivers.rpm_modbus import ModbusRpmDriver
+from drivers.rpm_rapiscan import RapiscanRpmDriver
 from gated.clock import Clock
 from gated.config import (
     BarrierModbusDevice,
+    CredentialSerialDevice,
     DeviceConfig,
+    NiiFolderDevice,
     OcrCameraDevice,
+    PrinterEscposDevice,
+    RfidLlrpDevice,
     RfidSerialDevice,
     RpmModbusDevice,
+    RpmRapiscanDevice,
+)
+from gated.evidence import EvidenceStore
+from gated.model import Outcome
+
+ReadingDevice = (
+    RfidSerialDevice
+    | RfidLlrpDevice
+    | RpmModbusDevice
+    | RpmRapiscanDevice
+    | OcrCameraDevice
+    | CredentialSerialDevice
+    | NiiFolderDevice
 )
 
-ReadingDevice = RfidSerialDevice | RpmModbusDevice | OcrCameraDevice
 
-
-def build_driver(lane: str, device: ReadingDevice, clock: Clock) -> Driver:
+def build_driver(lane: str, device: ReadingDevice, clock: Clock, evidence: EvidenceStore) -> Driver:
     """A driver for one configured device. Raises ``ConfigError`` for a bad device profile."""
     if isinstance(device, RfidSerialDevice):
         return SerialRfidDriver(
@@ -54,6 +76,46 @@ def build_driver(lane: str, device: ReadingDevice, clock: Clock) -> Driver:
             silence_timeout=device.silence_timeout_seconds,
             clock=clock,
         )
+    if isinstance(device, RpmRapiscanDevice):
+        return RapiscanRpmDriver(
+            lane,
+            device.id,
+            host=device.host,
+            port=device.port,
+            n_sigma=device.n_sigma,
+            silence_timeout=device.silence_timeout_seconds,
+            clock=clock,
+        )
+    if isinstance(device, RfidLlrpDevice):
+        return LlrpRfidDriver(
+            lane,
+            device.id,
+            host=device.host,
+            port=device.port,
+            repeat_window=device.repeat_window_seconds,
+            silence_timeout=device.silence_timeout_seconds,
+            clock=clock,
+        )
+    if isinstance(device, CredentialSerialDevice):
+        return SerialCredentialDriver(
+            lane,
+            device.id,
+            url=device.url,
+            baudrate=device.baudrate,
+            repeat_window=device.repeat_window_seconds,
+            clock=clock,
+        )
+    if isinstance(device, NiiFolderDevice):
+        return NiiFolderDriver(
+            lane,
+            device.id,
+            inbox=Path(device.inbox),
+            evidence=evidence,
+            poll_interval=device.poll_interval_seconds,
+            image_grace=device.image_grace_seconds,
+            max_bytes=device.max_bytes,
+            clock=clock,
+        )
     raise AssertionError(f"no driver for {device!r}")  # the config schema makes this unreachable
 
 
@@ -68,6 +130,19 @@ def build_barrier(lane: str, device: BarrierModbusDevice, clock: Clock) -> Modbu
         timeout=device.timeout_seconds,
         clock=clock,
     )
+
+
+def build_printer(lane: str, device: PrinterEscposDevice) -> EscposPrinter:
+    return EscposPrinter(lane, device.id, host=device.host, port=device.port, timeout=device.timeout_seconds)
+
+
+def printer_places(device: PrinterEscposDevice) -> dict[Outcome, str]:
+    places = {}
+    if device.secondary_inspection_place:
+        places[Outcome.SECONDARY_INSPECTION] = device.secondary_inspection_place
+    if device.holding_area_place:
+        places[Outcome.HOLD] = device.holding_area_place
+    return places
 
 
 def check_devices(config_lanes: list[tuple[str, DeviceConfig]]) -> list[str]:

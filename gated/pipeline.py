@@ -19,11 +19,13 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from gated.clock import Clock, rfc3339
 from gated.config import DEVICE_KINDS, GateConfig
 from gated.correlator import LaneCorrelator, LaneRules
+from gated.credentials import CancelledCardList, max_age_for
 from gated.errors import ProtocolError, StorageError
 from gated.holds import HoldStore
 from gated.messages import (
@@ -47,7 +49,7 @@ from gated.model import (
     Visit,
     new_id,
 )
-from gated.policy import STORAGE_FAILURE, HoldListStatus, PolicySettings, decide
+from gated.policy import CREDENTIAL_MISSING, STORAGE_FAILURE, HoldListStatus, PolicySettings, decide
 from gated.preadvice import PreadviceStore
 from gated.store import AuditRecord, Batch, Message, Store
 
@@ -112,6 +114,7 @@ class Pipeline:
         on_stored: Callable[[], None] = lambda: None,
         batch_limit: int = 1000,
         preadvice: PreadviceStore | None = None,
+        credentials: CancelledCardList | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -155,6 +158,9 @@ class Pipeline:
         self._retry_at = 0.0
         self.storage_listeners: list[StorageListener] = []
         self.preadvice = preadvice
+        self.credentials = credentials
+        self.credential_max_age = max_age_for(config.credentials.security_level)
+        self.require_credential = {lane.id: "credential" in lane.require for lane in config.lanes}
         # Devices of each lane that were not online at some point of the lane's open visit.
         self._offline_seen: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
         # Devices reporting tamper now, and those that did at some point of the open visit.
@@ -281,6 +287,17 @@ class Pipeline:
             alarm, text = "radiation_alarm", f"radiation portal monitor: {reading.value}"
         elif reading.source == Source.SCREENING and reading.value == ScreeningVerdict.FAULT:
             alarm, text = "device_fault", "radiation portal monitor reported a fault during the pass"
+        elif (
+            reading.source == "screening_check"
+            and isinstance(reading.value, dict)
+            and reading.value.get("agrees") is False
+            and reading.value.get("verdict") != "unchecked"
+        ):
+            alarm = "screening_disagreement"
+            text = (
+                f"gated's check ({reading.value.get('verdict')}) and the monitor's "
+                f"({reading.value.get('device_verdict')}) disagree"
+            )
         elif reading.source == "tamper" and reading.value is True:
             alarm, text = "tamper", f"tamper reported by {reading.device}"
         elif reading.source == "fault" and reading.value:
@@ -454,6 +471,7 @@ class Pipeline:
             tampered_devices=sorted(
                 self._tamper_seen.get(visit.lane, set()) | self._tampered.get(visit.lane, set())
             ),
+            extra_reasons=self._credential_reasons(visit, now),
         )
         if not self.storage_ok:
             decisions = _without_release(decisions)
@@ -490,6 +508,22 @@ class Pipeline:
                         detail={"hold": record},
                     )
                 )
+
+    def _credential_reasons(self, visit: Visit, now: datetime) -> list[Reason]:
+        """Why the driver's credential stops the truck, if it does: each card shown is checked
+        against the cancelled list (which must be fresh); a lane that requires one needs one."""
+        cards = [r.value for r in visit.of_source("card") if isinstance(r.value, dict)]
+        reasons: list[Reason] = []
+        if not cards and self.require_credential.get(visit.lane):
+            reasons.append(Reason(CREDENTIAL_MISSING, "no driver credential was shown at the lane"))
+        for card in cards:
+            if self.credentials is None:
+                reasons.append(
+                    Reason("CANCELLED_LIST_MISSING", "no cancelled-card list to check the card against")
+                )
+                continue
+            reasons.extend(self.credentials.check(card, now, self.credential_max_age).as_reasons())
+        return reasons
 
     def _expected(self, visit: Visit) -> frozenset[str] | None:
         """What the visit's tag(s) were pre-advised to carry; None without any pre-advice."""

@@ -36,6 +36,7 @@ DEVICE_OFFLINE = "DEVICE_OFFLINE"
 EVIDENCE_MISMATCH = "EVIDENCE_MISMATCH"
 STORAGE_FAILURE = "STORAGE_FAILURE"
 DEVICE_TAMPER = "DEVICE_TAMPER"
+CREDENTIAL_MISSING = "CREDENTIAL_MISSING"
 
 _SEVERITY = {
     Outcome.HOLD: 3,
@@ -120,6 +121,12 @@ def _check_digit_ok(number: str) -> bool:
 def _screening_reasons(visit: Visit) -> tuple[list[Reason], bool]:
     """Reasons from the RPM, and whether there was a radiation alarm."""
     verdicts = [r.value for r in visit.of_source(Source.SCREENING)]
+    own_alarms = [
+        r.value["verdict"]
+        for r in visit.of_source("screening_check")
+        if isinstance(r.value, dict)
+        and r.value.get("verdict") in (ScreeningVerdict.GAMMA_ALARM, ScreeningVerdict.NEUTRON_ALARM)
+    ]
     if not verdicts:
         return [Reason(RPM_NOT_SCREENED, "the radiation portal monitor did not report on this truck")], False
     reasons: list[Reason] = []
@@ -131,6 +138,10 @@ def _screening_reasons(visit: Visit) -> tuple[list[Reason], bool]:
             reasons.append(Reason(RADIATION_ALARM, f"radiation portal monitor {kind} alarm"))
         elif verdict != ScreeningVerdict.CLEAR:
             reasons.append(Reason(RPM_FAULT, f"radiation portal monitor reported {verdict!s}: not screened"))
+    for verdict in own_alarms:
+        # gated's own check of the counts alarms even when the monitor did not: never release.
+        alarm = True
+        reasons.append(Reason(RADIATION_ALARM, f"gated's own check of the counts: {verdict}"))
     return reasons, alarm
 
 
@@ -144,6 +155,7 @@ def decide(
     offline_devices: Sequence[str] = (),
     expected_containers: frozenset[str] | None = None,
     tampered_devices: Sequence[str] = (),
+    extra_reasons: Sequence[Reason] = (),
 ) -> list[Decision]:
     """One decision per container of a closed visit.
 
@@ -151,7 +163,7 @@ def decide(
     through a bill of lading). ``offline_devices`` are the lane's devices that were not online at
     some point of the visit. ``expected_containers`` is what the truck's tag was pre-advised to
     carry, when a pre-advice exists: a number outside it contradicts the tag."""
-    common: list[Reason] = []
+    common: list[Reason] = list(extra_reasons)  # e.g. the driver's credential was refused
     if tampered_devices:
         common.append(
             Reason(DEVICE_TAMPER, f"tamper reported during the visit: {', '.join(sorted(tampered_devices))}")

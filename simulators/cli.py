@@ -7,7 +7,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from simulators import barrier_plc, ocr_camera, rfid_serial, rpm_modbus, scenario
+from simulators import (
+    barrier_plc,
+    credential_serial,
+    nii_scanner,
+    ocr_camera,
+    printer_escpos,
+    rfid_llrp,
+    rfid_serial,
+    rpm_modbus,
+    rpm_rapiscan,
+    scenario,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,9 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     devices = parser.add_subparsers(dest="device", metavar="DEVICE", required=True)
     rfid_serial.register_cli(devices)
+    rfid_llrp.register_cli(devices)
     rpm_modbus.register_cli(devices)
+    rpm_rapiscan.register_cli(devices)
     ocr_camera.register_cli(devices)
     barrier_plc.register_cli(devices)
+    printer_escpos.register_cli(devices)
+    credential_serial.register_cli(devices)
+    nii_scanner.register_cli(devices)
     scenario.register_cli(devices)
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr)

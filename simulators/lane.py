@@ -15,10 +15,17 @@ from typing import Literal
 
 from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.ocr_camera import SmartCameraSimulator
+from simulators.printer_escpos import EscposPrinterSimulator
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
 
-Simulator = SerialRfidSimulator | ModbusRpmSimulator | SmartCameraSimulator | BarrierPlcSimulator
+Simulator = (
+    SerialRfidSimulator
+    | ModbusRpmSimulator
+    | SmartCameraSimulator
+    | BarrierPlcSimulator
+    | EscposPrinterSimulator
+)
 BARRIER_OPEN = 2  # the PLC's state register value for "open"
 
 Radiation = Literal["clear", "gamma", "neutron", "fault"]
@@ -48,6 +55,7 @@ class LaneDevices:
     rpm: ModbusRpmSimulator
     camera: SmartCameraSimulator
     barrier: BarrierPlcSimulator | None = None
+    printer: EscposPrinterSimulator | None = None
 
     def start(self) -> None:
         for device in self.all():
@@ -57,13 +65,12 @@ class LaneDevices:
         for device in self.all():
             device.stop()
 
-    def all(
-        self,
-    ) -> list[SerialRfidSimulator | ModbusRpmSimulator | SmartCameraSimulator | BarrierPlcSimulator]:
-        devices: list[SerialRfidSimulator | ModbusRpmSimulator | SmartCameraSimulator | BarrierPlcSimulator]
-        devices = [self.rfid, self.rpm, self.camera]
+    def all(self) -> list[Simulator]:
+        devices: list[Simulator] = [self.rfid, self.rpm, self.camera]
         if self.barrier is not None:
             devices.append(self.barrier)
+        if self.printer is not None:
+            devices.append(self.printer)
         return devices
 
 

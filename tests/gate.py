@@ -13,6 +13,7 @@ from gated.iso6346 import check_digit
 from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.lane import LaneDevices
 from simulators.ocr_camera import SmartCameraSimulator
+from simulators.printer_escpos import EscposPrinterSimulator
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
 
@@ -37,7 +38,11 @@ def gated(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def lane_devices_fixture() -> Iterator[LaneDevices]:
     devices = LaneDevices(
-        SerialRfidSimulator(), ModbusRpmSimulator(port=0), SmartCameraSimulator(), BarrierPlcSimulator()
+        SerialRfidSimulator(),
+        ModbusRpmSimulator(port=0),
+        SmartCameraSimulator(),
+        BarrierPlcSimulator(),
+        EscposPrinterSimulator(),
     )
     devices.start()
     yield devices
@@ -59,6 +64,11 @@ def write_config(
         barrier = (
             f'[[lanes.devices]]\nid = "barrier-1"\ndriver = "barrier-modbus"\nhost = "127.0.0.1"\n'
             f"port = {devices.barrier.port}\nlease_seconds = 30\n"
+        )
+    if devices.printer is not None:
+        barrier += (
+            f'[[lanes.devices]]\nid = "printer-1"\ndriver = "printer-escpos"\nhost = "127.0.0.1"\n'
+            f'port = {devices.printer.port}\nsecondary_inspection_place = "bay 3"\n'
         )
     config.write_text(
         f"""

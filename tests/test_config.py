@@ -24,7 +24,7 @@ def gated(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_there_are_one_lane_and_multi_lane_examples() -> None:
     names = {path.name for path in EXAMPLES}
-    assert {"one-lane.toml", "two-lanes.toml"} <= names
+    assert {"one-lane.toml", "multi-lane.toml"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

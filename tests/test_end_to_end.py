@@ -133,6 +133,18 @@ def test_one_lane_end_to_end(
         assert decided.get(None) == ["MANUAL_REVIEW"], decided
         assert "RELEASE" not in decided[HELD] + decided[ON_HELD_BL]
 
+        # A gate pass for every truck, with what the driver must do and a QR code for the visit.
+        assert lane_devices.printer is not None
+        jobs = lane_devices.printer.wait_for_jobs(5, timeout=20)
+        texts = [job.text for job in jobs]
+        assert CLEAN in texts[0] and "proceed to exit" in texts[0]
+        assert HELD in texts[1] and "park in the holding area" in texts[1]
+        assert "proceed to secondary inspection, bay 3" in texts[3]
+        assert "an operator will call you" in texts[4]
+        decision_visits = {m.payload["visit"] for m in messages if m.topic.endswith("/decision")}
+        printed_visits = {qr.split("v=")[1].split("&")[0] for job in jobs for qr in job.qr_codes}
+        assert printed_visits == decision_visits
+
         # The alarms an officer needs: two hold hits and the radiation alarm.
         alarms = [m.payload for m in messages if m.topic == f"{PREFIX}/lane-1/alarm"]
         assert {a["container"] for a in alarms if a["alarm"] == "hold_hit"} == {HELD, ON_HELD_BL}

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gated import policy
-from gated.model import Kind, Outcome, Quality, Reading, ScreeningVerdict, Source, Visit
+from gated.model import Kind, Outcome, Quality, Reading, Reason, ScreeningVerdict, Source, Visit
 from gated.policy import HoldListStatus, PolicySettings, decide
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -197,3 +197,22 @@ def test_release_only_when_every_check_passed(
             assert cause == "complete"
         if held and number is not None:
             assert decision.outcome is Outcome.HOLD
+
+
+def test_gateds_own_radiation_check_overrides_a_clear_monitor() -> None:
+    check = {"verdict": "gamma_alarm", "device_verdict": "clear", "agrees": False}
+    v = visit(
+        reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.97),
+        reading(Source.PASSAGE_END, 1),
+        reading(Source.SCREENING, "clear"),
+        reading("screening_check", check),
+    )
+    [decision] = decide(v, {}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.SECONDARY_INSPECTION
+    assert any("own check" in reason.text for reason in decision.reasons)
+
+
+def test_extra_reasons_such_as_a_refused_credential_never_release() -> None:
+    refused = Reason("CARD_CANCELLED", "card is on the cancelled list")
+    [decision] = decide(truck(), {}, FRESH, SETTINGS, now=NOW, extra_reasons=[refused])
+    assert decision.outcome is Outcome.MANUAL_REVIEW and "CARD_CANCELLED" in codes(decision)
