@@ -14,6 +14,9 @@ DECISION = "gated.decision/1"
 ALARM = "gated.alarm/1"
 STATUS = "gated.status/1"
 HOLD = "gated.hold/1"
+SCAN = "gated.scan/1"
+# Hold types that mean "scan this container" (the NII station takes the request from MQTT).
+SCAN_HOLD_TYPES = frozenset({"vacis", "exam", "nii", "xray"})
 
 
 class Topics:
@@ -37,6 +40,9 @@ class Topics:
 
     def node_status(self, node: str) -> str:
         return f"{self.prefix}/node/{node}/status"
+
+    def scan_request(self, lane: str) -> str:
+        return f"{self.prefix}/{lane}/scan/request"
 
     @property
     def holds_cmd(self) -> str:

@@ -29,6 +29,7 @@ SCHEMA_NAMES = (
     "hold-command",
     "hold-ack",
     "holds-state",
+    "scan-request",
 )
 
 _ID = r"[a-z0-9][a-z0-9_-]*"
@@ -46,6 +47,7 @@ _TOPICS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"holds/cmd", "hold-command"),
         (r"holds/ack", "hold-ack"),
         (r"holds/state", "holds-state"),
+        (rf"(?P<lane>{_LANE})/scan/request", "scan-request"),
     )
 )
 _SITE_TOPIC = re.compile(rf"^{re.escape(PREFIX)}/(?P<site>{_ID})/(?P<rest>.+)$")

@@ -30,6 +30,8 @@ from gated.errors import ProtocolError, StorageError
 from gated.holds import HoldStore
 from gated.messages import (
     HOLD,
+    SCAN,
+    SCAN_HOLD_TYPES,
     STATUS,
     Topics,
     alarm_message,
@@ -495,6 +497,23 @@ class Pipeline:
                     ts=now,
                 )
             )
+            scan_holds = [h for h in decision.holds if h.get("hold_type") in SCAN_HOLD_TYPES]
+            if scan_holds and decision.container is not None:
+                batch.messages.append(
+                    Message(
+                        self.topics.scan_request(visit.lane),
+                        SCAN,
+                        {
+                            "id": new_id(),
+                            "ts": rfc3339(now),
+                            "lane": visit.lane,
+                            "visit": visit.id,
+                            "container": decision.container,
+                            "reason": "selected for a non-intrusive scan by " + _hold_kinds(scan_holds),
+                            "holds": [dict(h) for h in scan_holds],
+                        },
+                    )
+                )
             for record in decision.holds:
                 batch.messages.append(
                     alarm_message(
@@ -599,6 +618,10 @@ class Pipeline:
                 listener(ok, detail)
             except Exception:  # a listener's bug must not stop the lane
                 log.exception("storage listener failed")
+
+
+def _hold_kinds(holds: list[dict[str, Any]]) -> str:
+    return ", ".join(sorted({f"{h.get('agency')} {h.get('hold_type')}" for h in holds}))
 
 
 def _without_release(decisions: list[Decision]) -> list[Decision]:

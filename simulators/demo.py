@@ -96,10 +96,10 @@ def _seed_holds(holds: HoldStore, lanes: int, data_dir: Path) -> None:
         holds.place(
             container=held,
             agency="CBP",
-            hold_type="customs",
+            hold_type="vacis",
             code="1H",
             reference="DEMO-EXAM-1",
-            note="selected for exam",
+            note="selected for a VACIS exam",
         )
         rows.append(f"{trucks[4].containers[1].code},{HELD_BL}")
     manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")

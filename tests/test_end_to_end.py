@@ -76,7 +76,7 @@ def test_one_lane_end_to_end(
         "--agency",
         "CBP",
         "--type",
-        "customs",
+        "vacis",
         "--code",
         "1H",
         "--config",
@@ -144,6 +144,11 @@ def test_one_lane_end_to_end(
         decision_visits = {m.payload["visit"] for m in messages if m.topic.endswith("/decision")}
         printed_visits = {qr.split("v=")[1].split("&")[0] for job in jobs for qr in job.qr_codes}
         assert printed_visits == decision_visits
+
+        # The box held for a VACIS exam is sent to the scanner: a scan request names it.
+        requests = [m.payload for m in messages if m.topic == f"{PREFIX}/lane-1/scan/request"]
+        assert [r["container"] for r in requests] == [HELD]
+        assert requests[0]["holds"][0]["hold_type"] == "vacis"
 
         # The alarms an officer needs: two hold hits and the radiation alarm.
         alarms = [m.payload for m in messages if m.topic == f"{PREFIX}/lane-1/alarm"]
