@@ -25,6 +25,7 @@ log = logging.getLogger("gated")
 
 def _parser() -> argparse.ArgumentParser:
     from gated import holds_cli
+    from ocr import cli as ocr_cli
 
     parser = argparse.ArgumentParser(
         prog="gated",
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--db", metavar="PATH_OR_URL", help="SQLite file or SQLAlchemy URL")
 
     holds_cli.register(commands, parents=[database])
+    ocr_cli.register(commands)
 
     preadvice = commands.add_parser(
         "preadvice", help="which containers each truck tag is announced to carry (import, list)"

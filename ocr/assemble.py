@@ -1,0 +1,400 @@
+"""Container numbers assembled from OCR text boxes by their geometry.
+
+A number is read only from whole pieces of text that sit together the way numbers are painted: one
+line ("MSKU 413532 9"), pieces on one line (owner code, serial, a boxed check digit), stacked lines
+(owner code above the serial) or one character per box down a door post. The pieces must join into
+exactly 11 characters; nothing is cut out of a longer text, so weight plates and phone numbers do not
+turn into numbers.
+
+Look-alike characters are swapped only where the character class is known (letters in the owner
+code, digits in the serial and check digit), from a small fixed table, each swap lowering the
+confidence. The check digit is never used to choose a swap: a number whose check digit does not fit is
+reported as read (``raw``) and flagged, never corrected.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gated.iso6346 import CATEGORIES, check_digit
+from ocr.engine import TextBox
+
+NUMBER_LENGTH = 11
+OWNER_LENGTH = 4
+DEFAULT_MIN_CONFIDENCE = 0.8
+
+TO_LETTER: dict[str, str] = {"0": "O", "1": "I", "2": "Z", "5": "S", "6": "G", "8": "B"}
+"""Digits read where a letter must be (owner code and category)."""
+TO_DIGIT: dict[str, str] = {
+    "O": "0",
+    "Q": "0",
+    "D": "0",
+    "I": "1",
+    "L": "1",
+    "S": "5",
+    "B": "8",
+    "Z": "2",
+    "G": "6",
+}
+"""Letters read where a digit must be (serial and check digit)."""
+SWAP_PENALTY = 0.9
+MAX_SWAPS = 2
+
+SIZE_TYPE_LENGTH = "1234ABCDEFGHKLMNP"
+SIZE_TYPE_HEIGHT = "0123456789CDEFLMNP"
+SIZE_TYPE_GROUP = "GVBSRHUPTAK"
+SIZE_TYPE_TO_GROUP: dict[str, str] = {"6": "G", "8": "B", "5": "S", "0": "U"}
+
+_SEPARATORS = re.compile(r"[\s.\-/\[\]()|]+")
+_TOKENS = re.compile(r"\S+")
+_MAX_PIECES = NUMBER_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """The best container number found in one frame (or agreed over several).
+
+    ``number`` is the 11 characters as read (after class look-alike swaps), None when nothing
+    shaped like a number was found; ``check_digit_valid`` says whether its check digit fits."""
+
+    number: str | None
+    check_digit_valid: bool
+    confidence: float
+    size_type: str | None
+    boxes: tuple[TextBox, ...] = ()
+
+
+NOTHING = Candidate(None, False, 0.0, None, ())
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRead:
+    """What OCR reports: ``container`` only when read with confidence and a fitting check digit.
+
+    ``raw`` is what was assembled even when it is not reported as the container (low confidence,
+    or a check digit that does not fit: some shipper-owned boxes carry one)."""
+
+    container: str | None
+    raw: str | None
+    check_digit_valid: bool
+    confidence: float
+    size_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A whitespace-separated token of a text box, placed along the box's reading direction."""
+
+    index: int
+    text: str
+    confidence: float
+    box: TextBox
+    cx: float
+    cy: float
+    ux: float
+    uy: float
+    length: float
+    thickness: float
+    vertical: bool
+
+    @property
+    def corners(self) -> tuple[tuple[float, float], ...]:
+        hx, hy = self.ux * self.length / 2, self.uy * self.length / 2
+        nx, ny = -self.uy * self.thickness / 2, self.ux * self.thickness / 2
+        return (
+            (self.cx - hx - nx, self.cy - hy - ny),
+            (self.cx + hx - nx, self.cy + hy - ny),
+            (self.cx + hx + nx, self.cy + hy + ny),
+            (self.cx - hx + nx, self.cy - hy + ny),
+        )
+
+
+def _clean(text: str) -> str | None:
+    """The token's characters without separators and frame marks; None if anything else is left."""
+    cleaned = _SEPARATORS.sub("", text).upper()
+    if not cleaned or not cleaned.isascii() or not cleaned.isalnum():
+        return None
+    return cleaned
+
+
+def _distance(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return math.hypot(a[0] - b[0], a[1] - b[1])
+
+
+def _pieces(boxes: Iterable[TextBox]) -> list[_Piece]:
+    pieces: list[_Piece] = []
+    for box in boxes:
+        p0, p1, p2, p3 = box.quad
+        across = (_distance(p0, p1) + _distance(p3, p2)) / 2
+        down = (_distance(p0, p3) + _distance(p1, p2)) / 2
+        if across < 1e-6 or down < 1e-6:
+            continue
+        stripped = box.text.strip()
+        if not stripped:
+            continue
+        vertical = len(stripped) > 1 and down > 1.5 * across
+        if vertical:
+            ux, uy = ((p3[0] + p2[0]) - (p0[0] + p1[0])) / 2, ((p3[1] + p2[1]) - (p0[1] + p1[1])) / 2
+            length, thickness = down, across
+            if uy < 0:
+                ux, uy = -ux, -uy
+        else:
+            ux, uy = ((p1[0] + p2[0]) - (p0[0] + p3[0])) / 2, ((p1[1] + p2[1]) - (p0[1] + p3[1])) / 2
+            length, thickness = across, down
+            if ux < 0:
+                ux, uy = -ux, -uy
+        norm = math.hypot(ux, uy)
+        ux, uy = ux / norm, uy / norm
+        cx = sum(point[0] for point in box.quad) / 4
+        cy = sum(point[1] for point in box.quad) / 4
+        total = len(stripped)
+        for match in _TOKENS.finditer(stripped):
+            cleaned = _clean(match.group())
+            if cleaned is None:
+                continue
+            middle = (match.start() + match.end()) / 2 / total - 0.5
+            pieces.append(
+                _Piece(
+                    index=len(pieces),
+                    text=cleaned,
+                    confidence=box.confidence,
+                    box=box,
+                    cx=cx + ux * middle * length,
+                    cy=cy + uy * middle * length,
+                    ux=ux,
+                    uy=uy,
+                    length=length * (match.end() - match.start()) / total,
+                    thickness=thickness,
+                    vertical=vertical,
+                )
+            )
+    return pieces
+
+
+def _extent(piece: _Piece, origin: _Piece, ax: float, ay: float) -> tuple[float, float]:
+    values = [(x - origin.cx) * ax + (y - origin.cy) * ay for x, y in piece.corners]
+    return min(values), max(values)
+
+
+def _char_size(piece: _Piece) -> float:
+    return piece.thickness
+
+
+def _similar(a: _Piece, b: _Piece) -> bool:
+    ratio = _char_size(a) / _char_size(b)
+    return 0.5 <= ratio <= 2.0
+
+
+def _follows(a: _Piece, b: _Piece) -> bool:
+    """True when ``b`` can be the text right after ``a``: next on its line, or the line below."""
+    if a.index == b.index or not _similar(a, b):
+        return False
+    size = max(_char_size(a), _char_size(b))
+    nx, ny = -a.uy, a.ux
+    along = (b.cx - a.cx) * a.ux + (b.cy - a.cy) * a.uy
+    across = (b.cx - a.cx) * nx + (b.cy - a.cy) * ny
+    b_along = _extent(b, a, a.ux, a.uy)
+    gap = b_along[0] - a.length / 2
+    if along > 0 and abs(across) <= 0.5 * _char_size(a) and -0.3 * size <= gap <= 2.5 * size:
+        return True
+    if a.vertical:
+        return False
+    b_across = _extent(b, a, nx, ny)
+    drop = b_across[0] - a.thickness / 2
+    if across <= 0 or not -0.3 * size <= drop <= 1.2 * size:
+        return False
+    overlap = min(b_along[1], a.length / 2) - max(b_along[0], -a.length / 2)
+    return overlap >= 0.5 * min(a.length, b_along[1] - b_along[0])
+
+
+def _fits_class(text: str, start: int) -> bool:
+    for offset, char in enumerate(text):
+        position = start + offset
+        if position >= NUMBER_LENGTH:
+            return False
+        if position < OWNER_LENGTH:
+            if not (char.isalpha() or char in TO_LETTER):
+                return False
+        elif not (char.isdigit() or char in TO_DIGIT):
+            return False
+    return True
+
+
+def _by_class(text: str) -> tuple[str, int] | None:
+    """``text`` with look-alikes swapped to the class each position needs, and how many were swapped."""
+    chars: list[str] = []
+    swaps = 0
+    for position, char in enumerate(text):
+        if position < OWNER_LENGTH:
+            if char.isalpha():
+                chars.append(char)
+            else:
+                chars.append(TO_LETTER[char])
+                swaps += 1
+        elif char.isdigit():
+            chars.append(char)
+        else:
+            chars.append(TO_DIGIT[char])
+            swaps += 1
+    if chars[OWNER_LENGTH - 1] not in CATEGORIES or swaps > MAX_SWAPS:
+        return None
+    return "".join(chars), swaps
+
+
+def _paths(pieces: Sequence[_Piece]) -> list[tuple[_Piece, ...]]:
+    """Every chain of whole pieces, linked by geometry, whose text makes exactly 11 characters."""
+    successors = {a.index: [b for b in pieces if _follows(a, b)] for a in pieces}
+    found: list[tuple[_Piece, ...]] = []
+
+    def extend(path: tuple[_Piece, ...], length: int) -> None:
+        if length == NUMBER_LENGTH:
+            found.append(path)
+            return
+        if len(path) >= _MAX_PIECES:
+            return
+        for following in successors[path[-1].index]:
+            if following in path or not _fits_class(following.text, length):
+                continue
+            extend((*path, following), length + len(following.text))
+
+    for piece in pieces:
+        if _fits_class(piece.text, 0):
+            extend((piece,), len(piece.text))
+    return found
+
+
+def _confidence(path: Sequence[_Piece], swaps: int) -> float:
+    """Per-character geometric mean of the engine's confidences, lowered for each swap."""
+    total = sum(len(piece.text) for piece in path)
+    logs = sum(len(piece.text) * math.log(max(piece.confidence, 1e-9)) for piece in path)
+    return math.exp(logs / total) * SWAP_PENALTY**swaps
+
+
+def _size_type_of(text: str) -> tuple[str, int] | None:
+    if len(text) != 4:
+        return None
+    length, height, group, detail = text[0], text[1], text[2], text[3]
+    swaps = 0
+    if group in SIZE_TYPE_TO_GROUP:
+        group = SIZE_TYPE_TO_GROUP[group]
+        swaps += 1
+    if detail in TO_DIGIT:
+        detail = TO_DIGIT[detail]
+        swaps += 1
+    if (
+        length not in SIZE_TYPE_LENGTH
+        or height not in SIZE_TYPE_HEIGHT
+        or group not in SIZE_TYPE_GROUP
+        or not detail.isdigit()
+        or swaps > 1
+    ):
+        return None
+    return length + height + group + detail, swaps
+
+
+def _size_type_near(path: Sequence[_Piece], pieces: Sequence[_Piece]) -> str | None:
+    """The size/type code closest to the number, within a few character heights of it."""
+    size = max(_char_size(piece) for piece in path)
+    used = {piece.index for piece in path}
+    best: tuple[float, str] | None = None
+    for piece in pieces:
+        if piece.index in used or not _similar(piece, path[-1]):
+            continue
+        code = _size_type_of(piece.text)
+        if code is None:
+            continue
+        distance = min(math.hypot(piece.cx - near.cx, piece.cy - near.cy) for near in path)
+        distance -= piece.length / 2
+        if distance <= 3.0 * size and (best is None or distance < best[0]):
+            best = (distance, code[0])
+    return None if best is None else best[1]
+
+
+def assemble(boxes: Iterable[TextBox]) -> Candidate:
+    """The container number in one frame's text boxes (``NOTHING`` when there is none).
+
+    When the frame holds different numbers (two readings of the same mark that disagree, or two
+    containers), the best one is returned with its confidence lowered accordingly."""
+    pieces = _pieces(boxes)
+    options: list[Candidate] = []
+    for path in _paths(pieces):
+        swapped = _by_class("".join(piece.text for piece in path))
+        if swapped is None:
+            continue
+        number, swaps = swapped
+        options.append(
+            Candidate(
+                number=number,
+                check_digit_valid=check_digit(number[:10]) == int(number[10]),
+                confidence=_confidence(path, swaps),
+                size_type=_size_type_near(path, pieces),
+                boxes=tuple(dict.fromkeys(piece.box for piece in path)),
+            )
+        )
+    return _combine(options, same_frame=True)
+
+
+def vote(candidates: Iterable[Candidate]) -> Candidate:
+    """One candidate from several frames or camera views: agreement raises the confidence, a
+    different reading lowers it, in proportion to how sure each reading was."""
+    return _combine(list(candidates), same_frame=False)
+
+
+def _combine(candidates: Sequence[Candidate], *, same_frame: bool) -> Candidate:
+    groups: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        if candidate.number is not None:
+            groups.setdefault(candidate.number, []).append(candidate)
+    if not groups:
+        return NOTHING
+    scores: dict[str, float] = {}
+    for number, members in groups.items():
+        distinct = _disjoint(members) if same_frame else members
+        scores[number] = 1.0 - math.prod(1.0 - member.confidence for member in distinct)
+    best = max(groups, key=lambda number: (groups[number][0].check_digit_valid, scores[number]))
+    rivals = [scores[number] for number in groups if number != best]
+    confidence = scores[best]
+    if rivals:
+        total = scores[best] + sum(rivals)
+        confidence *= scores[best] / total
+    members = groups[best]
+    sizes = [member.size_type for member in members if member.size_type is not None]
+    size_type = max(set(sizes), key=sizes.count) if sizes else None
+    boxes = tuple(dict.fromkeys(box for member in members for box in member.boxes))
+    return Candidate(best, members[0].check_digit_valid, confidence, size_type, boxes)
+
+
+def _disjoint(members: Sequence[Candidate]) -> list[Candidate]:
+    """The most confident readings of one number in a frame that use different boxes."""
+    chosen: list[Candidate] = []
+    used: set[int] = set()
+    for member in sorted(members, key=lambda member: -member.confidence):
+        ids = {id(box) for box in member.boxes}
+        if ids & used:
+            continue
+        chosen.append(member)
+        used |= ids
+    return chosen
+
+
+def decide(candidate: Candidate, *, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> ContainerRead:
+    """Report the number only when its check digit fits and its confidence reaches the threshold."""
+    accepted = candidate.number is not None and candidate.check_digit_valid
+    accepted = accepted and candidate.confidence >= min_confidence
+    return ContainerRead(
+        container=candidate.number if accepted else None,
+        raw=candidate.number,
+        check_digit_valid=candidate.check_digit_valid,
+        confidence=round(candidate.confidence, 4),
+        size_type=candidate.size_type,
+    )
+
+
+def read_container(
+    boxes: Iterable[TextBox], *, min_confidence: float = DEFAULT_MIN_CONFIDENCE
+) -> ContainerRead:
+    """The container number in one frame's text boxes, or None with the reason in the fields."""
+    return decide(assemble(boxes), min_confidence=min_confidence)

@@ -1,0 +1,131 @@
+"""``gated ocr IMAGE [IMAGE ...]``: read container numbers from image files (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ocr.assemble import DEFAULT_MIN_CONFIDENCE, read_container
+from ocr.engine import ENGINES, OcrEngine, load_engine
+from ocr.errors import OcrError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``ocr`` sub-command to ``gated``'s sub-parsers; its handler is ``run``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "ocr", help="read container numbers from image files (or folders of images)"
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="an image file or a folder of images")
+    parser.add_argument("--engine", default="rapidocr", choices=ENGINES, help="OCR engine (default rapidocr)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument(
+        "--min-confidence",
+        type=_fraction,
+        default=DEFAULT_MIN_CONFIDENCE,
+        help=f"report a number only at or above this confidence (default {DEFAULT_MIN_CONFIDENCE})",
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..1, got {text}")
+    return value
+
+
+def image_files(arguments: list[str]) -> list[Path]:
+    """The files named, with folders replaced by the images in them (sorted by name)."""
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def read_file(engine: OcrEngine, path: Path, *, min_confidence: float) -> dict[str, Any]:
+    """The CONTRACT object for one image; ``error`` is set when the file could not be read."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "file": str(path),
+        "container": None,
+        "confidence": 0.0,
+        "size_type": None,
+        "engine": engine.name,
+    }
+    image = _load(path)
+    if isinstance(image, str):
+        record["error"] = image
+    else:
+        try:
+            result = read_container(engine.read(image), min_confidence=min_confidence)
+        except OcrError as error:
+            record["error"] = str(error)
+        else:
+            record.update(
+                container=result.container,
+                confidence=result.confidence,
+                size_type=result.size_type,
+                raw=result.raw,
+                check_digit_valid=result.check_digit_valid,
+            )
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _load(path: Path) -> np.ndarray[Any, np.dtype[np.uint8]] | str:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror or error}"
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        return f"{path} is not an image OpenCV can decode"
+    return np.asarray(image, dtype=np.uint8)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read every image; exit 0, or 1 when the engine or any file could not be read."""
+    try:
+        engine = load_engine(args.engine)
+    except OcrError as error:
+        print(f"gated ocr: {error}", file=sys.stderr)
+        return 1
+    failed = False
+    for path in image_files(list(args.images)):
+        record = read_file(engine, path, min_confidence=args.min_confidence)
+        failed = failed or "error" in record
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            print(_line(record), flush=True)
+    return 1 if failed else 0
+
+
+def _line(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"{record['file']}: error: {record['error']}"
+    size = f" {record['size_type']}" if record["size_type"] else ""
+    timing = f"({record['confidence']:.2f}, {record['seconds']:.2f} s)"
+    if record["container"]:
+        return f"{record['file']}: {record['container']}{size} {timing}"
+    if record.get("raw"):
+        flag = "" if record["check_digit_valid"] else ", check digit does not fit"
+        return f"{record['file']}: unread (saw {record['raw']}{flag}){size} {timing}"
+    return f"{record['file']}: unread{size} {timing}"
