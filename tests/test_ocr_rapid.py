@@ -21,7 +21,8 @@ from ocr.errors import EngineUnavailable, OcrError
 pytest.importorskip("rapidocr")
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
-DEV_SET = Path("/work/shared/datasets/containers-real-dev")
+# The shared folder sits beside the checkout (real gate photos kept outside the repository).
+DEV_SET = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "containers-real-dev"
 
 
 @pytest.fixture(scope="module")
