@@ -1,4 +1,4 @@
-"""gated's own OCR: frame sources, preprocessing, engines and container-number assembly.
-
-Today's lanes take container numbers from smart cameras that read on board
-(``drivers.ocr_camera``); reading raw camera frames here is the next capability."""
+"""gated's own OCR: frame sources (``frames``), the engine seam (``engine``, ``rapid``) and
+container-number assembly from text boxes (``assemble``). ``gated ocr`` reads image files; lanes
+still take their numbers from smart cameras (``drivers.ocr_camera``) until the camera driver that
+runs this OCR on live frames is built."""

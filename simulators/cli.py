@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from simulators import (
     barrier_plc,
+    camera_frames,
     credential_serial,
     nii_scanner,
     ocr_camera,
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rpm_modbus.register_cli(devices)
     rpm_rapiscan.register_cli(devices)
     ocr_camera.register_cli(devices)
+    camera_frames.register_cli(devices)
     barrier_plc.register_cli(devices)
     printer_escpos.register_cli(devices)
     credential_serial.register_cli(devices)
