@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -453,7 +453,7 @@ class Store:
                 or 0
             )
 
-    # -- reading back (for recovery, `gated query` and the tests) -----------------------------
+    # -- reading back ------------------------------------------------------------------------
     def open_visits(self) -> list[Visit]:
         """Visits that were open when the daemon stopped (never closed, never decided), with
         their readings, so they can be decided after a restart instead of forgotten."""
@@ -473,28 +473,3 @@ class Store:
                     )
                 )
             return found
-
-    def decisions_for_visit(self, visit_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            result = conn.execute(
-                select(decisions.c.body).where(decisions.c.visit == visit_id).order_by(decisions.c.slot)
-            )
-            return [json.loads(body) for (body,) in result]
-
-    def decisions_for_container(self, container: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            result = conn.execute(
-                select(decisions.c.body)
-                .where(decisions.c.container == container)
-                .order_by(decisions.c.decided_at)
-            )
-            return [json.loads(body) for (body,) in result]
-
-    def readings_for_visits(self, visit_ids: Sequence[str]) -> list[dict[str, Any]]:
-        if not visit_ids:
-            return []
-        with self.engine.connect() as conn:
-            result = conn.execute(
-                select(readings.c.body).where(readings.c.visit.in_(list(visit_ids))).order_by(readings.c.ts)
-            )
-            return [json.loads(body) for (body,) in result]
