@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,easyocr]'
 	touch $(STAMP)
 
 ## The demo gate: embedded broker, simulated lanes, the daemon, scripted trucks (Ctrl-C to stop).
@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/gated bench store
 	$(BIN)/gated bench pipeline
 	$(BIN)/gated bench rpm
+	$(BIN)/gated bench ocr
 
 schema: $(STAMP)
 	$(BIN)/python -c "from gated.config import json_schema; open('config/gated.schema.json', 'w').write(json_schema())"

@@ -481,7 +481,19 @@ def bench_rpm(quick: bool) -> dict[str, Any]:
     return run(quick)
 
 
-BENCHES = {"policy": bench_policy, "store": bench_store, "pipeline": bench_pipeline, "rpm": bench_rpm}
+def bench_ocr(quick: bool) -> dict[str, Any]:
+    from gated.bench_ocr import bench_ocr as run
+
+    return run(quick)
+
+
+BENCHES = {
+    "policy": bench_policy,
+    "store": bench_store,
+    "pipeline": bench_pipeline,
+    "rpm": bench_rpm,
+    "ocr": bench_ocr,
+}
 
 
 def run_bench(name: str, *, quick: bool = False) -> dict[str, Any]:

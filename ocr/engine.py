@@ -78,10 +78,9 @@ def load_engine(name: str) -> OcrEngine:
 
         engine: OcrEngine = RapidOcrEngine()
     elif name == "easyocr":
-        raise EngineUnavailable(
-            "OCR engine 'easyocr' is not available yet: it is not installed with gated "
-            "(use --engine rapidocr)"
-        )
+        from ocr.easy import EasyOcrEngine
+
+        engine = EasyOcrEngine()
     else:
         raise EngineUnavailable(f"unknown OCR engine {name!r}; known: {', '.join(ENGINES)}")
     _loaded[name] = engine
