@@ -264,6 +264,7 @@ class ModbusRpmDriver(Driver):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.detector = RpmChangeDetector(lane, device, self.clock)
+        self._carry: list[Reading] = []
         self._client: ModbusTcpClient | None = None
         self._next_poll = 0.0
 
@@ -284,7 +285,13 @@ class ModbusRpmDriver(Driver):
             raise DeviceUnavailable(f"{self._where}: cannot connect")
         self._client = client
         self.detector.reset_baseline()
-        self._next_poll = time.monotonic()
+        # Take the pass counter's baseline now, before the device is reported online: a pass that
+        # ends after "online" is then always reported, however late the first poll would come.
+        try:
+            self._carry = list(self.detector.changes(decode(self.profile, self.read_registers())))
+        except ProtocolError:
+            self._carry = []  # step() reports the error; the first good read takes the baseline
+        self._next_poll = time.monotonic() + self.poll_interval
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -292,6 +299,9 @@ class ModbusRpmDriver(Driver):
             _shut(client)
 
     def step(self) -> Sequence[Reading]:
+        if self._carry:
+            carried, self._carry = self._carry, []
+            return carried
         delay = self._next_poll - time.monotonic()
         if delay > 0:
             time.sleep(delay)

@@ -580,10 +580,10 @@ def test_a_device_that_never_answers_is_unavailable(profile: RpmProfile) -> None
         silent.listen()
         driver = make_driver(profile, silent.getsockname()[1])
         driver.timeout = 0.5
-        driver.connect()
         try:
+            # The first read is part of connecting: a device that never answers is never online.
             with pytest.raises(DeviceUnavailable, match="no answer"):
-                driver.step()
+                driver.connect()
         finally:
             driver.close()
 
@@ -676,3 +676,22 @@ def test_reading_timestamps_come_from_the_injected_clock(profile: RpmProfile) ->
     clock.advance(2.5)
     ended = detector.changes(decode(profile, block(counter=2)))
     assert {r.ts for r in ended} == {clock.now()}
+
+
+@pytest.mark.timeout(60)
+def test_a_pass_that_ends_right_after_connecting_is_reported(profile: RpmProfile) -> None:
+    # The baseline is taken while connecting, so a pass ending before the first poll still counts.
+    with ModbusRpmSimulator() as sim:
+        driver = make_driver(profile, sim.port)
+        driver.connect()
+        try:
+            sim.begin_pass()
+            sim.end_pass(gamma_alarm=True)
+            readings: list[Reading] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(r.source == Source.SCREENING for r in readings):
+                readings.extend(driver.step())
+            verdicts = [r.value for r in readings if r.source == Source.SCREENING]
+            assert verdicts == [ScreeningVerdict.GAMMA_ALARM]
+        finally:
+            driver.close()
