@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from simulators.barrier_plc import BarrierPlcSimulator
@@ -45,8 +45,6 @@ class Truck:
     containers: tuple[ContainerSighting, ...]
     radiation: Radiation = "clear"
     background_cps: float = 250.0
-    note: str = ""
-    expected: str = field(default="", compare=False)  # the outcome the script expects (for output)
 
 
 @dataclass
