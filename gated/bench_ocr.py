@@ -31,9 +31,10 @@ import cv2
 import numpy as np
 
 from gated.bench import machine
-from ocr.assemble import read_container
+from ocr.assemble import decide
 from ocr.engine import OcrEngine
 from ocr.errors import OcrError
+from ocr.reader import read_image
 from simulators.camera_frames import encode_jpeg, random_spec, render_frame
 
 SEED = 6346
@@ -117,7 +118,7 @@ def _run(name: str, frames: list[_Frame]) -> tuple[list[_Outcome], dict[str, Any
         image = _load_frame(frame)
         start = time.perf_counter()
         try:
-            reported = read_container(engine.read(image)).container
+            reported = decide(read_image(engine, image)).container
         except OcrError as error:
             _progress(f"{name}: {frame.path.name}: {error}")
             reported = None

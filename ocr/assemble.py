@@ -50,6 +50,9 @@ SIZE_TYPE_TO_GROUP: dict[str, str] = {"6": "G", "8": "B", "5": "S", "0": "U"}
 
 _SEPARATORS = re.compile(r"[\s.\-/\[\]()|]+")
 _TOKENS = re.compile(r"\S+")
+_FOREIGN_ENDS = re.compile(r"^[^\x00-\x7f]+|[^\x00-\x7f]+$")
+_FOREIGN_START = re.compile(r"^[^\x00-\x7f]*")
+_FOREIGN_END = re.compile(r"[^\x00-\x7f]*$")
 _MAX_PIECES = NUMBER_LENGTH
 
 
@@ -113,8 +116,13 @@ class _Piece:
 
 
 def _clean(text: str) -> str | None:
-    """The token's characters without separators and frame marks; None if anything else is left."""
+    """The token's characters without separators and frame marks; None if anything else is left.
+
+    Stray non-Latin characters at either end are dropped too: the recogniser's alphabet includes
+    CJK, and a boxed check digit it cannot make out comes back as one of those. What is left is
+    still a whole piece; the check digit is then re-read from its own crop (``ocr.reader``)."""
     cleaned = _SEPARATORS.sub("", text).upper()
+    cleaned = _FOREIGN_ENDS.sub("", cleaned)
     if not cleaned or not cleaned.isascii() or not cleaned.isalnum():
         return None
     return cleaned
@@ -155,7 +163,12 @@ def _pieces(boxes: Iterable[TextBox]) -> list[_Piece]:
             cleaned = _clean(match.group())
             if cleaned is None:
                 continue
-            middle = (match.start() + match.end()) / 2 / total - 0.5
+            # Place the piece where its Latin characters are, without the stray ones dropped at its
+            # ends (a misread boxed check digit), so the digit's own crop is looked for after it.
+            token = match.group()
+            start = match.start() + len(token) - len(_FOREIGN_START.sub("", token))
+            end = match.end() - (len(token) - len(_FOREIGN_END.sub("", token)))
+            middle = (start + end) / 2 / total - 0.5
             pieces.append(
                 _Piece(
                     index=len(pieces),
@@ -166,7 +179,7 @@ def _pieces(boxes: Iterable[TextBox]) -> list[_Piece]:
                     cy=cy + uy * middle * length,
                     ux=ux,
                     uy=uy,
-                    length=length * (match.end() - match.start()) / total,
+                    length=length * (end - start) / total,
                     thickness=thickness,
                     vertical=vertical,
                 )
@@ -224,7 +237,9 @@ def _fits_class(text: str, start: int) -> bool:
 
 
 def _by_class(text: str) -> tuple[str, int] | None:
-    """``text`` with look-alikes swapped to the class each position needs, and how many were swapped."""
+    """``text`` with look-alikes swapped to the class each position needs, and how many were swapped.
+
+    ``text`` is the whole number, or its first ten characters (owner code and serial)."""
     chars: list[str] = []
     swaps = 0
     for position, char in enumerate(text):
@@ -244,13 +259,13 @@ def _by_class(text: str) -> tuple[str, int] | None:
     return "".join(chars), swaps
 
 
-def _paths(pieces: Sequence[_Piece]) -> list[tuple[_Piece, ...]]:
-    """Every chain of whole pieces, linked by geometry, whose text makes exactly 11 characters."""
+def _paths(pieces: Sequence[_Piece], length_wanted: int = NUMBER_LENGTH) -> list[tuple[_Piece, ...]]:
+    """Every chain of whole pieces, linked by geometry, whose text makes ``length_wanted`` characters."""
     successors = {a.index: [b for b in pieces if _follows(a, b)] for a in pieces}
     found: list[tuple[_Piece, ...]] = []
 
     def extend(path: tuple[_Piece, ...], length: int) -> None:
-        if length == NUMBER_LENGTH:
+        if length == length_wanted:
             found.append(path)
             return
         if len(path) >= _MAX_PIECES:
@@ -335,6 +350,97 @@ def assemble(boxes: Iterable[TextBox]) -> Candidate:
             )
         )
     return _combine(options, same_frame=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where a piece of text lies in the frame: its centre, reading direction (unit vector), length
+    along that direction and thickness across it, in pixels, and how many characters it holds."""
+
+    cx: float
+    cy: float
+    ux: float
+    uy: float
+    length: float
+    thickness: float
+    chars: int
+    vertical: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """Owner code and serial (ten characters, after class swaps) read without their check digit.
+
+    ``last`` is the piece that ends the serial: the check digit is painted just after it."""
+
+    prefix: str
+    swaps: int
+    confidence: float
+    last: Span
+    boxes: tuple[TextBox, ...]
+
+
+def partials(boxes: Iterable[TextBox]) -> list[Partial]:
+    """Every owner code + serial in the boxes that no check digit follows, most confident first."""
+    pieces = _pieces(boxes)
+    found: dict[str, Partial] = {}
+    for path in _paths(pieces, NUMBER_LENGTH - 1):
+        swapped = _by_class("".join(piece.text for piece in path))
+        if swapped is None:
+            continue
+        prefix, swaps = swapped
+        last = path[-1]
+        partial = Partial(
+            prefix=prefix,
+            swaps=swaps,
+            confidence=_confidence(path, swaps),
+            last=Span(
+                last.cx, last.cy, last.ux, last.uy, last.length, last.thickness, len(last.text), last.vertical
+            ),
+            boxes=tuple(dict.fromkeys(piece.box for piece in path)),
+        )
+        if prefix not in found or found[prefix].confidence < partial.confidence:
+            found[prefix] = partial
+    return sorted(found.values(), key=lambda partial: -partial.confidence)
+
+
+def completed(partial: Partial, digit: str, digit_confidence: float, size_type: str | None) -> Candidate:
+    """The candidate made of ``partial`` and a check digit re-read from its own crop."""
+    number = partial.prefix + digit
+    return Candidate(
+        number=number,
+        check_digit_valid=check_digit(number[:10]) == int(number[10]),
+        confidence=math.exp(
+            (10 * math.log(max(partial.confidence, 1e-9)) + math.log(max(digit_confidence, 1e-9))) / 11
+        ),
+        size_type=size_type,
+        boxes=partial.boxes,
+    )
+
+
+def size_type_in(boxes: Iterable[TextBox], near: Partial) -> str | None:
+    """The size/type code within a few character heights of ``near``'s serial."""
+    pieces = _pieces(boxes)
+    last = near.last
+    anchor = _Piece(
+        -1,
+        "0" * last.chars,
+        near.confidence,
+        near.boxes[-1],
+        last.cx,
+        last.cy,
+        last.ux,
+        last.uy,
+        last.length,
+        last.thickness,
+        last.vertical,
+    )
+    return _size_type_near([anchor], pieces)
+
+
+def combine(candidates: Iterable[Candidate]) -> Candidate:
+    """The best of several candidates read from one frame (different boxes or re-reads)."""
+    return _combine(list(candidates), same_frame=True)
 
 
 def vote(candidates: Iterable[Candidate]) -> Candidate:

@@ -13,10 +13,13 @@ import hashlib
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ocr.engine import Image, Quad, TextBox, check_image
+import cv2
+
+from ocr.engine import Image, Quad, Recognized, TextBox, check_image
 from ocr.errors import EngineUnavailable, OcrError
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,24 @@ class EasyOcrEngine:
                 continue
             found.append(TextBox(str(text), min(1.0, max(0.0, confidence)), quad))
         return found
+
+    def recognize(self, crops: Sequence[Image]) -> list[Recognized]:
+        read: list[Recognized] = []
+        for crop in crops:
+            frame = check_image(crop)
+            grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            try:
+                with self._lock:
+                    result = self._reader.recognize(grey, detail=1)
+            except Exception as error:
+                size = f"{frame.shape[1]}x{frame.shape[0]}"
+                raise OcrError(f"EasyOCR failed to recognise a {size} crop: {error}") from error
+            text, confidence = "", 0.0
+            if result:
+                _, text, confidence = result[0]
+                confidence = float(confidence) if math.isfinite(float(confidence)) else 0.0
+            read.append(Recognized(str(text), min(1.0, max(0.0, confidence))))
+        return read
 
 
 def _quad(corners: Any) -> Quad | None:

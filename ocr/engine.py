@@ -6,6 +6,7 @@ job, so engines can be swapped (or faked in tests) without touching the number l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,14 @@ class TextBox:
         return min(xs), min(ys), max(xs), max(ys)
 
 
+@dataclass(frozen=True, slots=True)
+class Recognized:
+    """The text read from one crop and the engine's confidence in it (0..1)."""
+
+    text: str
+    confidence: float
+
+
 class OcrEngine(Protocol):
     """Finds and reads text in one BGR frame (``numpy`` array of shape (height, width, 3), uint8)."""
 
@@ -63,6 +72,11 @@ class OcrEngine(Protocol):
 
     def read(self, image: Image) -> list[TextBox]:
         """All text boxes in the frame; raises ``OcrError`` when the engine fails."""
+        ...
+
+    def recognize(self, crops: Sequence[Image]) -> list[Recognized]:
+        """The text of each crop, read as one line without looking for text first (the reader
+        re-reads parts of a frame this way); raises ``OcrError`` when the engine fails."""
         ...
 
 

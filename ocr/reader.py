@@ -1,12 +1,26 @@
-"""One frame in, one container-number candidate out: the engine's text boxes assembled by geometry.
+"""One frame in, one container-number candidate out.
 
 This is the single entry point the CLI, the benchmark and the live camera driver use to read a frame,
-so every path reads numbers the same way (``ocr.assemble`` does the number logic)."""
+so every path reads numbers the same way:
+
+1. the engine finds and reads the text boxes;
+2. the number is assembled from whole pieces by geometry (``ocr.assemble``);
+3. when only owner code and serial were found (a boxed check digit missed or misread), the check
+   digit is re-read from inside its box just after the serial;
+4. when that still gives no number whose check digit fits, tall boxes (a number painted down a
+   door post) are re-read as a line of characters and steps 2-3 run again on them.
+
+The check digit is never chosen to make a number fit: it is read, and a read that does not fit is
+reported as not fitting."""
 
 from __future__ import annotations
 
-from ocr.assemble import Candidate, assemble
-from ocr.engine import Image, OcrEngine, check_image
+from ocr.assemble import Candidate, assemble, combine, completed, partials, size_type_in
+from ocr.engine import Image, OcrEngine, TextBox, check_image
+from ocr.reread import check_digit_after, reread_columns
+
+MAX_PARTIALS = 3
+"""Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""
 
 
 def read_image(engine: OcrEngine, image: Image) -> Candidate:
@@ -14,4 +28,24 @@ def read_image(engine: OcrEngine, image: Image) -> Candidate:
 
     Raises ``OcrError`` when the image is not a BGR frame or the engine fails."""
     frame = check_image(image)
-    return assemble(engine.read(frame))
+    boxes = engine.read(frame)
+    found = _numbers(engine, frame, boxes)
+    if not any(candidate.check_digit_valid for candidate in found):
+        # Only now look again at tall boxes: the recogniser reads most columns well on its own,
+        # and a second look at one that it read right can only add a rival reading.
+        columns = reread_columns(engine, frame, boxes)
+        if columns != boxes:
+            found.extend(_numbers(engine, frame, columns))
+    return combine(found)
+
+
+def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[Candidate]:
+    whole = assemble(boxes)
+    if whole.number is not None and whole.check_digit_valid:
+        return [whole]
+    found = [whole] if whole.number is not None else []
+    for partial in partials(boxes)[:MAX_PARTIALS]:
+        digit = check_digit_after(engine, frame, partial.last)
+        if digit is not None:
+            found.append(completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial)))
+    return found

@@ -1,0 +1,233 @@
+"""Second looks at parts of a frame the text detector got wrong.
+
+Two layouts defeat a detector + line recogniser built for horizontal text:
+
+- a check digit painted inside a box: the box is often not detected at all, or its frame is read as
+  another character ("55" for a boxed 5). The digit is re-read from the crop just after the serial,
+  with the box's frame lines painted over first.
+- a number painted down a door post, one character under the other: the detector returns one tall
+  box and the recogniser reads it as a garbled line. The column is cut into characters by its row
+  profile and the characters are laid side by side, so the recogniser sees an ordinary line.
+
+Crops are cut with a perspective warp along the text's own direction, so slanted views stay upright.
+Nothing here guesses: a re-read that does not give exactly what the layout needs is dropped."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ocr.assemble import Span
+from ocr.engine import Image, OcrEngine, TextBox
+
+COLUMN_RATIO = 2.5
+"""A box at least this many times taller than wide is read as a column of characters."""
+MIN_CROP_PX = 8
+MIN_DIGIT_CONFIDENCE = 0.75
+"""A re-read check digit below this is no reading: the recogniser says "1" at 0.5 for bare paint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """A check digit re-read from its crop."""
+
+    digit: str
+    confidence: float
+
+
+def _crop(
+    image: Image, cx: float, cy: float, x_axis: tuple[float, float], half_w: float, half_h: float
+) -> Image | None:
+    """The rectangle centred on (cx, cy) whose width runs along ``x_axis``, warped upright."""
+    width, height = round(2 * half_w), round(2 * half_h)
+    if width < MIN_CROP_PX or height < MIN_CROP_PX:
+        return None
+    ax, ay = x_axis
+    bx, by = -ay, ax
+    corners = np.array(
+        [
+            (cx - ax * half_w - bx * half_h, cy - ay * half_w - by * half_h),
+            (cx + ax * half_w - bx * half_h, cy + ay * half_w - by * half_h),
+            (cx + ax * half_w + bx * half_h, cy + ay * half_w + by * half_h),
+        ],
+        dtype=np.float32,
+    )
+    rows, cols = image.shape[:2]
+    inside = (corners[:, 0] > -half_w) & (corners[:, 0] < cols + half_w)
+    inside &= (corners[:, 1] > -half_h) & (corners[:, 1] < rows + half_h)
+    if not inside.all():
+        return None
+    target = np.array([(0, 0), (width, 0), (width, height)], dtype=np.float32)
+    matrix = cv2.getAffineTransform(corners, target)
+    warped = cv2.warpAffine(
+        image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return np.ascontiguousarray(warped, dtype=np.uint8)
+
+
+def _upright_axis(span: Span) -> tuple[float, float]:
+    """The image direction that should run left to right in a crop of ``span``'s surroundings."""
+    if span.vertical:
+        # Characters stacked down a post stand upright: the crop's x runs across the column.
+        return span.uy, -span.ux
+    return span.ux, span.uy
+
+
+def _ink_mask(grey: Image) -> Image:
+    """Pixels of paint that differ from the background, whichever is darker (Otsu threshold)."""
+    _, binary = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    border = np.concatenate([binary[0, :], binary[-1, :], binary[:, 0], binary[:, -1]])
+    background_is_white = np.count_nonzero(border) * 2 > border.size
+    ink = binary == 0 if background_is_white else binary == 255
+    return np.asarray(ink, dtype=np.uint8)
+
+
+def _inside_frame(crop: Image, char_height: float) -> Image | None:
+    """What lies inside the box drawn round a check digit, or None when no such box is in ``crop``.
+
+    The box is the four-cornered outline about one and a half character heights tall, nearest the
+    crop's start; its inside is cut with a margin so none of its frame is left for the recogniser
+    to read as another character."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 40, 120)
+    edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    best: tuple[float, int, int, int, int] | None = None
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        if not (0.7 * char_height <= h <= 2.0 * char_height and 0.45 * h <= w <= 1.3 * h):
+            continue
+        hull = cv2.convexHull(contour)
+        approx = cv2.approxPolyDP(hull, 0.08 * cv2.arcLength(hull, True), True)
+        # A drawn box (even sheared by the view) is its own four-cornered outline; four corners
+        # put on a round digit (0, 8, 6) cover only about two thirds of it.
+        hull_area = cv2.contourArea(hull)
+        fill = cv2.contourArea(approx) / hull_area if hull_area > 0 else 0.0
+        if len(approx) != 4 or fill < 0.88:
+            continue
+        if best is None or fill * w * h > best[0]:
+            best = (fill * w * h, x, y, w, h)
+    if best is None:
+        return None
+    _, x, y, w, h = best
+    inset_x, inset_y = max(2, round(0.18 * w)), max(2, round(0.14 * h))
+    inside = crop[y + inset_y : y + h - inset_y, x + inset_x : x + w - inset_x]
+    if inside.shape[0] < MIN_CROP_PX // 2 or inside.shape[1] < MIN_CROP_PX // 2:
+        return None
+    edge = np.concatenate([inside[0], inside[-1], inside[:, 0], inside[:, -1]])
+    background = [int(value) for value in np.median(edge, axis=0)]
+    pad = max(4, round(0.3 * inside.shape[0]))
+    framed = cv2.copyMakeBorder(inside, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
+    return np.ascontiguousarray(framed, dtype=np.uint8)
+
+
+def _pad(crop: Image, fraction: float = 0.25) -> Image:
+    pad = max(2, round(fraction * crop.shape[0]))
+    return np.asarray(cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_REPLICATE), dtype=np.uint8)
+
+
+def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | None:
+    """The single digit painted inside a box just after the serial ``last`` ends, or None when there
+    is no box there or no clear digit in it. (An unboxed check digit is read with the serial.)"""
+    pitch = last.length / max(1, last.chars)
+    # From inside the last serial character (piece lengths are estimated from character counts)
+    # to well past where the box usually sits; the box is then found by its outline.
+    along_start = last.length / 2 - 2.0 * pitch
+    along_end = last.length / 2 + 3.0 * pitch
+    middle = (along_start + along_end) / 2
+    cx, cy = last.cx + last.ux * middle, last.cy + last.uy * middle
+    half_along = (along_end - along_start) / 2
+    half_across = 0.85 * last.thickness
+    if last.vertical:
+        crop = _crop(image, cx, cy, _upright_axis(last), half_across, half_along)
+    else:
+        crop = _crop(image, cx, cy, _upright_axis(last), half_along, half_across)
+    if crop is None:
+        return None
+    inside = _inside_frame(crop, char_height=0.8 * last.thickness)
+    if inside is None:
+        return None
+    (read,) = engine.recognize([inside])
+    text = "".join(char for char in read.text if char.isalnum())
+    if len(text) != 1 or not text.isdigit() or read.confidence < MIN_DIGIT_CONFIDENCE:
+        return None
+    return Digit(text, read.confidence)
+
+
+def _rows_of_characters(ink: Image) -> list[tuple[int, int]]:
+    """Row ranges holding one character each, from the column's row profile."""
+    rows, cols = ink.shape
+    inked = ink.sum(axis=1) > max(1, 0.06 * cols)
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    for row, on in enumerate(inked):
+        if on and start is None:
+            start = row
+        elif not on and start is not None:
+            runs.append((start, row))
+            start = None
+    if start is not None:
+        runs.append((start, rows))
+    merged: list[tuple[int, int]] = []
+    for run in runs:
+        if merged and run[0] - merged[-1][1] < max(1, round(0.06 * cols)):
+            merged[-1] = (merged[-1][0], run[1])
+        else:
+            merged.append(run)
+    return [run for run in merged if run[1] - run[0] >= 0.3 * cols]
+
+
+def column_as_line(image: Image, box: TextBox) -> Image | None:
+    """The characters of a tall box laid side by side as one line, or None if it does not split."""
+    p0, p1, p2, p3 = box.quad
+    across = (math.dist(p0, p1) + math.dist(p3, p2)) / 2
+    down = (math.dist(p0, p3) + math.dist(p1, p2)) / 2
+    if down < COLUMN_RATIO * across:
+        return None
+    ux, uy = ((p3[0] + p2[0]) - (p0[0] + p1[0])) / 2, ((p3[1] + p2[1]) - (p0[1] + p1[1])) / 2
+    norm = math.hypot(ux, uy)
+    ux, uy = ux / norm, uy / norm
+    if uy < 0:
+        ux, uy = -ux, -uy
+    cx = sum(point[0] for point in box.quad) / 4
+    cy = sum(point[1] for point in box.quad) / 4
+    column = _crop(image, cx, cy, (uy, -ux), 0.6 * across, 0.52 * down)
+    if column is None:
+        return None
+    ink = _ink_mask(np.asarray(cv2.cvtColor(column, cv2.COLOR_BGR2GRAY), dtype=np.uint8))
+    runs = _rows_of_characters(ink)
+    if len(runs) < 2:
+        return None
+    width = column.shape[1]
+    gap = np.empty((0, 0, 3), dtype=np.uint8)
+    height = max(end - start for start, end in runs)
+    background = np.median(column[ink == 0], axis=0) if np.any(ink == 0) else np.array([127, 127, 127])
+    gap = np.full((height, max(2, round(0.3 * width)), 3), background, dtype=np.uint8)
+    cells: list[Image] = []
+    for start, end in runs:
+        cell = np.full((height, width, 3), background, dtype=np.uint8)
+        offset = (height - (end - start)) // 2
+        cell[offset : offset + end - start] = column[start:end]
+        if cells:
+            cells.append(gap)
+        cells.append(cell)
+    return _pad(np.ascontiguousarray(np.hstack(cells), dtype=np.uint8))
+
+
+def reread_columns(engine: OcrEngine, image: Image, boxes: list[TextBox]) -> list[TextBox]:
+    """``boxes`` with every tall box's text replaced by a re-read of its characters side by side."""
+    tall = [
+        (index, strip) for index, box in enumerate(boxes) if (strip := column_as_line(image, box)) is not None
+    ]
+    if not tall:
+        return boxes
+    reads = engine.recognize([strip for _, strip in tall])
+    replaced = list(boxes)
+    for (index, _), read in zip(tall, reads, strict=True):
+        text = "".join(read.text.split())
+        if len(text) >= 2:
+            replaced[index] = TextBox(text, read.confidence, boxes[index].quad)
+    return replaced
