@@ -120,6 +120,70 @@ class OcrCameraDevice(_Strict):
     silence_timeout_seconds: float = Field(3.0, gt=0)
 
 
+FRAME_SOURCE_SCHEMES = frozenset({"", "http", "https", "rtsp", "rtsps", "file"})
+
+
+class OcrFramesDevice(_Strict):
+    """A plain IP camera (or several, one per view) whose frames gated reads itself."""
+
+    id: Identifier
+    driver: Literal["ocr-frames"]
+    views: list[str] = Field(
+        min_length=1,
+        max_length=4,
+        description="One frame source per camera view: http(s):// MJPEG, rtsp(s)://, a video file or "
+        "a folder of images (relative to the config file).",
+    )
+    engine: Literal["rapidocr", "easyocr"] = Field("rapidocr", description="The OCR engine.")
+    min_confidence: float = Field(
+        0.8, ge=0, le=1, description="Below this the number is reported as uncertain (goes to a clerk)."
+    )
+    pre_trigger_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="Frames this long before the visit's trigger are considered (never as far back as "
+        "the previous truck).",
+    )
+    post_trigger_seconds: float = Field(
+        1.5,
+        ge=0,
+        le=10,
+        description="Frames up to this long after the trigger are considered; the read starts then.",
+    )
+    frames_per_view: int = Field(
+        2, ge=1, le=10, description="The sharpest frames of each view that are read (each costs OCR time)."
+    )
+    sample_fps: float = Field(
+        5.0, gt=0, le=30, description="Frames per second kept from each view (the rest are dropped)."
+    )
+    silence_timeout_seconds: float = Field(
+        5.0, gt=0, description="A live view without a frame for this long is offline."
+    )
+
+    @field_validator("views")
+    @classmethod
+    def _known_sources(cls, views: list[str]) -> list[str]:
+        for view in views:
+            scheme = view.partition("://")[0].lower() if "://" in view else ""
+            if scheme not in FRAME_SOURCE_SCHEMES or not view.strip():
+                raise ValueError(
+                    f"view {view.rpartition('@')[2]!r}: use http(s)://, rtsp(s)://, file://, or a path to a "
+                    "video file or an image folder"
+                )
+        return views
+
+
+class OcrConfig(_Strict):
+    workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="OCR worker processes shared by every ocr-frames camera (each reads one frame at a "
+        "time and uses the machine's cores: one is right for a 2-core PC).",
+    )
+
+
 class BarrierModbusDevice(_Strict):
     id: Identifier
     driver: Literal["barrier-modbus"]
@@ -168,6 +232,7 @@ DeviceConfig = Annotated[
     | RpmModbusDevice
     | RpmRapiscanDevice
     | OcrCameraDevice
+    | OcrFramesDevice
     | BarrierModbusDevice
     | PrinterEscposDevice
     | CredentialSerialDevice
@@ -184,6 +249,7 @@ DEVICE_KINDS = {
     "rpm-modbus": "rpm",
     "rpm-rapiscan": "rpm",
     "ocr-camera": "ocr",
+    "ocr-frames": "ocr",
     "barrier-modbus": "barrier",
     "printer-escpos": "printer",
     "credential-serial": "credential",
@@ -235,6 +301,7 @@ class GateConfig(_Strict):
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
     holds: HoldsConfig = Field(default_factory=lambda: HoldsConfig())
     credentials: CredentialsConfig = Field(default_factory=lambda: CredentialsConfig())
+    ocr: OcrConfig = Field(default_factory=lambda: OcrConfig())
     lanes: list[LaneConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -318,6 +385,8 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
                 device = device.model_copy(update={"profile": resolve(device.profile)})
             elif isinstance(device, NiiFolderDevice):
                 device = device.model_copy(update={"inbox": resolve(device.inbox)})
+            elif isinstance(device, OcrFramesDevice):
+                device = device.model_copy(update={"views": [resolve(view) for view in device.views]})
             devices.append(device)
         lanes.append(lane.model_copy(update={"devices": devices}))
     storage = config.storage.model_copy(

@@ -4,6 +4,10 @@ A visit opens on the first reading that says a truck is there (an RFID tag, the 
 or a camera read), gathers the lane's readings, and closes either when every required device has
 reported and a short settle time has passed (late readings still join), or on a timeout. Time
 comes from an injected clock, so tests drive it deterministically.
+
+A reading that already names its visit (a frames camera reads the truck whose visit triggered it,
+and its read comes seconds later) joins that visit only: if the visit has closed meanwhile, the
+reading joins no other, so a slow read can never lend its number to the next truck.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class LaneCorrelator:
         visits this reading closed (a new truck ends the previous one), and the visit it opened."""
         if reading.source not in VISIT_SOURCES:
             return reading, [], None
+        if reading.visit is not None and (self.visit is None or self.visit.id != reading.visit):
+            return reading, [], None  # its visit was decided without it (too late)
         closed: list[Visit] = []
         opened: Visit | None = None
         if self.visit is not None and self._starts_new_truck(reading):

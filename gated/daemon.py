@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from drivers.base import Driver
+from drivers.ocr_frames import FramesCameraDriver
 from gated.clock import Clock, SystemClock
 from gated.config import BarrierModbusDevice, GateConfig, PrinterEscposDevice
 from gated.credentials import CancelledCardList
@@ -32,6 +33,7 @@ from gated.pipeline import Pipeline
 from gated.preadvice import PreadviceStore
 from gated.publisher import MqttPublisher
 from gated.store import Store
+from ocr.pool import OcrPool
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +75,18 @@ class Daemon:
         self.pipeline.on_stored = self.publisher.wake
         self.pipeline.storage_listeners.append(self._on_storage)
         self.evidence = EvidenceStore(Path(config.storage.evidence))
+        # OCR worker processes, one pool per engine, shared by every frames camera.
+        self.ocr_pools: dict[str, OcrPool] = {}
         self.drivers: list[Driver] = [
-            build_driver(lane.id, device, self.clock, self.evidence)
+            build_driver(lane.id, device, self.clock, self.evidence, self._ocr_pool)
             for lane in config.lanes
             for device in lane.devices
             if not isinstance(device, BarrierModbusDevice | PrinterEscposDevice)
         ]
+        # A visit opening on a lane (tag read, portal occupancy) is what its frames cameras read.
+        for driver in self.drivers:
+            if isinstance(driver, FramesCameraDriver):
+                self.pipeline.visit_listeners.append(driver.visit_opened)
         self.printers = [
             PassPrinter(self.pipeline, build_printer(lane.id, device), self.clock, printer_places(device))
             for lane in config.lanes
@@ -101,6 +109,11 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._pipeline_thread: threading.Thread | None = None
         self._stopped = False
+
+    def _ocr_pool(self, engine: str) -> OcrPool:
+        if engine not in self.ocr_pools:
+            self.ocr_pools[engine] = OcrPool(engine, self.config.ocr.workers)
+        return self.ocr_pools[engine]
 
     def _pipeline_alive(self) -> bool:
         return (
@@ -144,6 +157,8 @@ class Daemon:
             len(self.config.lanes),
             len(self.drivers),
         )
+        for pool in self.ocr_pools.values():
+            pool.start()  # the workers load their engine while the rest starts
         self.pipeline.recover()
         self.publisher.start()
         self._pipeline_thread = threading.Thread(
@@ -174,6 +189,8 @@ class Daemon:
         self._driver_stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        for pool in self.ocr_pools.values():
+            pool.close()
         self._stop.set()
         if self._pipeline_thread is not None:
             self._pipeline_thread.join(timeout)

@@ -3,6 +3,7 @@ which ``driver = "..."`` entry of the config."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from drivers.barrier_modbus import ModbusBarrier
@@ -10,6 +11,7 @@ from drivers.base import Driver
 from drivers.credential_serial import SerialCredentialDriver
 from drivers.nii_folder import NiiFolderDriver
 from drivers.ocr_camera import SmartCameraDriver
+from drivers.ocr_frames import FramesCameraDriver
 from drivers.printer_escpos import EscposPrinter
 from drivers.profile import load_profile
 from drivers.rfid_llrp import LlrpRfidDriver
@@ -23,6 +25,7 @@ from gated.config import (
     DeviceConfig,
     NiiFolderDevice,
     OcrCameraDevice,
+    OcrFramesDevice,
     PrinterEscposDevice,
     RfidLlrpDevice,
     RfidSerialDevice,
@@ -31,6 +34,7 @@ from gated.config import (
 )
 from gated.evidence import EvidenceStore
 from gated.model import Outcome
+from ocr.pool import OcrPool
 
 ReadingDevice = (
     RfidSerialDevice
@@ -38,12 +42,19 @@ ReadingDevice = (
     | RpmModbusDevice
     | RpmRapiscanDevice
     | OcrCameraDevice
+    | OcrFramesDevice
     | CredentialSerialDevice
     | NiiFolderDevice
 )
 
 
-def build_driver(lane: str, device: ReadingDevice, clock: Clock, evidence: EvidenceStore) -> Driver:
+OcrPools = Callable[[str], OcrPool]
+"""The daemon's OCR worker pool for an engine name (one per engine, shared by every camera)."""
+
+
+def build_driver(
+    lane: str, device: ReadingDevice, clock: Clock, evidence: EvidenceStore, ocr_pools: OcrPools
+) -> Driver:
     """A driver for one configured device. Raises ``ConfigError`` for a bad device profile."""
     if isinstance(device, RfidSerialDevice):
         return SerialRfidDriver(
@@ -73,6 +84,21 @@ def build_driver(lane: str, device: ReadingDevice, clock: Clock, evidence: Evide
             host=device.host,
             port=device.port,
             min_confidence=device.min_confidence,
+            silence_timeout=device.silence_timeout_seconds,
+            clock=clock,
+        )
+    if isinstance(device, OcrFramesDevice):
+        return FramesCameraDriver(
+            lane,
+            device.id,
+            views=device.views,
+            pool=ocr_pools(device.engine),
+            evidence=evidence,
+            min_confidence=device.min_confidence,
+            pre_trigger=device.pre_trigger_seconds,
+            post_trigger=device.post_trigger_seconds,
+            frames_per_view=device.frames_per_view,
+            sample_fps=device.sample_fps,
             silence_timeout=device.silence_timeout_seconds,
             clock=clock,
         )

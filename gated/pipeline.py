@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 STORAGE_RETRY_SECONDS = 1.0  # how often a failing database is tried again
 
 DecisionListener = Callable[[Visit, list[Decision]], None]
+VisitListener = Callable[[Visit], None]
 
 
 @dataclass
@@ -127,6 +128,9 @@ class Pipeline:
         self.batch_limit = batch_limit
         self.stats = PipelineStats()
         self.listeners: list[DecisionListener] = []
+        # Told when a visit opens (the frames cameras start looking); called on the pipeline
+        # thread, so a listener only takes note and returns.
+        self.visit_listeners: list[VisitListener] = []
         self._queue: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._pending = Batch()  # stored-but-failed work, retried before anything new
         self._pending_decided: list[tuple[Visit, list[Decision]]] = []
@@ -268,6 +272,11 @@ class Pipeline:
             batch.visits.append(opened)
             self._offline_seen[reading.lane] = set(self._not_online(reading.lane))
             self._tamper_seen[reading.lane] = set(self._tampered[reading.lane])
+            for visit_listener in self.visit_listeners:
+                try:
+                    visit_listener(opened)
+                except Exception:  # a listener's bug must not stop the lane
+                    log.exception("visit listener failed")
         if reading.source == "tamper":
             if reading.value is True:
                 self._tampered[reading.lane].add(reading.device)

@@ -1,4 +1,3 @@
-"""gated's own OCR: frame sources (``frames``), the engine seam (``engine``, ``rapid``) and
-container-number assembly from text boxes (``assemble``). ``gated ocr`` reads image files; lanes
-still take their numbers from smart cameras (``drivers.ocr_camera``) until the camera driver that
-runs this OCR on live frames is built."""
+"""gated's own OCR: frame sources (``frames``), the engine seam (``engine``, ``rapid``),
+container-number assembly from text boxes (``assemble``) and worker processes that run it
+(``pool``). ``gated ocr`` reads image files; ``drivers.ocr_frames`` reads live camera frames."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+import string
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from gated.iso6346 import CATEGORIES, check_digit
@@ -42,6 +43,30 @@ TO_DIGIT: dict[str, str] = {
 """Letters read where a digit must be (serial and check digit)."""
 SWAP_PENALTY = 0.9
 MAX_SWAPS = 2
+UNVOUCHED_SWAP_PENALTY = 0.5
+LOOK_ALIKES: dict[str, str] = {
+    "0": "ODQUC",
+    "1": "ILT",
+    "2": "Z",
+    "5": "S",
+    "6": "GCB",
+    "8": "BS",
+    "O": "0",
+    "Q": "0",
+    "D": "08",
+    "I": "17",
+    "L": "17",
+    "S": "58",
+    "B": "836",
+    "Z": "27",
+    "G": "60",
+}
+"""What a character read where the other class belongs may really be: only used to ask whether the
+check digit can tell the swap apart from a misread, never to choose a character."""
+LIGHT_SWAP_PENALTY = 0.97
+LIGHT_SWAPS = frozenset({("0", "O")})
+"""Swaps that cost less: a zero in the owner code is almost always an O (OOLU, ONEU), painted in
+fonts where the two differ by a hair. Still counted against ``MAX_SWAPS``."""
 
 SIZE_TYPE_LENGTH = "1234ABCDEFGHKLMNP"
 SIZE_TYPE_HEIGHT = "0123456789CDEFLMNP"
@@ -68,6 +93,8 @@ class Candidate:
     confidence: float
     size_type: str | None
     boxes: tuple[TextBox, ...] = ()
+    swaps: int = 0
+    """Look-alike characters swapped to their class to make ``number`` (0 when read as painted)."""
 
 
 NOTHING = Candidate(None, False, 0.0, None, ())
@@ -281,11 +308,46 @@ def _paths(pieces: Sequence[_Piece], length_wanted: int = NUMBER_LENGTH) -> list
     return found
 
 
-def _confidence(path: Sequence[_Piece], swaps: int) -> float:
-    """Per-character geometric mean of the engine's confidences, lowered for each swap."""
+def _confidence(path: Sequence[_Piece], swapped: str) -> float:
+    """Per-character geometric mean of the engine's confidences, lowered for each swap that turned
+    the text as read into ``swapped``."""
     total = sum(len(piece.text) for piece in path)
     logs = sum(len(piece.text) * math.log(max(piece.confidence, 1e-9)) for piece in path)
-    return math.exp(logs / total) * SWAP_PENALTY**swaps
+    read = "".join(piece.text for piece in path)
+    penalty = math.prod(
+        LIGHT_SWAP_PENALTY if (was, now) in LIGHT_SWAPS else SWAP_PENALTY
+        for was, now in zip(read, swapped, strict=True)
+        if was != now
+    )
+    if len(swapped) == NUMBER_LENGTH and not _swaps_vouched_for(read, swapped):
+        penalty *= UNVOUCHED_SWAP_PENALTY
+    return math.exp(logs / total) * penalty
+
+
+def _swaps_vouched_for(read: str, swapped: str) -> bool:
+    """True unless another look-alike of the character read, of the class its position needs,
+    would also give a fitting check digit. The check digit catches almost every single wrong
+    character, but not all: a remainder of 10 is written 0, so some numbers have a twin one
+    character away, and 26 letters share 11 remainders. Where
+    a swap sits on such a twin the check digit cannot tell the swap from a misread (a blurred 3 read
+    as B, swapped to 8), so the swap is not trusted. This never picks a character: it only asks
+    whether the check digit can vouch for the one that was read."""
+    for position, (was, now) in enumerate(zip(read, swapped, strict=True)):
+        if was == now or position == NUMBER_LENGTH - 1:
+            continue
+        if position < OWNER_LENGTH - 1:
+            alphabet: Collection[str] = string.ascii_uppercase
+        elif position == OWNER_LENGTH - 1:
+            alphabet = CATEGORIES
+        else:
+            alphabet = string.digits
+        for other in LOOK_ALIKES.get(was, ""):
+            if other == now or other not in alphabet:
+                continue
+            twin = swapped[:position] + other + swapped[position + 1 :]
+            if check_digit(twin[:10]) == int(twin[10]):
+                return False
+    return True
 
 
 def _size_type_of(text: str) -> tuple[str, int] | None:
@@ -344,9 +406,10 @@ def assemble(boxes: Iterable[TextBox]) -> Candidate:
             Candidate(
                 number=number,
                 check_digit_valid=check_digit(number[:10]) == int(number[10]),
-                confidence=_confidence(path, swaps),
+                confidence=_confidence(path, number),
                 size_type=_size_type_near(path, pieces),
                 boxes=tuple(dict.fromkeys(piece.box for piece in path)),
+                swaps=swaps,
             )
         )
     return _combine(options, same_frame=True)
@@ -393,7 +456,7 @@ def partials(boxes: Iterable[TextBox]) -> list[Partial]:
         partial = Partial(
             prefix=prefix,
             swaps=swaps,
-            confidence=_confidence(path, swaps),
+            confidence=_confidence(path, prefix),
             last=Span(
                 last.cx, last.cy, last.ux, last.uy, last.length, last.thickness, len(last.text), last.vertical
             ),
@@ -415,6 +478,7 @@ def completed(partial: Partial, digit: str, digit_confidence: float, size_type: 
         ),
         size_type=size_type,
         boxes=partial.boxes,
+        swaps=partial.swaps,
     )
 
 
@@ -470,7 +534,8 @@ def _combine(candidates: Sequence[Candidate], *, same_frame: bool) -> Candidate:
     sizes = [member.size_type for member in members if member.size_type is not None]
     size_type = max(set(sizes), key=sizes.count) if sizes else None
     boxes = tuple(dict.fromkeys(box for member in members for box in member.boxes))
-    return Candidate(best, members[0].check_digit_valid, confidence, size_type, boxes)
+    swaps = min(member.swaps for member in members)
+    return Candidate(best, members[0].check_digit_valid, confidence, size_type, boxes, swaps)
 
 
 def _disjoint(members: Sequence[Candidate]) -> list[Candidate]:

@@ -1,4 +1,5 @@
-"""``gated ocr IMAGE [IMAGE ...]``: read container numbers from image files (CONTRACT section 2)."""
+"""``gated ocr IMAGE [IMAGE ...]``: read container numbers from image files (CONTRACT section 2);
+with ``--plates``, licence plates instead (``ocr.plate``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ocr.assemble import DEFAULT_MIN_CONFIDENCE, read_container
+from ocr.assemble import DEFAULT_MIN_CONFIDENCE, decide
 from ocr.engine import ENGINES, OcrEngine, load_engine
 from ocr.errors import OcrError
+from ocr.plate import DEFAULT_MIN_CONFIDENCE as PLATE_MIN_CONFIDENCE
+from ocr.plate import read_plate
+from ocr.reader import read_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -28,10 +32,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--engine", default="rapidocr", choices=ENGINES, help="OCR engine (default rapidocr)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument(
+        "--plates", action="store_true", help="read licence plates instead of container numbers"
+    )
+    parser.add_argument(
         "--min-confidence",
         type=_fraction,
-        default=DEFAULT_MIN_CONFIDENCE,
-        help=f"report a number only at or above this confidence (default {DEFAULT_MIN_CONFIDENCE})",
+        default=None,
+        help="report a number only at or above this confidence (default "
+        f"{DEFAULT_MIN_CONFIDENCE}; {PLATE_MIN_CONFIDENCE} for plates, which have no check digit)",
     )
     parser.set_defaults(handler=run)
     return parser
@@ -74,7 +82,7 @@ def read_file(engine: OcrEngine, path: Path, *, min_confidence: float) -> dict[s
         record["error"] = image
     else:
         try:
-            result = read_container(engine.read(image), min_confidence=min_confidence)
+            result = decide(read_image(engine, image), min_confidence=min_confidence)
         except OcrError as error:
             record["error"] = str(error)
         else:
@@ -84,6 +92,34 @@ def read_file(engine: OcrEngine, path: Path, *, min_confidence: float) -> dict[s
                 size_type=result.size_type,
                 raw=result.raw,
                 check_digit_valid=result.check_digit_valid,
+            )
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def read_plate_file(engine: OcrEngine, path: Path, *, min_confidence: float) -> dict[str, Any]:
+    """The ``--plates`` object for one image; ``error`` is set when the file could not be read."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "file": str(path),
+        "plate": None,
+        "raw": None,
+        "confidence": 0.0,
+        "format": None,
+        "engine": engine.name,
+    }
+    image = _load(path)
+    if isinstance(image, str):
+        record["error"] = image
+    else:
+        try:
+            boxes = engine.read(image)
+            result = read_plate(boxes, min_confidence=min_confidence, frame_width=image.shape[1])
+        except OcrError as error:
+            record["error"] = str(error)
+        else:
+            record.update(
+                plate=result.plate, raw=result.raw, confidence=result.confidence, format=result.format
             )
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
@@ -108,13 +144,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"gated ocr: {error}", file=sys.stderr)
         return 1
     failed = False
+    plates = bool(args.plates)
+    default = PLATE_MIN_CONFIDENCE if plates else DEFAULT_MIN_CONFIDENCE
+    min_confidence = default if args.min_confidence is None else args.min_confidence
     for path in image_files(list(args.images)):
-        record = read_file(engine, path, min_confidence=args.min_confidence)
+        if plates:
+            record = read_plate_file(engine, path, min_confidence=min_confidence)
+        else:
+            record = read_file(engine, path, min_confidence=min_confidence)
         failed = failed or "error" in record
         if args.json:
             print(json.dumps(record), flush=True)
         else:
-            print(_line(record), flush=True)
+            print(_plate_line(record) if plates else _line(record), flush=True)
     return 1 if failed else 0
 
 
@@ -129,3 +171,14 @@ def _line(record: dict[str, Any]) -> str:
         flag = "" if record["check_digit_valid"] else ", check digit does not fit"
         return f"{record['file']}: unread (saw {record['raw']}{flag}){size} {timing}"
     return f"{record['file']}: unread{size} {timing}"
+
+
+def _plate_line(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"{record['file']}: error: {record['error']}"
+    timing = f"({record['confidence']:.2f}, {record['seconds']:.2f} s)"
+    if record["plate"]:
+        return f"{record['file']}: {record['plate']} {record['format']} {timing}"
+    if record["raw"]:
+        return f"{record['file']}: unread (saw {record['raw']}) {timing}"
+    return f"{record['file']}: unread {timing}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ocr.assemble import Candidate, assemble, combine, completed, partials, size_type_in
 from ocr.engine import Image, OcrEngine, TextBox, check_image
-from ocr.reread import check_digit_after, reread_columns
+from ocr.reread import check_digit_after, reread_boxes, reread_columns
 
 MAX_PARTIALS = 3
 """Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""
@@ -42,10 +42,31 @@ def read_image(engine: OcrEngine, image: Image) -> Candidate:
 def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[Candidate]:
     whole = assemble(boxes)
     if whole.number is not None and whole.check_digit_valid:
-        return [whole]
+        return [_confirmed(engine, frame, boxes, whole)]
     found = [whole] if whole.number is not None else []
     for partial in partials(boxes)[:MAX_PARTIALS]:
         digit = check_digit_after(engine, frame, partial.last)
         if digit is not None:
-            found.append(completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial)))
+            number = completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial))
+            found.append(_confirmed(engine, frame, boxes, number) if number.check_digit_valid else number)
     return found
+
+
+def _confirmed(engine: OcrEngine, frame: Image, boxes: list[TextBox], candidate: Candidate) -> Candidate:
+    """``candidate`` as it is when it was read as painted; when it needed look-alike swaps, only if a
+    second look at its boxes does not read a different number.
+
+    A swap is where misreads hide (a 3 read as B and swapped to 8 still makes a number, and one in
+    ten of those has a fitting check digit), so a swapped number must survive a second look: the same
+    boxes re-cut and re-read. If that look reads another number, the two readings stand against each
+    other and the confidence is split between them; if it reads nothing usable, the first reading
+    stands as it was."""
+    if candidate.swaps == 0:
+        return candidate
+    again = reread_boxes(engine, frame, candidate.boxes)
+    if not again:
+        return candidate
+    second = assemble([again.get(box, box) for box in boxes])
+    if second.number is None or second.number == candidate.number:
+        return candidate
+    return combine([candidate, second])

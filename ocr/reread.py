@@ -15,6 +15,7 @@ Nothing here guesses: a re-read that does not give exactly what the layout needs
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -231,3 +232,37 @@ def reread_columns(engine: OcrEngine, image: Image, boxes: list[TextBox]) -> lis
         if len(text) >= 2:
             replaced[index] = TextBox(text, read.confidence, boxes[index].quad)
     return replaced
+
+
+def _second_look(image: Image, box: TextBox) -> Image | None:
+    """``box``'s text cut out again with a wider margin and its contrast evened out (CLAHE), so the
+    recogniser sees the same paint through different pixels."""
+    p0, p1, p2, p3 = box.quad
+    across = (math.dist(p0, p1) + math.dist(p3, p2)) / 2
+    down = (math.dist(p0, p3) + math.dist(p1, p2)) / 2
+    cx = sum(point[0] for point in box.quad) / 4
+    cy = sum(point[1] for point in box.quad) / 4
+    ux, uy = ((p1[0] + p2[0]) - (p0[0] + p3[0])) / 2, ((p1[1] + p2[1]) - (p0[1] + p3[1])) / 2
+    norm = math.hypot(ux, uy)
+    if norm < 1e-6:
+        return None
+    crop = _crop(image, cx, cy, (ux / norm, uy / norm), 0.5 * across + 0.2 * down, 0.65 * down)
+    if crop is None:
+        return None
+    lab = cv2.cvtColor(crop, cv2.COLOR_BGR2LAB)
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+    lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
+    return np.asarray(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), dtype=np.uint8)
+
+
+def reread_boxes(engine: OcrEngine, image: Image, boxes: Sequence[TextBox]) -> dict[TextBox, TextBox]:
+    """A second, independent reading of each box (same place, re-cut crop), keyed by the original."""
+    looks = [(box, crop) for box in boxes if (crop := _second_look(image, box)) is not None]
+    if not looks:
+        return {}
+    reads = engine.recognize([crop for _, crop in looks])
+    return {
+        box: TextBox(read.text, read.confidence, box.quad)
+        for (box, _), read in zip(looks, reads, strict=True)
+        if read.text.strip()
+    }

@@ -1114,6 +1114,11 @@ class MjpegCameraSimulator:
                 self.truths.append(truth)
         return [truth for _, truth in rendered]
 
+    def play_jpegs(self, jpegs: Iterable[bytes]) -> None:
+        """Queue frames painted and encoded ahead (``play`` paints them now); the last stays."""
+        with self._lock:
+            self._queue.extend(jpegs)
+
     def send_corrupt(self, count: int = 1) -> None:
         """The next ``count`` parts carry bytes that are not a decodable JPEG."""
         garbage = bytes(self._rng.integers(0, 256, 3000, dtype=np.uint8))

@@ -1,10 +1,13 @@
 """`gated demo`: a whole gate on one machine with nothing installed beyond the project.
 
 An embedded MQTT broker (or an external one with ``--broker``), the simulators of N lanes on real
-transports (the RFID reader on a pty, the radiation portal monitor on Modbus TCP, the smart OCR
-camera on TCP), the real daemon, and scripted trucks that cover the four outcomes: a clean
-container, held containers (by number and by bill of lading), a radiation alarm, and a number
-nobody can read.
+transports (the RFID reader on a pty, the radiation portal monitor on Modbus TCP, an IP camera
+streaming MJPEG over HTTP whose frames gated reads with its own OCR), the real daemon, and scripted
+trucks that cover the four outcomes: a clean container, held containers (by number and by bill of
+lading), a radiation alarm, and a number nobody can read.
+
+OCR takes about half a second a frame on a 2-core PC, so the demo's cameras read two frames per
+truck, in one worker process shared by every lane.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from gated.holds import HoldStore
 from gated.iso6346 import check_digit
 from gated.model import Decision, Visit
 from simulators.barrier_plc import BarrierPlcSimulator
-from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
-from simulators.ocr_camera import SmartCameraSimulator
+from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck, truck_frames
+from simulators.lane_camera import LaneCamera
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
 
@@ -129,7 +132,7 @@ def run_demo(
         raise ConfigError([f"--lanes: {lanes} is not between 1 and 8"])
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
         # The demo's own lines tell the story; the daemon's routine log lines would drown them.
-        for name in ("gated", "drivers", "simulators"):
+        for name in ("gated", "drivers", "ocr", "simulators"):
             logging.getLogger(name).setLevel(logging.WARNING)
     folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="gated-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,21 +151,23 @@ def run_demo(
     devices: list[LaneDevices] = []
     daemon: Daemon | None = None
     try:
-        for _ in range(lanes):
+        cameras: list[LaneCamera] = []
+        for index in range(lanes):
+            camera = LaneCamera(seed=index)
             lane_devices = LaneDevices(
-                SerialRfidSimulator(),
-                ModbusRpmSimulator(port=0),
-                SmartCameraSimulator(),
-                BarrierPlcSimulator(),
+                SerialRfidSimulator(), ModbusRpmSimulator(port=0), camera, BarrierPlcSimulator()
             )
             lane_devices.start()
+            camera.prepare(truck_frames(truck) for truck in demo_trucks(index))
             devices.append(lane_devices)
+            cameras.append(camera)
         config = validate(
             {
                 "site": "demo",
                 "node": "demo-gate",
                 "mqtt": {"host": host, "port": port, "keepalive": 15},
-                "storage": {"database": str(folder / "gated.db")},
+                "storage": {"database": str(folder / "gated.db"), "evidence": str(folder / "evidence")},
+                "ocr": {"workers": 1},
                 "holds": {"max_age_seconds": 86_400},
                 "lanes": [
                     {
@@ -181,9 +186,11 @@ def run_demo(
                             },
                             {
                                 "id": "ocr-1",
-                                "driver": "ocr-camera",
-                                "host": "127.0.0.1",
-                                "port": lane.camera.port,
+                                "driver": "ocr-frames",
+                                "views": [camera.url],
+                                "pre_trigger_seconds": 0.5,
+                                "post_trigger_seconds": 1.0,
+                                "frames_per_view": 2,
                             },
                             {
                                 "id": "barrier-1",
@@ -194,7 +201,7 @@ def run_demo(
                             },
                         ],
                     }
-                    for index, lane in enumerate(devices)
+                    for index, (lane, camera) in enumerate(zip(devices, cameras, strict=True))
                 ],
             },
             source="demo",
@@ -202,6 +209,9 @@ def run_demo(
         daemon = Daemon(config)
         _seed_holds(daemon.holds, lanes, folder)
         daemon.on_decision(_print_decision)
+        # Each lane's trucks wait at the barrier until the lane's decision is out (OCR takes time).
+        decided = {f"lane-{index + 1}": threading.Event() for index in range(lanes)}
+        daemon.on_decision(lambda visit, _decisions: decided[visit.lane].set())
         daemon.start()
         if not daemon.publisher.wait_connected(15):
             print(f"gated demo: MQTT broker {host}:{port} is not answering", file=sys.stderr)
@@ -228,7 +238,12 @@ def run_demo(
         drivers = [
             threading.Thread(
                 target=_drive_lane,
-                args=(f"lane-{index + 1}", ScriptedLane(lane), demo_trucks(index), stop),
+                args=(
+                    f"lane-{index + 1}",
+                    ScriptedLane(lane, decided=decided[f"lane-{index + 1}"]),
+                    demo_trucks(index),
+                    stop,
+                ),
                 daemon=True,
             )
             for index, lane in enumerate(devices)

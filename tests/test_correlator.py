@@ -73,3 +73,19 @@ def test_second_occupancy_after_a_finished_pass_is_the_next_truck() -> None:
     lane.accept(make(clock, Source.OCCUPANCY, False, Kind.RPM))
     _, closed, opened = lane.accept(make(clock, Source.OCCUPANCY, True, Kind.RPM))
     assert len(closed) == 1 and opened is not None
+
+
+def test_a_late_read_for_a_decided_visit_never_joins_the_next_truck() -> None:
+    clock = ManualClock()
+    lane = LaneCorrelator(RULES, clock)
+    _, _, first = lane.accept(make(clock, Source.EPC, "e2801", Kind.RFID))
+    _, closed, second = lane.accept(make(clock, Source.EPC, "e2802", Kind.RFID))
+    assert first is not None and second is not None and [v.id for v in closed] == [first.id]
+    # The frames camera's read of the first truck comes in while the second one is at the gate.
+    late = make(clock, Source.CONTAINER_NUMBER, "MSKU4135329").in_visit(first.id)
+    kept, closed, opened = lane.accept(late)
+    assert kept.visit == first.id and not closed and opened is None
+    assert lane.visit is not None and lane.visit.of_source(Source.CONTAINER_NUMBER) == []
+    # A read for the open visit joins it as usual.
+    own, _, _ = lane.accept(make(clock, Source.CONTAINER_NUMBER, "CSQU3054383").in_visit(second.id))
+    assert own.visit == second.id and lane.visit.of_source(Source.CONTAINER_NUMBER) == [own]

@@ -1,0 +1,513 @@
+"""Driver for plain IP cameras whose frames gated reads itself (``driver = "ocr-frames"``).
+
+Where ``drivers.ocr_camera`` listens to a camera that reads numbers on board, this driver watches one
+or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image folder: see
+``ocr.frames``) and runs gated's own OCR on them:
+
+1. A thread per view keeps the last few seconds of frames, at most ``sample_fps`` a second.
+2. When a visit opens on the lane with a tag read or the portal's occupancy, the daemon calls
+   ``visit_opened``. Once ``post_trigger`` seconds have passed, the driver takes every view's frames
+   from ``pre_trigger`` seconds before the trigger to ``post_trigger`` after it and hands the
+   sharpest ``frames_per_view`` of each view to the OCR pool (``ocr.pool``); its own thread never
+   waits on OCR.
+3. When every frame is read, the candidates are voted into one (``ocr.assemble.vote``: frames and
+   views that agree raise the confidence, disagreement lowers it) and decided against
+   ``min_confidence``. The crop the number was read from (when nothing was read: the sharpest frame)
+   is stored in the evidence store first; then the readings go out:
+
+   - ``container_number``: GOOD with the number when it was read with a fitting check digit and
+     enough confidence; UNCERTAIN with the number as read when it has the ISO 6346 shape but the
+     check digit does not fit or the confidence is too low (never corrected: the policy sends it to a
+     clerk, and still matches holds on it); BAD with value None when nothing shaped like a number
+     was read. The crop is its evidence. This is the reading model of the smart camera driver.
+   - ``size_type`` when a size/type code was read beside the number;
+   - ``passage_end`` with value 1: the driver reads one container per visit, and its report
+     completes the visit for OCR.
+
+The device is online while every view delivers frames. A view that fails, or a live stream that
+sends no frame for ``silence_timeout`` seconds, makes the driver reconnect (``drivers.base`` reports
+it offline meanwhile); triggers and reads in progress are kept across a reconnect. A part that does
+not decode is counted as a protocol error and skipped.
+
+Frame and trigger times are wall-clock seconds (``time.time()``), the clock the frame sources stamp
+frames with.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import CancelledError, Future
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, TypedDict, Unpack
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+
+from drivers.base import Driver
+from gated.clock import Clock
+from gated.errors import ContainerNumberError, DeviceUnavailable, GatedError, ProtocolError, StorageError
+from gated.evidence import EvidenceStore
+from gated.iso6346 import ContainerNumber
+from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
+from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote
+from ocr.engine import Image, TextBox
+from ocr.frames import Frame, FrameSource, open_source, select_frames
+from ocr.pool import OcrPool
+
+log = logging.getLogger(__name__)
+
+VISIT_TRIGGERS: Final = frozenset({"rfid:epc", "rpm:occupancy"})
+"""How a visit must have opened (``Visit.trigger``) for the cameras to read it."""
+SIZE_TYPE_SOURCE: Final = "size_type"
+MEDIA_TYPE: Final = "image/jpeg"
+CROP_QUALITY: Final = 90
+FRAME_QUALITY: Final = 80
+CROP_PAD: Final = 0.3
+"""Margin around the number's boxes, as a share of the shorter side of their union."""
+MIN_CROP_PAD_PX: Final = 12
+KEEP_SLACK_SECONDS: Final = 2.0
+"""Frames are kept this much longer than the trigger window needs (the read starts a step late)."""
+MAX_QUEUED_ERRORS: Final = 1000
+_READ_TIMEOUT = 0.5
+_LIVE_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps"})
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A visit opened on the lane at ``ts`` (epoch seconds)."""
+
+    visit: str
+    ts: float
+
+
+@dataclass
+class _Read:
+    """One visit's frames on their way through the OCR pool."""
+
+    trigger: Trigger
+    frames: list[Frame]
+    futures: list[Future[Candidate]]
+    resubmitted: set[int] = field(default_factory=set)
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures)
+
+
+class _View:
+    """One camera view: its frame source, read by a thread that keeps the recent frames."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keep_seconds: float,
+        sample_period: float,
+        silence_timeout: float,
+        errors: deque[ProtocolError],
+        wake: threading.Event,
+    ) -> None:
+        self.url = url
+        self.shown = _without_credentials(url)
+        self.failure: DeviceUnavailable | None = None
+        self._keep_seconds = keep_seconds
+        self._sample_period = sample_period
+        # Only a live stream must keep sending; a folder waits for drops, a recording ends.
+        self._live = "://" in url and urlsplit(url).scheme.lower() in _LIVE_SCHEMES
+        self._silence_timeout = silence_timeout
+        self._errors = errors
+        self._wake = wake
+        self._frames: deque[Frame] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._source: FrameSource | None = None
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Connect to the source and start reading; ``DeviceUnavailable`` when it cannot be reached."""
+        try:
+            source = open_source(self.url)
+        except DeviceUnavailable:
+            raise
+        except GatedError as error:  # a ConfigError too: a view that cannot be opened is unavailable
+            raise DeviceUnavailable(f"view {self.shown}: {error}") from error
+        self._source = source
+        self._thread = threading.Thread(target=self._run, args=(source,), name=f"view {source.source}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._source is not None:
+            self._source.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=3.0)
+
+    def frames_between(self, start: float, end: float) -> list[Frame]:
+        with self._lock:
+            return [frame for frame in self._frames if start <= frame.ts <= end]
+
+    def _run(self, source: FrameSource) -> None:
+        counted = 0
+        last_frame = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                frame = source.read(timeout=_READ_TIMEOUT)
+                if source.protocol_errors > counted:
+                    for _ in range(source.protocol_errors - counted):
+                        self._errors.append(ProtocolError(f"view {source.source}: {source.last_error}"))
+                    counted = source.protocol_errors
+                    self._wake.set()
+                if frame is not None:
+                    last_frame = time.monotonic()
+                    self._keep(frame)
+                elif self._live and time.monotonic() - last_frame > self._silence_timeout:
+                    raise DeviceUnavailable(f"view {source.source}: no frame for {self._silence_timeout:g} s")
+                elif not self._live:
+                    self._stop.wait(0.05)  # a recording at its end answers at once
+        except DeviceUnavailable as error:
+            self._fail(error)
+        except Exception as error:  # a bug here must show as an offline camera, not a silent one
+            log.exception("view %s: reader failed", self.shown)
+            self._fail(DeviceUnavailable(f"view {source.source}: reader failed: {error}"))
+
+    def _keep(self, frame: Frame) -> None:
+        with self._lock:
+            # Tolerate jitter: a 5 fps camera sampled at 5 fps must not lose every other frame.
+            if self._frames and frame.ts - self._frames[-1].ts < 0.8 * self._sample_period:
+                return
+            self._frames.append(frame)
+            while self._frames and self._frames[0].ts < frame.ts - self._keep_seconds:
+                self._frames.popleft()
+
+    def _fail(self, error: DeviceUnavailable) -> None:
+        if not self._stop.is_set():
+            self.failure = error
+            self._wake.set()
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` fit for a log line: a camera password in it stays out of the logs."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+class _DriverOptions(TypedDict, total=False):
+    backoff_initial: float
+    backoff_max: float
+
+
+class FramesCameraDriver(Driver):
+    """Reads container numbers from camera frames around each visit's trigger (module docstring)."""
+
+    kind = Kind.OCR
+
+    def __init__(
+        self,
+        lane: str,
+        device: str,
+        *,
+        views: Sequence[str],
+        pool: OcrPool,
+        evidence: EvidenceStore,
+        min_confidence: float = 0.8,
+        pre_trigger: float = 1.0,
+        post_trigger: float = 1.5,
+        frames_per_view: int = 2,
+        sample_fps: float = 5.0,
+        silence_timeout: float = 5.0,
+        clock: Clock | None = None,
+        **kwargs: Unpack[_DriverOptions],
+    ) -> None:
+        super().__init__(lane, device, clock=clock, **kwargs)
+        if not views:
+            raise ValueError("an ocr-frames camera needs at least one view")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence {min_confidence} is outside 0..1")
+        if pre_trigger < 0 or post_trigger < 0 or frames_per_view < 1 or sample_fps <= 0:
+            raise ValueError("trigger windows must not be negative, frames_per_view and sample_fps positive")
+        self.views = list(views)
+        self.pool = pool
+        self.evidence = evidence
+        self.min_confidence = min_confidence
+        self.pre_trigger = pre_trigger
+        self.post_trigger = post_trigger
+        self.frames_per_view = frames_per_view
+        self.sample_fps = sample_fps
+        self.silence_timeout = silence_timeout
+        self.poll_interval = 0.1
+        # Figures for logs, tests and benchmarks.
+        self.reads = 0
+        self.frames_read = 0
+        self.ocr_failures = 0
+        self.last_read_seconds: float | None = None
+        """Seconds from the last read's trigger to its readings."""
+        self._triggers: queue.SimpleQueue[Trigger] = queue.SimpleQueue()
+        self._waiting: list[Trigger] = []
+        self._reads: list[_Read] = []
+        self._errors: deque[ProtocolError] = deque(maxlen=MAX_QUEUED_ERRORS)
+        self._wake = threading.Event()
+        self._open_views: list[_View] = []
+
+    # -- from the pipeline thread ---------------------------------------------------------------
+    def visit_opened(self, visit: Visit) -> None:
+        """A visit listener: read the visit when it opened on this lane with a tag or occupancy."""
+        if visit.lane == self.lane and visit.trigger in VISIT_TRIGGERS:
+            self.trigger(Trigger(visit.id, visit.opened_at.timestamp()))
+
+    def trigger(self, trigger: Trigger) -> None:
+        """Read the frames around ``trigger`` (thread-safe, never blocks)."""
+        self._triggers.put(trigger)
+        self._wake.set()
+
+    # -- the driver's thread --------------------------------------------------------------------
+    def connect(self) -> None:
+        self.close()
+        keep = self.pre_trigger + self.post_trigger + KEEP_SLACK_SECONDS
+        views = [
+            _View(
+                url,
+                keep_seconds=keep,
+                sample_period=1.0 / self.sample_fps,
+                silence_timeout=self.silence_timeout,
+                errors=self._errors,
+                wake=self._wake,
+            )
+            for url in self.views
+        ]
+        try:
+            for view in views:
+                view.open()
+        except DeviceUnavailable:
+            for view in views:
+                view.close()
+            raise
+        self._open_views = views
+
+    def step(self) -> Sequence[Reading]:
+        self._wait()
+        self._start_due()
+        readings: list[Reading] = []
+        for read in [read for read in self._reads if read.done()]:
+            readings.extend(self._finish(read))
+        if readings:
+            return readings
+        for view in self._open_views:
+            if view.failure is not None:
+                raise view.failure
+        if self._errors:
+            raise self._errors.popleft()
+        return []
+
+    def close(self) -> None:
+        views, self._open_views = self._open_views, []
+        for view in views:
+            view.close()
+
+    def _wait(self) -> None:
+        """Sleep until something happens, the next read is due, or one poll interval passed."""
+        timeout = 0.0 if self._errors else self.poll_interval
+        if self._waiting:
+            due = min(trigger.ts for trigger in self._waiting) + self.post_trigger
+            timeout = min(timeout, max(0.0, due - time.time()))
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def _start_due(self) -> None:
+        while True:
+            try:
+                self._waiting.append(self._triggers.get_nowait())
+            except queue.Empty:
+                break
+        now = time.time()
+        for trigger in [t for t in self._waiting if now >= t.ts + self.post_trigger]:
+            self._waiting.remove(trigger)
+            start, end = trigger.ts - self.pre_trigger, trigger.ts + self.post_trigger
+            frames = [frame for view in self._open_views for frame in view.frames_between(start, end)]
+            chosen = select_frames(
+                frames,
+                trigger.ts,
+                max(self.pre_trigger, self.post_trigger),
+                self.frames_per_view * len(self.views),
+            )
+            self._reads.append(_Read(trigger, chosen, [self._submit(frame.image) for frame in chosen]))
+
+    def _submit(self, image: Image) -> Future[Candidate]:
+        try:
+            future = self.pool.submit(image)
+        except (GatedError, BrokenProcessPool) as error:
+            future = Future()
+            future.set_exception(error)
+        future.add_done_callback(lambda _: self._wake.set())
+        return future
+
+    def _finish(self, read: _Read) -> list[Reading]:
+        """The readings of a read whose frames are all done (none while a frame is read again)."""
+        retried = False
+        for index, future in enumerate(read.futures):
+            if _worker_died(future) and index not in read.resubmitted:
+                # The worker died under this frame and the pool starts a new one: read it once more.
+                read.resubmitted.add(index)
+                read.futures[index] = self._submit(read.frames[index].image)
+                retried = True
+        if retried:
+            return []
+        candidates: list[Candidate] = []
+        for future in read.futures:
+            error = CancelledError() if future.cancelled() else future.exception()
+            if error is not None:
+                self.ocr_failures += 1
+                log.warning("%s/%s: OCR of a frame failed: %r", self.lane, self.device, error)
+                candidates.append(NOTHING)
+            else:
+                candidates.append(future.result())
+        self._reads.remove(read)
+        self.reads += 1
+        self.frames_read += len(read.frames)
+        voted = vote(candidates)
+        result = decide(voted, min_confidence=self.min_confidence)
+        frame, boxes = _evidence_frame(read.frames, candidates, voted)
+        evidence = self._store(frame, boxes)
+        ts = frame.ts if frame is not None else read.trigger.ts
+        readings = readings_for(
+            result,
+            lane=self.lane,
+            device=self.device,
+            visit=read.trigger.visit,
+            ts=datetime.fromtimestamp(ts, UTC),
+            evidence=evidence,
+        )
+        self.last_read_seconds = time.time() - read.trigger.ts
+        log.info(
+            "%s/%s: visit %s read %s (%s, confidence %.2f) from %d frames, %.2f s after the trigger",
+            self.lane,
+            self.device,
+            read.trigger.visit,
+            result.raw or "nothing",
+            readings[0].quality,
+            result.confidence,
+            len(read.frames),
+            self.last_read_seconds,
+        )
+        return readings
+
+    def _store(self, frame: Frame | None, boxes: Sequence[TextBox]) -> tuple[Evidence, ...]:
+        """The crop (or the whole frame) in the evidence store, before any reading refers to it."""
+        if frame is None:
+            return ()
+        try:
+            if boxes:
+                x0, y0, x1, y1 = crop_bounds(frame.image.shape[1], frame.image.shape[0], boxes)
+                data = encode_jpeg(frame.image[y0:y1, x0:x1], CROP_QUALITY)
+            else:
+                data = encode_jpeg(frame.image, FRAME_QUALITY)
+            return (self.evidence.put_bytes(data, MEDIA_TYPE),)
+        except StorageError as error:
+            log.error("%s/%s: cannot store the OCR crop: %s", self.lane, self.device, error)
+            return ()
+
+
+def _worker_died(future: Future[Candidate]) -> bool:
+    return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
+
+
+def _evidence_frame(
+    frames: Sequence[Frame], candidates: Sequence[Candidate], voted: Candidate
+) -> tuple[Frame | None, tuple[TextBox, ...]]:
+    """The frame that read the voted number most confidently, with the boxes it read it from; when
+    nothing was read, the sharpest frame (``select_frames`` puts it first) and no boxes."""
+    best: tuple[float, Frame, tuple[TextBox, ...]] | None = None
+    for frame, candidate in zip(frames, candidates, strict=True):
+        same = voted.number is not None and candidate.number == voted.number and bool(candidate.boxes)
+        if same and (best is None or candidate.confidence > best[0]):
+            best = (candidate.confidence, frame, candidate.boxes)
+    if best is not None:
+        return best[1], best[2]
+    return (frames[0] if frames else None), ()
+
+
+def crop_bounds(width: int, height: int, boxes: Sequence[TextBox]) -> tuple[int, int, int, int]:
+    """The union of ``boxes``, with a margin, within a ``width`` x ``height`` frame."""
+    x0 = min(box.bbox[0] for box in boxes)
+    y0 = min(box.bbox[1] for box in boxes)
+    x1 = max(box.bbox[2] for box in boxes)
+    y1 = max(box.bbox[3] for box in boxes)
+    pad = max(MIN_CROP_PAD_PX, CROP_PAD * min(x1 - x0, y1 - y0))
+    left, top = max(0, int(x0 - pad)), max(0, int(y0 - pad))
+    right, bottom = min(width, int(x1 + pad + 1)), min(height, int(y1 + pad + 1))
+    if right <= left or bottom <= top:  # boxes outside the frame: keep the whole frame
+        return 0, 0, width, height
+    return left, top, right, bottom
+
+
+def encode_jpeg(image: Image, quality: int) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise StorageError(f"cannot encode a {image.shape[1]}x{image.shape[0]} image as JPEG")
+    return np.asarray(buffer, dtype=np.uint8).tobytes()
+
+
+def readings_for(
+    result: ContainerRead,
+    *,
+    lane: str,
+    device: str,
+    visit: str,
+    ts: datetime,
+    evidence: tuple[Evidence, ...],
+) -> list[Reading]:
+    """The readings of one visit's read (see the module docstring), bound to that visit: a read
+    that comes after its visit was decided must not join the next truck's. Pure: no I/O."""
+    value: str | None = None
+    quality = Quality.BAD
+    if result.raw is not None:
+        try:
+            number = ContainerNumber.parse(result.raw, require_valid_check_digit=False)
+        except ContainerNumberError:
+            pass
+        else:
+            value = str(number)
+            good = result.container is not None and number.check_digit_valid
+            quality = Quality.GOOD if good else Quality.UNCERTAIN
+    if quality is Quality.GOOD and not evidence:
+        # A number nobody can check afterwards is not one to release a truck on.
+        quality = Quality.UNCERTAIN
+    readings = [
+        Reading(
+            lane,
+            Kind.OCR,
+            device,
+            Source.CONTAINER_NUMBER,
+            value,
+            ts,
+            quality,
+            confidence=result.confidence,
+            visit=visit,
+            evidence=evidence,
+        )
+    ]
+    if value is not None and result.size_type is not None:
+        readings.append(
+            Reading(
+                lane,
+                Kind.OCR,
+                device,
+                SIZE_TYPE_SOURCE,
+                result.size_type,
+                ts,
+                Quality.GOOD if quality is Quality.GOOD else Quality.UNCERTAIN,
+                confidence=result.confidence,
+                visit=visit,
+            )
+        )
+    readings.append(Reading(lane, Kind.OCR, device, Source.PASSAGE_END, 1, ts, Quality.GOOD, visit=visit))
+    return readings

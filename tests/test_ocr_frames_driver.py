@@ -1,0 +1,276 @@
+"""The frames camera driver on real parts: the MJPEG camera simulator over HTTP, the real driver and
+RapidOCR in a real worker process. Nothing is mocked but the sink the daemon's pipeline would be."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from drivers.ocr_frames import FramesCameraDriver, Trigger, crop_bounds, readings_for
+from gated.errors import ProtocolError
+from gated.evidence import EvidenceStore
+from gated.model import DeviceState, Evidence, Quality, Reading, Source, Visit
+from ocr.assemble import ContainerRead
+from ocr.engine import TextBox
+from ocr.pool import OcrPool
+from simulators.camera_frames import FrameSpec, MjpegCameraSimulator
+
+pytest.importorskip("rapidocr")
+pytestmark = pytest.mark.timeout(90)
+
+VALID = "MSKU4135329"
+CHECK_DIGIT_WRONG = "CSQU3054384"  # CSQU3054383 is the valid one
+
+
+class Sink:
+    """What the pipeline would get from the driver, and whether each reading's evidence was already
+    in the store when the reading arrived."""
+
+    def __init__(self, evidence: EvidenceStore) -> None:
+        self.evidence = evidence
+        self.readings: list[Reading] = []
+        self.evidence_stored_first: list[bool] = []
+        self.states: list[DeviceState] = []
+        self.errors: list[ProtocolError] = []
+        self._changed = threading.Condition()
+
+    def reading(self, reading: Reading) -> None:
+        stored = all(self.evidence.contains(item.sha256) for item in reading.evidence)
+        with self._changed:
+            self.readings.append(reading)
+            self.evidence_stored_first.append(stored)
+            self._changed.notify_all()
+
+    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
+        with self._changed:
+            self.states.append(state)
+            self._changed.notify_all()
+
+    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
+        with self._changed:
+            self.errors.append(error)
+            self._changed.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(predicate, timeout), "timed out"
+
+    def numbers_of(self, visit: str) -> list[Reading]:
+        return [r for r in self.readings if r.visit == visit and r.source == Source.CONTAINER_NUMBER]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[OcrPool]:
+    ocr = OcrPool("rapidocr", workers=1)
+    ocr.start().result(timeout=60)
+    yield ocr
+    ocr.close()
+
+
+@pytest.fixture
+def camera() -> Iterator[MjpegCameraSimulator]:
+    with MjpegCameraSimulator(fps=10, seed=7) as simulator:
+        yield simulator
+
+
+@contextmanager
+def running(driver: FramesCameraDriver, sink: Sink) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
+    thread.start()
+    try:
+        sink.wait(lambda: DeviceState.ONLINE in sink.states)
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def make_driver(camera: MjpegCameraSimulator, pool: OcrPool, evidence: EvidenceStore) -> FramesCameraDriver:
+    return FramesCameraDriver(
+        "lane-1",
+        "ocr-1",
+        views=[camera.url],
+        pool=pool,
+        evidence=evidence,
+        pre_trigger=0.5,
+        post_trigger=0.5,
+        frames_per_view=2,
+        sample_fps=10,
+        silence_timeout=2.0,
+        backoff_max=0.5,
+    )
+
+
+def truck(number: str) -> FrameSpec:
+    return FrameSpec(container_numbers=(number,), char_height_px=46.0, view_angle_deg=5.0, texture_seed=3)
+
+
+def read_visit(
+    driver: FramesCameraDriver, sink: Sink, camera: MjpegCameraSimulator, number: str, visit: str
+) -> list[Reading]:
+    """Show the truck, trigger the visit as its tag is read, and return the visit's readings."""
+    camera.show(truck(number))
+    time.sleep(0.15)  # the camera's next frame shows it
+    driver.trigger(Trigger(visit, time.time()))
+    sink.wait(lambda: any(r.visit == visit and r.source == Source.PASSAGE_END for r in sink.readings))
+    return [r for r in sink.readings if r.visit == visit]
+
+
+def test_reads_the_painted_number_with_its_crop_stored_first(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    with running(driver, sink):
+        started = time.time()
+        readings = read_visit(driver, sink, camera, VALID, "visit-1")
+        elapsed = time.time() - started
+    [number] = [r for r in readings if r.source == Source.CONTAINER_NUMBER]
+    assert number.value == VALID and number.quality is Quality.GOOD
+    assert number.confidence is not None and number.confidence >= 0.8
+    assert [r.value for r in readings if r.source == "size_type"] == ["22G1"]
+    assert [r.value for r in readings if r.source == Source.PASSAGE_END] == [1]
+    [crop] = number.evidence
+    assert crop.media_type == "image/jpeg" and crop.uri == f"evidence://sha256/{crop.sha256}"
+    data = evidence.path_for(crop.sha256).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == crop.sha256 and len(data) == crop.bytes
+    assert data[:2] == b"\xff\xd8" and 0 < crop.bytes < 150_000  # a crop, not the whole frame
+    assert all(sink.evidence_stored_first)
+    assert driver.frames_read == 2 and driver.last_read_seconds is not None
+    print(f"trigger to reading: {driver.last_read_seconds:.2f} s ({elapsed:.2f} s with rendering)")
+
+
+def test_only_a_tag_or_occupancy_triggers_and_a_visit_without_frames_is_unread(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    now = time.time()
+    with running(driver, sink):
+        at = datetime.fromtimestamp(now - 60, UTC)
+        driver.visit_opened(Visit("by-ocr", "lane-1", at, "ocr:container_number"))
+        driver.visit_opened(Visit("other-lane", "lane-2", at, "rfid:epc"))
+        driver.visit_opened(Visit("by-tag", "lane-1", at, "rfid:epc"))
+        sink.wait(lambda: bool(sink.numbers_of("by-tag")))
+        time.sleep(0.3)
+    assert {r.visit for r in sink.readings} == {"by-tag"}
+    [number] = sink.numbers_of("by-tag")
+    # A minute ago the camera had no frames kept: nothing read, nothing stored, nobody released.
+    assert number.value is None and number.quality is Quality.BAD and number.evidence == ()
+
+
+def test_a_wrong_check_digit_is_never_a_good_read(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    with running(driver, sink):
+        readings = read_visit(driver, sink, camera, CHECK_DIGIT_WRONG, "visit-bad-digit")
+    [number] = [r for r in readings if r.source == Source.CONTAINER_NUMBER]
+    assert number.quality is not Quality.GOOD
+    assert number.value in (None, CHECK_DIGIT_WRONG)  # reported as painted, never "corrected"
+    assert all(r.quality is not Quality.GOOD for r in readings if r.source == "size_type")
+    assert number.evidence and all(sink.evidence_stored_first)
+
+
+def test_garbage_parts_are_counted_and_a_dropped_stream_comes_back(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    with running(driver, sink):
+        camera.send_corrupt(3)
+        sink.wait(lambda: len(sink.errors) >= 3, timeout=10)
+        time.sleep(0.3)
+        assert len(sink.errors) == 3 and driver.frame_errors == 3
+        assert sink.states == [DeviceState.ONLINE]
+
+        camera.stop()  # the camera goes away: the device is offline
+        sink.wait(lambda: sink.states[-1] is DeviceState.OFFLINE, timeout=10)
+        camera.start()  # and comes back on the same address
+        sink.wait(lambda: sink.states[-1] is DeviceState.ONLINE, timeout=10)
+        readings = read_visit(driver, sink, camera, VALID, "after-reconnect")
+    [number] = [r for r in readings if r.source == Source.CONTAINER_NUMBER]
+    assert number.value == VALID and number.quality is Quality.GOOD
+    assert sink.states == [DeviceState.ONLINE, DeviceState.OFFLINE, DeviceState.ONLINE]
+
+
+def test_a_killed_ocr_worker_is_replaced_and_the_visit_still_read(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    restarts = pool.restarts
+    with running(driver, sink):
+        camera.show(truck(VALID))
+        time.sleep(0.7)
+        worker = pool.ping().result(timeout=30)
+        # Due at once: the driver hands the frames over within a step, and the worker dies reading.
+        driver.trigger(Trigger("killed", time.time() - 0.5))
+        time.sleep(0.3)
+        os.kill(worker, signal.SIGKILL)
+        sink.wait(lambda: bool(sink.numbers_of("killed")), timeout=60)
+    [killed] = sink.numbers_of("killed")
+    # The frames the dead worker held were read again by its replacement.
+    assert killed.value == VALID and killed.quality is Quality.GOOD and driver.ocr_failures == 0
+    assert pool.restarts == restarts + 1
+    assert pool.ping().result(timeout=30) != worker
+
+
+CROP = Evidence("evidence://sha256/" + "a" * 64, "image/jpeg", "a" * 64, 1234)
+
+
+@pytest.mark.parametrize(
+    ("read", "evidence", "value", "quality"),
+    [
+        (ContainerRead(VALID, VALID, True, 0.95, "22G1"), (CROP,), VALID, Quality.GOOD),
+        (ContainerRead(None, VALID, True, 0.6, "22G1"), (CROP,), VALID, Quality.UNCERTAIN),
+        (
+            ContainerRead(None, CHECK_DIGIT_WRONG, False, 0.99, None),
+            (CROP,),
+            CHECK_DIGIT_WRONG,
+            Quality.UNCERTAIN,
+        ),
+        (ContainerRead(None, None, False, 0.0, None), (CROP,), None, Quality.BAD),
+        # A number whose crop could not be stored is not one to release a truck on.
+        (ContainerRead(VALID, VALID, True, 0.95, "22G1"), (), VALID, Quality.UNCERTAIN),
+    ],
+)
+def test_readings_of_one_read(
+    read: ContainerRead, evidence: tuple[Evidence, ...], value: str | None, quality: Quality
+) -> None:
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    readings = readings_for(read, lane="lane-1", device="ocr-1", visit="v", ts=ts, evidence=evidence)
+    number, *rest = readings
+    assert (number.source, number.value, number.quality) == (Source.CONTAINER_NUMBER, value, quality)
+    assert number.evidence == evidence and number.confidence == read.confidence
+    assert {r.visit for r in readings} == {"v"}
+    assert rest[-1].source == Source.PASSAGE_END and rest[-1].value == 1
+    sizes = [r for r in rest if r.source == "size_type"]
+    assert [r.value for r in sizes] == ([read.size_type] if read.size_type and value else [])
+    assert all(r.quality is not Quality.GOOD for r in sizes if quality is not Quality.GOOD)
+
+
+def test_crop_is_the_number_with_a_margin_inside_the_frame() -> None:
+    boxes = [
+        TextBox.from_bbox("MSKU", 0.9, 100, 50, 200, 90),
+        TextBox.from_bbox("4135329", 0.9, 210, 52, 400, 92),
+    ]
+    assert crop_bounds(1280, 720, boxes) == (87, 37, 413, 105)
+    edge = [TextBox.from_bbox("MSKU4135329", 0.9, 1200, 700, 1300, 730)]
+    assert crop_bounds(1280, 720, edge) == (1188, 688, 1280, 720)
