@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from gated.bench import machine
-from ocr.assemble import decide
+from ocr.assemble import decide, vote
 from ocr.engine import OcrEngine
 from ocr.errors import OcrError
 from ocr.reader import read_image
@@ -159,6 +159,35 @@ def _summary(frames: list[_Frame], outcomes: list[_Outcome]) -> dict[str, Any]:
     }
 
 
+def _visit_latency(frames: list[_Frame], *, workers: int, per_visit: int, visits: int) -> dict[str, Any]:
+    """Seconds from a visit's last frame to its voted number, through the OCR process pool the
+    frames camera driver uses: the driver hands a visit's chosen frames over together once its
+    window has passed, so the clock starts when they are submitted."""
+    from ocr.pool import OcrPool
+
+    pool = OcrPool("rapidocr", workers=workers)
+    try:
+        pool.start().result(timeout=120)
+        images = [_load_frame(frame) for frame in frames[: per_visit * visits]]
+        seconds: list[float] = []
+        for visit in range(visits):
+            chosen = images[visit * per_visit : (visit + 1) * per_visit]
+            start = time.perf_counter()
+            futures = [pool.submit(image) for image in chosen]
+            decide(vote(future.result(timeout=120) for future in futures))
+            seconds.append(time.perf_counter() - start)
+    finally:
+        pool.close()
+    ordered = sorted(seconds)
+    return {
+        "workers": workers,
+        "frames_per_visit": per_visit,
+        "visits": visits,
+        "median_seconds": round(statistics.median(ordered), 3),
+        "max_seconds": round(ordered[-1], 3),
+    }
+
+
 def _default_engine(compared: dict[str, dict[str, Any]]) -> str | None:
     allowed = [(name, row) for name, row in compared.items() if row["confidently_wrong"] <= MAX_WRONG_SHARE]
     if not allowed:
@@ -222,6 +251,20 @@ def bench_ocr(
         result["easyocr_over_rapidocr_median_seconds"] = round(
             compared["easyocr"]["median_seconds"] / compared["rapidocr"]["median_seconds"], 1
         )
+    if "rapidocr" in engines and "rapidocr" in per_engine:
+        _progress("visit latency through the OCR process pool")
+        visits = 4 if quick else 10
+        with tempfile.TemporaryDirectory(prefix="gated-bench-ocr-") as folder:
+            latency_frames = generate_frames(Path(folder), 3 * visits, seed + 1)
+            result["visit_ready_after_last_frame"] = [
+                _visit_latency(latency_frames, workers=workers, per_visit=per_visit, visits=visits)
+                for workers, per_visit in ((1, 2), (1, 3), (2, 2), (2, 3))
+            ]
+        _progress("licence plates (rendered truck fronts, RapidOCR)")
+        from simulators.plate_frames import measure_plates
+
+        plates = measure_plates(20 if quick else 150, seed)
+        result["plates"] = plates
     result["machine"] = machine()
     return result
 

@@ -45,7 +45,7 @@ SWAP_PENALTY = 0.9
 MAX_SWAPS = 2
 UNVOUCHED_SWAP_PENALTY = 0.5
 LOOK_ALIKES: dict[str, str] = {
-    "0": "ODQUC",
+    "0": "ODQ",
     "1": "ILT",
     "2": "Z",
     "5": "S",
@@ -390,12 +390,8 @@ def _size_type_near(path: Sequence[_Piece], pieces: Sequence[_Piece]) -> str | N
     return None if best is None else best[1]
 
 
-def assemble(boxes: Iterable[TextBox]) -> Candidate:
-    """The container number in one frame's text boxes (``NOTHING`` when there is none).
-
-    When the frame holds different numbers (two readings of the same mark that disagree, or two
-    containers), the best one is returned with its confidence lowered accordingly."""
-    pieces = _pieces(boxes)
+def _options(pieces: Sequence[_Piece]) -> list[Candidate]:
+    """Every number that whole pieces make, each with its own confidence."""
     options: list[Candidate] = []
     for path in _paths(pieces):
         swapped = _by_class("".join(piece.text for piece in path))
@@ -412,7 +408,54 @@ def assemble(boxes: Iterable[TextBox]) -> Candidate:
                 swaps=swaps,
             )
         )
-    return _combine(options, same_frame=True)
+    return options
+
+
+def assemble(boxes: Iterable[TextBox]) -> Candidate:
+    """The container number in one frame's text boxes (``NOTHING`` when there is none).
+
+    When the frame holds different numbers (two readings of the same mark that disagree, or two
+    containers), the best one is returned with its confidence lowered accordingly."""
+    return _combine(_options(_pieces(boxes)), same_frame=True)
+
+
+def assemble_all(boxes: Iterable[TextBox]) -> list[Candidate]:
+    """Every container in one frame, in reading order (left to right, then top to bottom).
+
+    Readings that share a text box are rivals for one mark and are combined (a disagreement splits
+    the confidence); readings of the same number are one container however often it is painted.
+    A number whose check digit does not fit and that shares no box with another reading stays a
+    container of its own (reported as not fitting): dropping it could let the second box on a
+    chassis through unchecked, while keeping it sends the truck to a clerk."""
+    return marks(_options(_pieces(boxes)))
+
+
+def marks(options: Iterable[Candidate]) -> list[Candidate]:
+    """``options`` (readings from one frame) grouped into containers, as ``assemble_all`` does."""
+    groups: list[list[Candidate]] = []
+    for option in sorted(options, key=lambda option: not option.check_digit_valid):
+        ids = {id(box) for box in option.boxes}
+        home = [
+            group
+            for group in groups
+            if any(
+                member.number == option.number or ids & {id(box) for box in member.boxes} for member in group
+            )
+        ]
+        if home:
+            merged = [member for group in home for member in group] + [option]
+            groups = [group for group in groups if group not in home] + [merged]
+        else:
+            groups.append([option])
+    found = [_combine(group, same_frame=True) for group in groups]
+    return sorted(found, key=_reading_position)
+
+
+def _reading_position(candidate: Candidate) -> tuple[float, float]:
+    if not candidate.boxes:
+        return (math.inf, math.inf)
+    x0, y0, _, _ = candidate.boxes[0].bbox
+    return (x0, y0)
 
 
 @dataclass(frozen=True, slots=True)

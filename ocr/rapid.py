@@ -21,6 +21,9 @@ PARAMS: dict[str, Any] = {
     # The text-direction classifier only tells upright from upside-down lines; container marks are
     # never painted upside down, and skipping it took 10% off the time per frame and misread less.
     "Global.use_cls": False,
+    # ONNX Runtime's memory arena keeps buffers between frames instead of allocating them anew:
+    # about 10% faster per frame here, for a few tens of MB held.
+    "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
 }
 
 

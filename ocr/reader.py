@@ -15,7 +15,7 @@ reported as not fitting."""
 
 from __future__ import annotations
 
-from ocr.assemble import Candidate, assemble, combine, completed, partials, size_type_in
+from ocr.assemble import Candidate, assemble, assemble_all, combine, completed, marks, partials, size_type_in
 from ocr.engine import Image, OcrEngine, TextBox, check_image
 from ocr.reread import check_digit_after, reread_boxes, reread_columns
 
@@ -24,7 +24,16 @@ MAX_PARTIALS = 3
 
 
 def read_image(engine: OcrEngine, image: Image) -> Candidate:
-    """The best container number in ``image`` (``assemble``'s ``NOTHING`` when there is none).
+    """The container number in ``image`` (``assemble``'s ``NOTHING`` when there is none); a frame
+    showing two containers gives the better read with its confidence split (see ``read_all``).
+
+    Raises ``OcrError`` when the image is not a BGR frame or the engine fails."""
+    return combine(read_all(engine, image))
+
+
+def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
+    """Every container number in ``image``, in reading order (two 20 ft boxes on one chassis give
+    two); an empty list when there is none.
 
     Raises ``OcrError`` when the image is not a BGR frame or the engine fails."""
     frame = check_image(image)
@@ -35,21 +44,26 @@ def read_image(engine: OcrEngine, image: Image) -> Candidate:
         # and a second look at one that it read right can only add a rival reading.
         columns = reread_columns(engine, frame, boxes)
         if columns != boxes:
-            found.extend(_numbers(engine, frame, columns))
-    return combine(found)
+            found = marks([*found, *_numbers(engine, frame, columns)])
+    return found
 
 
 def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[Candidate]:
-    whole = assemble(boxes)
-    if whole.number is not None and whole.check_digit_valid:
-        return [_confirmed(engine, frame, boxes, whole)]
-    found = [whole] if whole.number is not None else []
+    found = [
+        _confirmed(engine, frame, boxes, candidate) if candidate.check_digit_valid else candidate
+        for candidate in assemble_all(boxes)
+    ]
+    settled = {
+        candidate.number[:10] for candidate in found if candidate.number and candidate.check_digit_valid
+    }
     for partial in partials(boxes)[:MAX_PARTIALS]:
+        if partial.prefix in settled:
+            continue
         digit = check_digit_after(engine, frame, partial.last)
         if digit is not None:
             number = completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial))
             found.append(_confirmed(engine, frame, boxes, number) if number.check_digit_valid else number)
-    return found
+    return marks(found)
 
 
 def _confirmed(engine: OcrEngine, frame: Image, boxes: list[TextBox], candidate: Candidate) -> Candidate:

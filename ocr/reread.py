@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from ocr.assemble import Span
 from ocr.engine import Image, OcrEngine, TextBox
@@ -99,7 +101,7 @@ def _inside_frame(crop: Image, char_height: float) -> Image | None:
     best: tuple[float, int, int, int, int] | None = None
     for contour in contours:
         x, y, w, h = cv2.boundingRect(contour)
-        if not (0.7 * char_height <= h <= 2.0 * char_height and 0.45 * h <= w <= 1.3 * h):
+        if not (0.7 * char_height <= h <= 2.2 * char_height and 0.45 * h <= w <= 1.3 * h):
             continue
         hull = cv2.convexHull(contour)
         approx = cv2.approxPolyDP(hull, 0.08 * cv2.arcLength(hull, True), True)
@@ -107,7 +109,7 @@ def _inside_frame(crop: Image, char_height: float) -> Image | None:
         # put on a round digit (0, 8, 6) cover only about two thirds of it.
         hull_area = cv2.contourArea(hull)
         fill = cv2.contourArea(approx) / hull_area if hull_area > 0 else 0.0
-        if len(approx) != 4 or fill < 0.88:
+        if len(approx) != 4 or fill < 0.88 or not _sides_drawn(edges, approx.reshape(4, 2)):
             continue
         if best is None or fill * w * h > best[0]:
             best = (fill * w * h, x, y, w, h)
@@ -123,6 +125,27 @@ def _inside_frame(crop: Image, char_height: float) -> Image | None:
     pad = max(4, round(0.3 * inside.shape[0]))
     framed = cv2.copyMakeBorder(inside, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
     return np.ascontiguousarray(framed, dtype=np.uint8)
+
+
+def _sides_drawn(
+    edges: npt.NDArray[Any], corners: npt.NDArray[Any], samples: int = 24, share: float = 0.75
+) -> bool:
+    """True when each side between ``corners`` runs along edge pixels for most of its length: a
+    drawn frame does, while the outline put round a glyph (a bold 1 with its flag and foot) crosses
+    empty paint on at least one side."""
+    rows, cols = edges.shape[:2]
+    near = cv2.dilate(edges, np.ones((5, 5), np.uint8))
+    for index in range(4):
+        (x0, y0), (x1, y1) = corners[index], corners[(index + 1) % 4]
+        hits = 0
+        for step in range(samples):
+            t = (step + 0.5) / samples
+            x = min(cols - 1, max(0, round(x0 + (x1 - x0) * t)))
+            y = min(rows - 1, max(0, round(y0 + (y1 - y0) * t)))
+            hits += bool(near[y, x])
+        if hits < share * samples:
+            return False
+    return True
 
 
 def _pad(crop: Image, fraction: float = 0.25) -> Image:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from ocr.assemble import read_container
+from ocr.assemble import decide, read_container
 from ocr.engine import OcrEngine, TextBox, load_engine
 from ocr.errors import EngineUnavailable, OcrError
+from ocr.reader import read_image
 
 pytest.importorskip("rapidocr")
 
@@ -132,7 +133,7 @@ def test_dev_set_is_never_confidently_wrong(engine: OcrEngine) -> None:
     for name, expected in sorted(labels.items()):
         image = cv2.imread(str(DEV_SET / "images" / name))
         assert image is not None, name
-        read = read_container(engine.read(np.asarray(image, dtype=np.uint8)))
+        read = decide(read_image(engine, np.asarray(image, dtype=np.uint8)))
         if read.container is None:
             unread += 1
         elif read.container == expected:

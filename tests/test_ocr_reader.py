@@ -1,0 +1,158 @@
+"""The second looks of ``ocr.reader`` / ``ocr.reread`` on the real RapidOCR engine, and the rule that a
+look-alike swap must be vouched for by the check digit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from ocr.assemble import assemble, assemble_all, decide, partials
+from ocr.engine import OcrEngine, TextBox, load_engine
+from ocr.reader import read_all, read_image
+from ocr.reread import check_digit_after
+
+pytest.importorskip("rapidocr")
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+SIZE = 60
+
+
+@pytest.fixture(scope="module")
+def engine() -> OcrEngine:
+    return load_engine("rapidocr")
+
+
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.truetype(str(FONT), SIZE) if FONT.exists() else ImageFont.load_default(SIZE)
+
+
+def _door(serial_text: str, boxed: str | None) -> tuple[np.ndarray, TextBox]:
+    """A plain door with ``serial_text`` painted and, when given, ``boxed`` inside a drawn box after
+    it; also the text box a detector would give for ``serial_text`` alone."""
+    image = Image.new("RGB", (1280, 720), (40, 90, 160))
+    draw = ImageDraw.Draw(image)
+    font = _font()
+    x0, y0, x1, y1 = draw.textbbox((200, 300), serial_text, font=font)
+    draw.text((200, 300), serial_text, fill="white", font=font)
+    if boxed is not None:
+        bx = x1 + 30
+        dx0, dy0, dx1, dy1 = draw.textbbox((bx, 300), boxed, font=font)
+        draw.text((bx, 300), boxed, fill="white", font=font)
+        draw.rectangle((dx0 - 12, dy0 - 12, dx1 + 12, dy1 + 12), outline="white", width=5)
+    frame = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    pad = 6
+    return frame, TextBox.from_bbox(serial_text, 0.99, x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+
+
+def test_reading_a_crop_does_not_switch_detection_off(engine: OcrEngine) -> None:
+    # RapidOCR keeps the use_det/use_rec switches of its last call; a recognise-only call once left
+    # every later full-frame read finding nothing.
+    frame, _ = _door("MSKU 413532 9", None)
+    before = engine.read(frame)
+    engine.recognize([frame[280:400, 180:800]])
+    after = engine.read(frame)
+    assert before and [box.text for box in after] == [box.text for box in before]
+
+
+def test_a_boxed_check_digit_is_read_from_inside_its_box(engine: OcrEngine) -> None:
+    frame, serial = _door("TGHU 581511", "1")
+    (partial,) = partials([serial])
+    assert partial.prefix == "TGHU581511"
+    digit = check_digit_after(engine, frame, partial.last)
+    assert digit is not None and digit.digit == "1"
+
+
+def test_no_box_after_the_serial_gives_no_digit(engine: OcrEngine) -> None:
+    frame, serial = _door("TGHU 581511", None)
+    (partial,) = partials([serial])
+    assert check_digit_after(engine, frame, partial.last) is None
+
+
+def test_a_box_with_nothing_in_it_gives_no_digit(engine: OcrEngine) -> None:
+    frame, serial = _door("TGHU 581511", " ")
+    (partial,) = partials([serial])
+    assert check_digit_after(engine, frame, partial.last) is None
+
+
+def test_read_image_completes_a_number_whose_box_the_detector_missed(engine: OcrEngine) -> None:
+    frame, _ = _door("TGHU 581511", "1")
+    read = decide(read_image(engine, frame))
+    assert read.container == "TGHU5815111"
+
+
+def test_a_wrong_check_digit_in_the_box_is_reported_not_corrected(engine: OcrEngine) -> None:
+    frame, _ = _door("TGHU 581511", "4")
+    read = decide(read_image(engine, frame))
+    assert read.container is None
+    assert read.raw == "TGHU5815114" and not read.check_digit_valid
+
+
+def _box(text: str, confidence: float = 0.99) -> TextBox:
+    return TextBox.from_bbox(text, confidence, 100, 100, 100 + 40 * len(text), 150)
+
+
+def test_a_swap_the_check_digit_cannot_vouch_for_is_not_trusted() -> None:
+    # DFSU7638990 (check digit 0) was read as DFSU76B8990; B -> 8 gives DFSU7688990, whose check
+    # digit also fits, so the check digit cannot tell 8 from 3 there.
+    read = decide(assemble([_box("DFSU76B8990", 0.96)]))
+    assert read.container is None
+    assert read.raw == "DFSU7688990"
+
+
+def test_a_swap_the_check_digit_vouches_for_is_kept() -> None:
+    read = decide(assemble([_box("MSKU41353Z9", 0.99)]))
+    assert read.container == "MSKU4135329"
+
+
+def test_zeros_in_the_owner_code_cost_little() -> None:
+    read = decide(assemble([_box("00LU 6841558", 0.97)]))
+    assert read.container == "OOLU6841558"
+
+
+def test_a_stray_foreign_character_after_the_serial_is_dropped_and_placed_right() -> None:
+    box = TextBox.from_bbox("286324回", 0.97, 100, 100, 380, 150)
+    (partial,) = partials([TextBox.from_bbox("CSQU", 0.99, 100, 40, 260, 90), box])
+    assert partial.prefix == "CSQU286324"
+    # The serial ends where its sixth digit ends, not after the dropped character.
+    assert partial.last.cx + partial.last.length / 2 == pytest.approx(100 + 280 * 6 / 7, abs=1.0)
+
+
+def test_two_containers_on_one_chassis_are_both_reported_in_reading_order() -> None:
+    left = TextBox.from_bbox("MSKU 413532 9", 0.99, 100, 300, 560, 350)
+    right = TextBox.from_bbox("CSQU 305438 3", 0.98, 700, 305, 1160, 355)
+    found = assemble_all([right, left])
+    assert [candidate.number for candidate in found] == ["MSKU4135329", "CSQU3054383"]
+    assert all(decide(candidate).container is not None for candidate in found)
+
+
+def test_a_second_mark_that_does_not_fit_stays_a_container_to_review() -> None:
+    left = TextBox.from_bbox("MSKU 413532 9", 0.99, 100, 300, 560, 350)
+    right = TextBox.from_bbox("CSQU 305438 4", 0.98, 700, 305, 1160, 355)
+    found = assemble_all([left, right])
+    assert [decide(candidate).container for candidate in found] == ["MSKU4135329", None]
+    assert found[1].number == "CSQU3054384" and not found[1].check_digit_valid
+
+
+def test_the_same_number_painted_twice_is_one_container() -> None:
+    door = TextBox.from_bbox("MSKU 413532 9", 0.99, 100, 100, 560, 150)
+    roof = TextBox.from_bbox("MSKU 413532 9", 0.97, 600, 500, 1060, 550)
+    (only,) = assemble_all([door, roof])
+    assert only.number == "MSKU4135329" and only.confidence > 0.99
+
+
+def test_read_all_reads_both_boxes_of_a_chassis(engine: OcrEngine) -> None:
+    image = Image.new("RGB", (1280, 720), (150, 40, 30))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(str(FONT), 44) if FONT.exists() else ImageFont.load_default(44)
+    draw.rectangle((620, 0, 660, 720), fill=(60, 60, 60))  # the gap between the two boxes
+    draw.text((80, 300), "MSKU 413532 9", fill="white", font=font)
+    draw.text((760, 310), "CSQU 305438 3", fill="white", font=font)
+    frame = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    found = read_all(engine, frame)
+    assert [decide(candidate).container for candidate in found] == ["MSKU4135329", "CSQU3054383"]
+    # read_image keeps one number per frame: two different ones split its confidence.
+    assert decide(read_image(engine, frame)).container is None
