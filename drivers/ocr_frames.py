@@ -24,9 +24,21 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
    - ``passage_end`` with value 1: the driver reads one container per visit, and its report
      completes the visit for OCR.
 
+4. When ``plate_views`` (cameras aimed at the truck's front) are configured, the sharpest
+   ``frames_per_view`` frames of each are read for the licence plate in the same pool, after the
+   container frames (so the number is not kept waiting), voted (``ocr.plate.vote_plates``) and
+   reported, crop stored first, as one ``licence_plate`` reading: GOOD with the plate (upper case,
+   no separators) when voted at ``plate_min_confidence`` or more; UNCERTAIN with the plate as read
+   when it fits a format but falls short of that, or with the text as read when it is plate-shaped
+   but fits no format (a letter the format never issues); BAD with value None when nothing
+   plate-shaped was read. The plate is informational: it joins the visit, it never completes or
+   decides one.
+
 The device is online while every view delivers frames. A view that fails, or a live stream that
 sends no frame for ``silence_timeout`` seconds, makes the driver reconnect (``drivers.base`` reports
-it offline meanwhile); triggers and reads in progress are kept across a reconnect. A part that does
+it offline meanwhile); triggers and reads in progress are kept across a reconnect. A plate view is
+the exception: it is opened again on its own every ``backoff_max`` seconds, the device stays online,
+and a visit read meanwhile gets a BAD plate reading. A part that does
 not decode is counted as a protocol error and skipped.
 
 Frame and trigger times are wall-clock seconds (``time.time()``), the clock the frame sources stamp
@@ -40,12 +52,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, TypedDict, Unpack
+from typing import Any, Final, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import cv2
@@ -60,6 +72,7 @@ from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
 from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote
 from ocr.engine import Image, TextBox
 from ocr.frames import Frame, FrameSource, open_source, select_frames
+from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, NO_PLATE, PlateFormat, PlateRead, vote_plates
 from ocr.pool import OcrPool
 
 log = logging.getLogger(__name__)
@@ -79,6 +92,8 @@ MAX_QUEUED_ERRORS: Final = 1000
 _READ_TIMEOUT = 0.5
 _LIVE_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps"})
 
+R = TypeVar("R")
+
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
@@ -89,12 +104,12 @@ class Trigger:
 
 
 @dataclass
-class _Read:
-    """One visit's frames on their way through the OCR pool."""
+class _Read(Generic[R]):
+    """One visit's frames of one kind (container or plate views) on their way through the OCR pool."""
 
     trigger: Trigger
     frames: list[Frame]
-    futures: list[Future[Candidate]]
+    futures: list[Future[R]]
     resubmitted: set[int] = field(default_factory=set)
 
     def done(self) -> bool:
@@ -102,7 +117,10 @@ class _Read:
 
 
 class _View:
-    """One camera view: its frame source, read by a thread that keeps the recent frames."""
+    """One camera view: its frame source, read by a thread that keeps the recent frames.
+
+    With ``retry_seconds`` the view is optional (a plate view): it never fails the device, its
+    thread opens the source again that long after it was lost or could not be opened."""
 
     def __init__(
         self,
@@ -113,8 +131,10 @@ class _View:
         silence_timeout: float,
         errors: deque[ProtocolError],
         wake: threading.Event,
+        retry_seconds: float | None = None,
     ) -> None:
         self.url = url
+        self._retry_seconds = retry_seconds
         self.shown = _without_credentials(url)
         self.failure: DeviceUnavailable | None = None
         self._keep_seconds = keep_seconds
@@ -131,7 +151,13 @@ class _View:
         self._thread: threading.Thread | None = None
 
     def open(self) -> None:
-        """Connect to the source and start reading; ``DeviceUnavailable`` when it cannot be reached."""
+        """Connect to the source and start reading; ``DeviceUnavailable`` when it cannot be reached
+        (an optional view connects in its own thread and never raises)."""
+        if self._retry_seconds is not None:
+            self._thread = threading.Thread(target=self._keep_open, name=f"view {self.shown}")
+            self._thread.daemon = True
+            self._thread.start()
+            return
         try:
             source = open_source(self.url)
         except DeviceUnavailable:
@@ -177,6 +203,31 @@ class _View:
         except Exception as error:  # a bug here must show as an offline camera, not a silent one
             log.exception("view %s: reader failed", self.shown)
             self._fail(DeviceUnavailable(f"view {source.source}: reader failed: {error}"))
+
+    def _keep_open(self) -> None:
+        """An optional view's thread: read, and open the source again whenever it is lost. Logs the
+        first failure and the recovery, not every retry."""
+        assert self._retry_seconds is not None
+        failing = False
+        while not self._stop.is_set():
+            self.failure = None
+            try:
+                source = open_source(self.url)
+            except GatedError as error:
+                self.failure = DeviceUnavailable(f"view {self.shown}: {error}")
+            else:
+                self._source = source
+                if failing:
+                    log.info("view %s: delivering frames again", self.shown)
+                    failing = False
+                self._run(source)  # until the view fails or is closed
+                source.close()
+            if self.failure is not None and not failing and not self._stop.is_set():
+                log.warning(
+                    "view %s: %s (retrying every %g s)", self.shown, self.failure, self._retry_seconds
+                )
+                failing = True
+            self._stop.wait(self._retry_seconds)
 
     def _keep(self, frame: Frame) -> None:
         with self._lock:
@@ -225,6 +276,9 @@ class FramesCameraDriver(Driver):
         frames_per_view: int = 2,
         sample_fps: float = 5.0,
         silence_timeout: float = 5.0,
+        plate_views: Sequence[str] = (),
+        plate_formats: Sequence[PlateFormat] = DEFAULT_FORMATS,
+        plate_min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         clock: Clock | None = None,
         **kwargs: Unpack[_DriverOptions],
     ) -> None:
@@ -235,7 +289,14 @@ class FramesCameraDriver(Driver):
             raise ValueError(f"min_confidence {min_confidence} is outside 0..1")
         if pre_trigger < 0 or post_trigger < 0 or frames_per_view < 1 or sample_fps <= 0:
             raise ValueError("trigger windows must not be negative, frames_per_view and sample_fps positive")
+        if not 0.0 <= plate_min_confidence <= 1.0:
+            raise ValueError(f"plate_min_confidence {plate_min_confidence} is outside 0..1")
+        if plate_views and not plate_formats:
+            raise ValueError("plate views need at least one plate format")
         self.views = list(views)
+        self.plate_views = list(plate_views)
+        self.plate_formats = tuple(plate_formats)
+        self.plate_min_confidence = plate_min_confidence
         self.pool = pool
         self.evidence = evidence
         self.min_confidence = min_confidence
@@ -249,14 +310,18 @@ class FramesCameraDriver(Driver):
         self.reads = 0
         self.frames_read = 0
         self.ocr_failures = 0
+        self.plate_reads = 0
+        self.plate_frames_read = 0
         self.last_read_seconds: float | None = None
         """Seconds from the last read's trigger to its readings."""
         self._triggers: queue.SimpleQueue[Trigger] = queue.SimpleQueue()
         self._waiting: list[Trigger] = []
-        self._reads: list[_Read] = []
+        self._reads: list[_Read[Candidate]] = []
+        self._plate_reads: list[_Read[PlateRead]] = []
         self._errors: deque[ProtocolError] = deque(maxlen=MAX_QUEUED_ERRORS)
         self._wake = threading.Event()
         self._open_views: list[_View] = []
+        self._open_plate_views: list[_View] = []
 
     # -- from the pipeline thread ---------------------------------------------------------------
     def visit_opened(self, visit: Visit) -> None:
@@ -272,26 +337,29 @@ class FramesCameraDriver(Driver):
     # -- the driver's thread --------------------------------------------------------------------
     def connect(self) -> None:
         self.close()
-        keep = self.pre_trigger + self.post_trigger + KEEP_SLACK_SECONDS
-        views = [
-            _View(
-                url,
-                keep_seconds=keep,
-                sample_period=1.0 / self.sample_fps,
-                silence_timeout=self.silence_timeout,
-                errors=self._errors,
-                wake=self._wake,
-            )
-            for url in self.views
-        ]
+        views = [self._view(url) for url in self.views]
+        # The plate is informational: a plate camera that is down must not take the container
+        # views (and with them the lane's releases) offline, so plate views reconnect on their own.
+        plate_views = [self._view(url, retry_seconds=self.backoff_max) for url in self.plate_views]
         try:
-            for view in views:
+            for view in [*views, *plate_views]:
                 view.open()
         except DeviceUnavailable:
-            for view in views:
+            for view in [*views, *plate_views]:
                 view.close()
             raise
-        self._open_views = views
+        self._open_views, self._open_plate_views = views, plate_views
+
+    def _view(self, url: str, *, retry_seconds: float | None = None) -> _View:
+        return _View(
+            url,
+            keep_seconds=self.pre_trigger + self.post_trigger + KEEP_SLACK_SECONDS,
+            sample_period=1.0 / self.sample_fps,
+            silence_timeout=self.silence_timeout,
+            errors=self._errors,
+            wake=self._wake,
+            retry_seconds=retry_seconds,
+        )
 
     def step(self) -> Sequence[Reading]:
         self._wait()
@@ -299,6 +367,8 @@ class FramesCameraDriver(Driver):
         readings: list[Reading] = []
         for read in [read for read in self._reads if read.done()]:
             readings.extend(self._finish(read))
+        for plate_read in [read for read in self._plate_reads if read.done()]:
+            readings.extend(self._finish_plate(plate_read))
         if readings:
             return readings
         for view in self._open_views:
@@ -309,7 +379,8 @@ class FramesCameraDriver(Driver):
         return []
 
     def close(self) -> None:
-        views, self._open_views = self._open_views, []
+        views = [*self._open_views, *self._open_plate_views]
+        self._open_views, self._open_plate_views = [], []
         for view in views:
             view.close()
 
@@ -331,45 +402,72 @@ class FramesCameraDriver(Driver):
         now = time.time()
         for trigger in [t for t in self._waiting if now >= t.ts + self.post_trigger]:
             self._waiting.remove(trigger)
-            start, end = trigger.ts - self.pre_trigger, trigger.ts + self.post_trigger
-            frames = [frame for view in self._open_views for frame in view.frames_between(start, end)]
-            chosen = select_frames(
-                frames,
-                trigger.ts,
-                max(self.pre_trigger, self.post_trigger),
-                self.frames_per_view * len(self.views),
-            )
+            chosen = self._choose(self._open_views, trigger)
             self._reads.append(_Read(trigger, chosen, [self._submit(frame.image) for frame in chosen]))
+            if self._open_plate_views:
+                # Submitted after the container frames: the pool reads in order, the number first.
+                plates = self._choose(self._open_plate_views, trigger)
+                futures = [self._submit_plate(frame.image) for frame in plates]
+                self._plate_reads.append(_Read(trigger, plates, futures))
+
+    def _choose(self, views: Sequence[_View], trigger: Trigger) -> list[Frame]:
+        """The sharpest ``frames_per_view`` frames a view, of ``views``' frames around ``trigger``."""
+        start, end = trigger.ts - self.pre_trigger, trigger.ts + self.post_trigger
+        frames = [frame for view in views for frame in view.frames_between(start, end)]
+        return select_frames(
+            frames,
+            trigger.ts,
+            max(self.pre_trigger, self.post_trigger),
+            self.frames_per_view * len(views),
+        )
 
     def _submit(self, image: Image) -> Future[Candidate]:
+        return self._guarded(lambda: self.pool.submit(image))
+
+    def _submit_plate(self, image: Image) -> Future[PlateRead]:
+        return self._guarded(
+            lambda: self.pool.submit_plate(
+                image, formats=self.plate_formats, min_confidence=self.plate_min_confidence
+            )
+        )
+
+    def _guarded(self, submit: Callable[[], Future[R]]) -> Future[R]:
+        """``submit()``'s future, or one failed with why the pool refused it; it wakes the thread."""
         try:
-            future = self.pool.submit(image)
+            future = submit()
         except (GatedError, BrokenProcessPool) as error:
             future = Future()
             future.set_exception(error)
         future.add_done_callback(lambda _: self._wake.set())
         return future
 
-    def _finish(self, read: _Read) -> list[Reading]:
-        """The readings of a read whose frames are all done (none while a frame is read again)."""
+    def _results(self, read: _Read[R], resubmit: Callable[[Image], Future[R]], nothing: R) -> list[R] | None:
+        """Each frame's result, ``nothing`` where its OCR failed; None while a frame is read again."""
         retried = False
         for index, future in enumerate(read.futures):
             if _worker_died(future) and index not in read.resubmitted:
                 # The worker died under this frame and the pool starts a new one: read it once more.
                 read.resubmitted.add(index)
-                read.futures[index] = self._submit(read.frames[index].image)
+                read.futures[index] = resubmit(read.frames[index].image)
                 retried = True
         if retried:
-            return []
-        candidates: list[Candidate] = []
+            return None
+        results: list[R] = []
         for future in read.futures:
             error = CancelledError() if future.cancelled() else future.exception()
             if error is not None:
                 self.ocr_failures += 1
                 log.warning("%s/%s: OCR of a frame failed: %r", self.lane, self.device, error)
-                candidates.append(NOTHING)
+                results.append(nothing)
             else:
-                candidates.append(future.result())
+                results.append(future.result())
+        return results
+
+    def _finish(self, read: _Read[Candidate]) -> list[Reading]:
+        """The readings of a read whose frames are all done (none while a frame is read again)."""
+        candidates = self._results(read, self._submit, NOTHING)
+        if candidates is None:
+            return []
         self._reads.remove(read)
         self.reads += 1
         self.frames_read += len(read.frames)
@@ -400,6 +498,39 @@ class FramesCameraDriver(Driver):
         )
         return readings
 
+    def _finish_plate(self, read: _Read[PlateRead]) -> list[Reading]:
+        """The licence plate reading of a plate read whose frames are all done."""
+        reads = self._results(read, self._submit_plate, NO_PLATE)
+        if reads is None:
+            return []
+        self._plate_reads.remove(read)
+        self.plate_reads += 1
+        self.plate_frames_read += len(read.frames)
+        reported = _reported_plate(reads, vote_plates(reads, min_confidence=self.plate_min_confidence))
+        frame, boxes = _plate_evidence_frame(read.frames, reads, reported)
+        evidence = self._store(frame, boxes)
+        ts = frame.ts if frame is not None else read.trigger.ts
+        reading = plate_reading_for(
+            reported,
+            lane=self.lane,
+            device=self.device,
+            visit=read.trigger.visit,
+            ts=datetime.fromtimestamp(ts, UTC),
+            evidence=evidence,
+        )
+        log.info(
+            "%s/%s: visit %s plate %s (%s, confidence %.2f) from %d frames, %.2f s after the trigger",
+            self.lane,
+            self.device,
+            read.trigger.visit,
+            reported.raw or "nothing",
+            reading.quality,
+            reported.confidence,
+            len(read.frames),
+            time.time() - read.trigger.ts,
+        )
+        return [reading]
+
     def _store(self, frame: Frame | None, boxes: Sequence[TextBox]) -> tuple[Evidence, ...]:
         """The crop (or the whole frame) in the evidence store, before any reading refers to it."""
         if frame is None:
@@ -416,7 +547,7 @@ class FramesCameraDriver(Driver):
             return ()
 
 
-def _worker_died(future: Future[Candidate]) -> bool:
+def _worker_died(future: Future[Any]) -> bool:
     return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
 
 
@@ -430,6 +561,34 @@ def _evidence_frame(
         same = voted.number is not None and candidate.number == voted.number and bool(candidate.boxes)
         if same and (best is None or candidate.confidence > best[0]):
             best = (candidate.confidence, frame, candidate.boxes)
+    if best is not None:
+        return best[1], best[2]
+    return (frames[0] if frames else None), ()
+
+
+def _reported_plate(reads: Sequence[PlateRead], voted: PlateRead) -> PlateRead:
+    """What to report of one visit's plate: the vote when a frame read a plate of some format;
+    otherwise the sharpest frame's plate-shaped text that fits no format (a near miss), if any."""
+    if voted.candidate is not None:
+        return voted
+    return next((read for read in reads if read.raw is not None), NO_PLATE)
+
+
+def _plate_key(read: PlateRead) -> str | None:
+    return read.candidate if read.candidate is not None else read.raw
+
+
+def _plate_evidence_frame(
+    frames: Sequence[Frame], reads: Sequence[PlateRead], reported: PlateRead
+) -> tuple[Frame | None, tuple[TextBox, ...]]:
+    """The frame that read the reported plate most confidently, with its boxes; when nothing was
+    read, the sharpest frame and no boxes (as ``_evidence_frame`` for numbers)."""
+    best: tuple[float, Frame, tuple[TextBox, ...]] | None = None
+    key = _plate_key(reported)
+    for frame, read in zip(frames, reads, strict=True):
+        same = key is not None and _plate_key(read) == key and bool(read.boxes)
+        if same and (best is None or read.confidence > best[0]):
+            best = (read.confidence, frame, read.boxes)
     if best is not None:
         return best[1], best[2]
     return (frames[0] if frames else None), ()
@@ -511,3 +670,36 @@ def readings_for(
         )
     readings.append(Reading(lane, Kind.OCR, device, Source.PASSAGE_END, 1, ts, Quality.GOOD, visit=visit))
     return readings
+
+
+def plate_reading_for(
+    read: PlateRead,
+    *,
+    lane: str,
+    device: str,
+    visit: str,
+    ts: datetime,
+    evidence: tuple[Evidence, ...],
+) -> Reading:
+    """The ``licence_plate`` reading of one visit's plate read (see the module docstring). Pure."""
+    value: str | None = None
+    quality = Quality.BAD
+    if read.candidate is not None:
+        value = read.candidate
+        # A plate nobody can check afterwards is not reported as read, as for numbers.
+        quality = Quality.GOOD if read.plate is not None and evidence else Quality.UNCERTAIN
+    elif read.raw is not None:
+        value = "".join(char for char in read.raw.upper() if char.isascii() and char.isalnum()) or None
+        quality = Quality.UNCERTAIN if value is not None else Quality.BAD
+    return Reading(
+        lane,
+        Kind.OCR,
+        device,
+        Source.LICENCE_PLATE,
+        value,
+        ts,
+        quality,
+        confidence=read.confidence,
+        visit=visit,
+        evidence=evidence,
+    )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gated.errors import ConfigError
 from gated.model import IDENTIFIER, RESERVED_LANE_IDS
+from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, PlateFormat
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern, max_length=64)]
 
@@ -121,6 +122,32 @@ class OcrCameraDevice(_Strict):
 
 
 FRAME_SOURCE_SCHEMES = frozenset({"", "http", "https", "rtsp", "rtsps", "file"})
+PLATE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class PlateFormatConfig(_Strict):
+    """One licence plate layout a plate view may see (``ocr.plate.PlateFormat``)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    pattern: str = Field(
+        description='L a letter, D a digit, a space or a dash between groups, e.g. "LL-DDD-LL"; 4 to 10 '
+        "characters."
+    )
+    letters: str = Field(
+        PLATE_LETTERS, description="The letters the format issues (capitals); others are never read into it."
+    )
+
+    @model_validator(mode="after")
+    def _valid_format(self) -> PlateFormatConfig:
+        self.to_format()
+        return self
+
+    def to_format(self) -> PlateFormat:
+        try:
+            return PlateFormat(self.name, self.pattern, self.letters)
+        except ConfigError as error:
+            # pydantic reports a ValueError with the key path in front of it.
+            raise ValueError("; ".join(error.problems)) from None
 
 
 class OcrFramesDevice(_Strict):
@@ -160,8 +187,28 @@ class OcrFramesDevice(_Strict):
     silence_timeout_seconds: float = Field(
         5.0, gt=0, description="A live view without a frame for this long is offline."
     )
+    plate_views: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Frame sources aimed at the truck's front (same kinds as views): their sharpest "
+        "frames_per_view frames are read for the licence plate, reported as a licence_plate reading "
+        "that never decides anything.",
+    )
+    plate_formats: list[PlateFormatConfig] | None = Field(
+        None,
+        min_length=1,
+        description="The plate layouts the lane sees; default: generic shapes (ABC 1234, 7ABC123, "
+        "AB-123-CD, AB 123CD, AB12 CDE, 1234 BCD).",
+    )
+    plate_min_confidence: float = Field(
+        DEFAULT_MIN_CONFIDENCE,
+        ge=0,
+        le=1,
+        description="Below this the plate is reported as uncertain (a plate has no check digit: keep it "
+        "high).",
+    )
 
-    @field_validator("views")
+    @field_validator("views", "plate_views")
     @classmethod
     def _known_sources(cls, views: list[str]) -> list[str]:
         for view in views:
@@ -172,6 +219,29 @@ class OcrFramesDevice(_Strict):
                     "video file or an image folder"
                 )
         return views
+
+    @field_validator("plate_formats")
+    @classmethod
+    def _unique_format_names(cls, formats: list[PlateFormatConfig] | None) -> list[PlateFormatConfig] | None:
+        names = [plate_format.name for plate_format in formats or []]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"plate format names must be unique: {', '.join(duplicates)}")
+        return formats
+
+    @model_validator(mode="after")
+    def _plate_settings_need_plate_views(self) -> OcrFramesDevice:
+        # Plate settings without a plate view would be ignored: refuse them rather than drop them.
+        unused = sorted({"plate_formats", "plate_min_confidence"} & self.model_fields_set)
+        if unused and not self.plate_views:
+            raise ValueError(f"{' and '.join(unused)} need plate_views")
+        return self
+
+    def plate_format_list(self) -> tuple[PlateFormat, ...]:
+        """The configured plate formats, or the defaults."""
+        if self.plate_formats is None:
+            return DEFAULT_FORMATS
+        return tuple(plate_format.to_format() for plate_format in self.plate_formats)
 
 
 class OcrConfig(_Strict):
@@ -386,7 +456,12 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
             elif isinstance(device, NiiFolderDevice):
                 device = device.model_copy(update={"inbox": resolve(device.inbox)})
             elif isinstance(device, OcrFramesDevice):
-                device = device.model_copy(update={"views": [resolve(view) for view in device.views]})
+                device = device.model_copy(
+                    update={
+                        "views": [resolve(view) for view in device.views],
+                        "plate_views": [resolve(view) for view in device.plate_views],
+                    }
+                )
             devices.append(device)
         lanes.append(lane.model_copy(update={"devices": devices}))
     storage = config.storage.model_copy(

@@ -8,6 +8,9 @@ comes from an injected clock, so tests drive it deterministically.
 A reading that already names its visit (a frames camera reads the truck whose visit triggered it,
 and its read comes seconds later) joins that visit only: if the visit has closed meanwhile, the
 reading joins no other, so a slow read can never lend its number to the next truck.
+
+A licence plate only describes a truck: it joins the open visit (the one it names) but never opens,
+completes or ends one, so a plate camera can neither start a decision nor hurry one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ VISIT_SOURCES = frozenset(
         Source.EPC,
         Source.CONTAINER_NUMBER,
         Source.PASSAGE_END,
+        Source.LICENCE_PLATE,
         Source.OCCUPANCY,
         Source.GAMMA_CPS,
         Source.GAMMA_BACKGROUND_CPS,
@@ -38,6 +42,8 @@ VISIT_SOURCES = frozenset(
         "speed_kmh",
     }
 )
+# Readings that belong to a truck but do not tell that one is there: they join the open visit only.
+JOIN_ONLY_SOURCES = frozenset({Source.LICENCE_PLATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,8 @@ class LaneCorrelator:
             return reading, [], None
         if reading.visit is not None and (self.visit is None or self.visit.id != reading.visit):
             return reading, [], None  # its visit was decided without it (too late)
+        if reading.source in JOIN_ONLY_SOURCES and self.visit is None:
+            return reading, [], None
         closed: list[Visit] = []
         opened: Visit | None = None
         if self.visit is not None and self._starts_new_truck(reading):

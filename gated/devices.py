@@ -100,6 +100,9 @@ def build_driver(
             frames_per_view=device.frames_per_view,
             sample_fps=device.sample_fps,
             silence_timeout=device.silence_timeout_seconds,
+            plate_views=device.plate_views,
+            plate_formats=device.plate_format_list(),
+            plate_min_confidence=device.plate_min_confidence,
             clock=clock,
         )
     if isinstance(device, RpmRapiscanDevice):

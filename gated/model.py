@@ -69,6 +69,7 @@ class Source(StrEnum):
     EPC = "epc"  # RFID tag id (hex)
     CONTAINER_NUMBER = "container_number"  # OCR: one container's number as read
     PASSAGE_END = "passage_end"  # OCR: the camera finished a truck; value = containers seen
+    LICENCE_PLATE = "licence_plate"  # OCR: the truck's plate, no separators; informational only
     OCCUPANCY = "occupancy"  # RPM: True when a vehicle enters, False when it leaves
     GAMMA_CPS = "gamma_cps"  # RPM: peak gross gamma counts per second in the pass
     GAMMA_BACKGROUND_CPS = "gamma_background_cps"

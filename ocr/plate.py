@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gated.errors import ConfigError
 from ocr.engine import TextBox
@@ -112,13 +112,16 @@ _GAP = (-0.25, 1.0)
 class PlateRead:
     """What OCR reports. ``plate`` (upper case, no separators) only when read with confidence; ``raw``
     is the text as read, separators kept, even when not reported (for a clerk); ``format`` names the
-    format ``raw`` fits; ``candidate`` is the plate ``raw`` would be, reported or not (for voting)."""
+    format ``raw`` fits; ``candidate`` is the plate ``raw`` would be, reported or not (for voting);
+    ``boxes`` are the text boxes ``raw`` was read from (where to crop the plate for evidence)."""
 
     plate: str | None
     raw: str | None
     confidence: float
     format: str | None
     candidate: str | None = None
+    # Where the text was is not part of what was read: two reads of one plate are equal.
+    boxes: tuple[TextBox, ...] = field(default=(), compare=False)
 
 
 NO_PLATE = PlateRead(None, None, 0.0, None, None)
@@ -135,6 +138,7 @@ class _Piece:
     left: tuple[float, float]
     right: tuple[float, float]
     height: float
+    box: TextBox
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -151,6 +155,7 @@ class _Reading:
     cost: int
     """Swaps, plus ``LAYOUT_COST`` when the text's groups are not the format's."""
     confidence: float
+    boxes: tuple[TextBox, ...]
 
 
 def _piece(index: int, box: TextBox, width: float | None) -> _Piece | None:
@@ -172,7 +177,7 @@ def _piece(index: int, box: TextBox, width: float | None) -> _Piece | None:
         x0, _, x1, _ = box.bbox
         if x0 <= EDGE_MARGIN * height or x1 >= width - EDGE_MARGIN * height:
             return None
-    return _Piece(index, raw, compact, box.confidence, left, right, height)
+    return _Piece(index, raw, compact, box.confidence, left, right, height, box)
 
 
 def _follows(a: _Piece, b: _Piece) -> bool:
@@ -259,7 +264,8 @@ def _interpret(chain: Sequence[_Piece], formats: Sequence[PlateFormat]) -> tuple
             if len(groups) > 1 and groups != plate_format.groups:
                 confidence *= LAYOUT_PENALTY
                 cost += LAYOUT_COST
-            readings.append(_Reading(plate, raw, plate_format.name, cost, confidence))
+            boxes = tuple(piece.box for piece in chain)
+            readings.append(_Reading(plate, raw, plate_format.name, cost, confidence, boxes))
         elif mixed and unissued <= MAX_UNISSUED:
             near_miss = max(near_miss, base * NEAR_MISS_WEIGHT)
     return readings, (0.0 if readings else near_miss)
@@ -282,7 +288,7 @@ def read_plate(
     ]
     longest = max(len(plate_format.classes) for plate_format in formats)
     readings: list[_Reading] = []
-    near_misses: list[tuple[float, str]] = []
+    near_misses: list[tuple[float, str, tuple[TextBox, ...]]] = []
     for chain in _chains(pieces, longest):
         found, near_miss = _interpret(chain, formats)
         if found:
@@ -295,10 +301,13 @@ def read_plate(
                 for reading in found
             )
         elif near_miss > 0:
-            near_misses.append((near_miss, " ".join(piece.raw for piece in chain)))
+            text = " ".join(piece.raw for piece in chain)
+            near_misses.append((near_miss, text, tuple(piece.box for piece in chain)))
     if not readings:
-        raw = max(near_misses)[1] if near_misses else None
-        return PlateRead(None, raw, 0.0, None, None)
+        if not near_misses:
+            return NO_PLATE
+        _, raw, boxes = max(near_misses, key=lambda miss: (miss[0], miss[1]))
+        return PlateRead(None, raw, 0.0, None, None, boxes)
     scores: dict[str, float] = {}
     best_of: dict[str, _Reading] = {}
     for reading in readings:
@@ -307,13 +316,15 @@ def read_plate(
             best_of[reading.plate] = reading
     best = max(scores, key=lambda plate: scores[plate])
     rivals = sum(score for plate, score in scores.items() if plate != best)
-    rivals += sum(weight for weight, _ in near_misses)
+    rivals += sum(weight for weight, _, _ in near_misses)
     confidence = scores[best] * scores[best] / max(scores[best] + rivals, 1e-12)
     return _decide(best_of[best], confidence, min_confidence)
 
 
 def _weaker(reading: _Reading, factor: float) -> _Reading:
-    return _Reading(reading.plate, reading.raw, reading.format, reading.cost, reading.confidence * factor)
+    return _Reading(
+        reading.plate, reading.raw, reading.format, reading.cost, reading.confidence * factor, reading.boxes
+    )
 
 
 def _decide(reading: _Reading, confidence: float, min_confidence: float) -> PlateRead:
@@ -324,6 +335,7 @@ def _decide(reading: _Reading, confidence: float, min_confidence: float) -> Plat
         confidence=round(confidence, 4),
         format=reading.format,
         candidate=reading.plate,
+        boxes=reading.boxes,
     )
 
 

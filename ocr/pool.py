@@ -4,7 +4,8 @@ down a worker, not the daemon.
 
 Each worker loads its engine once (the pool's initializer), warms it up on a painted frame (the
 first frame through ONNX Runtime costs about a second more than the next ones), and then reads one
-frame per task with ``ocr.reader.read_image``: the same path as ``gated ocr``.
+frame per task with ``ocr.reader.read_image``: the same path as ``gated ocr``. A licence plate task
+runs the same engine and ``ocr.plate.read_plate`` instead, the path of ``gated ocr --plates``.
 
 - Workers are started with ``forkserver`` (``spawn`` where there is none), never by forking the
   daemon: a fork copies the locks its other threads hold at that moment.
@@ -25,7 +26,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
@@ -36,6 +37,7 @@ import numpy as np
 from ocr.assemble import Candidate
 from ocr.engine import Image, OcrEngine, load_engine
 from ocr.errors import OcrError
+from ocr.plate import PlateFormat, PlateRead, read_plate
 from ocr.reader import read_image
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,23 @@ def _warm_up_frame() -> Image:
     return frame
 
 
-def _read(image: Image) -> Candidate:
-    """Worker task: one frame in, the best container-number candidate out."""
+def _loaded() -> OcrEngine:
     if _engine is None:
         raise _load_error or OcrError("the OCR engine was not loaded in this worker")
-    return read_image(_engine, image)
+    return _engine
+
+
+def _read(image: Image) -> Candidate:
+    """Worker task: one frame in, the best container-number candidate out."""
+    return read_image(_loaded(), image)
+
+
+def _read_plate(image: Image, formats: Sequence[PlateFormat], min_confidence: float) -> PlateRead:
+    """Worker task: one frame of a truck's front in, its licence plate out."""
+    # The frame's width lets read_plate leave out text cut off at the edge (a fragment can look
+    # like a plate).
+    boxes = _loaded().read(image)
+    return read_plate(boxes, formats=formats, min_confidence=min_confidence, frame_width=image.shape[1])
 
 
 def _pid() -> int:
@@ -78,8 +92,7 @@ def _pid() -> int:
 
 def _ready() -> int:
     """Worker task: the worker's pid once its engine is loaded and warm (its load error if not)."""
-    if _engine is None:
-        raise _load_error or OcrError("the OCR engine was not loaded in this worker")
+    _loaded()
     return os.getpid()
 
 
@@ -123,6 +136,12 @@ class OcrPool:
         """Read one BGR frame in a worker. Never blocks on OCR; the future raises ``OcrError`` when
         the engine failed, ``BrokenProcessPool`` when the worker died while reading."""
         return self._submit(_read, image)
+
+    def submit_plate(
+        self, image: Image, *, formats: Sequence[PlateFormat], min_confidence: float
+    ) -> Future[PlateRead]:
+        """Read the licence plate in one BGR frame in a worker; the future fails as ``submit``'s does."""
+        return self._submit(_read_plate, image, tuple(formats), min_confidence)
 
     def ping(self) -> Future[int]:
         """The pid of the worker that answers (tests kill it to see it replaced)."""

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gated.config import json_schema, load_config
+from gated.config import OcrFramesDevice, json_schema, load_config
 from gated.errors import ConfigError
+from ocr.plate import DEFAULT_FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
@@ -125,4 +126,88 @@ host = "127.0.0.1"
 port = 5000
 """
     with pytest.raises(ConfigError, match="require lists rfid"):
+        load_config(write(tmp_path, text))
+
+
+FRAMES_LANE = """
+site = "s"
+[[lanes]]
+id = "lane-1"
+require = ["ocr"]
+[[lanes.devices]]
+id = "cam"
+driver = "ocr-frames"
+views = ["http://127.0.0.1:8081/video"]
+"""
+
+
+def test_plate_views_and_formats_become_the_drivers_plate_settings(tmp_path: Path) -> None:
+    text = (
+        FRAMES_LANE
+        + """plate_views = ["plates/"]
+plate_min_confidence = 0.95
+plate_formats = [{ name = "eu-dash", pattern = "LL-DDD-LL", letters = "ABCDEFGHJKLMNPQRSTVWXYZ" }]
+"""
+    )
+    [device] = load_config(write(tmp_path, text)).lanes[0].devices
+    assert isinstance(device, OcrFramesDevice)
+    assert device.plate_views == [str(tmp_path / "plates")]  # relative to the config, like views
+    [plate_format] = device.plate_format_list()
+    assert (plate_format.name, plate_format.classes, "I" in plate_format.letters) == (
+        "eu-dash",
+        "LLDDDLL",
+        False,
+    )
+    assert device.plate_min_confidence == 0.95
+
+
+def test_without_plate_formats_the_generic_shapes_are_read(tmp_path: Path) -> None:
+    [device] = (
+        load_config(write(tmp_path, FRAMES_LANE + 'plate_views = ["rtsp://10.0.0.9/front"]\n'))
+        .lanes[0]
+        .devices
+    )
+    assert isinstance(device, OcrFramesDevice) and device.plate_format_list() == DEFAULT_FORMATS
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (
+            'plate_formats = [{ name = "nl", pattern = "LL-99-XX" }]',
+            "devices[0:cam].plate_formats[0]: Value error, plate format 'nl': pattern 'LL-99-XX' is not groups",
+        ),
+        (
+            'plate_formats = [{ name = "x", pattern = "LD" }]',
+            "plate_formats[0]: Value error, plate format 'x': a plate has 4 to 10 characters",
+        ),
+        (
+            'plate_formats = [{ name = "x", pattern = "LL DDD", letters = "abc" }]',
+            "plate format 'x': letters must be capital A-Z",
+        ),
+        ('plate_formats = [{ pattern = "LL DDD" }]', "plate_formats[0].name: required key is missing"),
+        ('plate_formats = [{ name = "x", pattern = "LL DDD", colour = "white" }]', "colour: unknown key"),
+        (
+            'plate_formats = [{ name = "x", pattern = "LL DDD" }, { name = "x", pattern = "LLDDDD" }]',
+            "plate format names must be unique: x",
+        ),
+        ("plate_formats = []", "plate_formats: List should have at least 1 item"),
+        (
+            'plate_formats = [{ name = "x", pattern = 7 }]',
+            "plate_formats[0].pattern: Input should be a valid string",
+        ),
+        ('plate_views = ["ftp://10.0.0.9/front"]', "plate_views: Value error, view 'ftp://10.0.0.9/front'"),
+        ("plate_min_confidence = 1.5", "plate_min_confidence: Input should be less than or equal to 1"),
+    ],
+)
+def test_bad_plate_settings_are_refused_naming_the_key(tmp_path: Path, settings: str, problem: str) -> None:
+    with_view = 'plate_views = ["http://127.0.0.1:8082/video"]\n' if "plate_views" not in settings else ""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, FRAMES_LANE + with_view + settings + "\n"))
+    assert problem in str(caught.value), caught.value.problems
+
+
+def test_plate_settings_without_a_plate_view_are_refused_not_ignored(tmp_path: Path) -> None:
+    text = FRAMES_LANE + 'plate_formats = [{ name = "x", pattern = "LL DDD" }]\nplate_min_confidence = 0.95\n'
+    with pytest.raises(ConfigError, match="plate_formats and plate_min_confidence need plate_views"):
         load_config(write(tmp_path, text))

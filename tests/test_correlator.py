@@ -89,3 +89,27 @@ def test_a_late_read_for_a_decided_visit_never_joins_the_next_truck() -> None:
     # A read for the open visit joins it as usual.
     own, _, _ = lane.accept(make(clock, Source.CONTAINER_NUMBER, "CSQU3054383").in_visit(second.id))
     assert own.visit == second.id and lane.visit.of_source(Source.CONTAINER_NUMBER) == [own]
+
+
+def test_a_plate_joins_the_visit_it_names_but_never_opens_completes_or_ends_one() -> None:
+    clock = ManualClock()
+    lane = LaneCorrelator(RULES, clock)
+    # Between trucks a plate (named or not) opens nothing: it cannot start a decision.
+    alone, closed, opened = lane.accept(make(clock, Source.LICENCE_PLATE, "KX482TB"))
+    assert alone.visit is None and not closed and opened is None and lane.visit is None
+    _, _, visit = lane.accept(make(clock, Source.EPC, "e2801", Kind.RFID))
+    assert visit is not None
+    lane.accept(make(clock, Source.CONTAINER_NUMBER, "MSKU4135329").in_visit(visit.id))
+    lane.accept(make(clock, Source.PASSAGE_END, 1).in_visit(visit.id))
+    plate, closed, opened = lane.accept(make(clock, Source.LICENCE_PLATE, "KX482TB").in_visit(visit.id))
+    assert plate.visit == visit.id and not closed and opened is None
+    assert lane.visit is not None and lane.visit.of_source(Source.LICENCE_PLATE) == [plate]
+    # Without the portal's screening the visit is not complete, plate or not.
+    clock.advance(5.0)
+    assert lane.tick() == []
+    # A plate of another visit (decided already) joins no other truck.
+    other, _, _ = lane.accept(make(clock, Source.LICENCE_PLATE, "AB123CD").in_visit("decided-visit"))
+    assert other.visit == "decided-visit" and lane.visit.of_source(Source.LICENCE_PLATE) == [plate]
+    clock.advance(30.0)
+    [timed_out] = lane.tick()
+    assert timed_out.close_cause == "timeout"

@@ -1,5 +1,6 @@
 """The frames camera driver on real parts: the MJPEG camera simulator over HTTP, the real driver and
-RapidOCR in a real worker process. Nothing is mocked but the sink the daemon's pipeline would be."""
+RapidOCR in a real worker process. Nothing is mocked but the sink the daemon's pipeline would be.
+Licence plates likewise: rendered truck fronts served over HTTP by a second camera."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from drivers.ocr_frames import FramesCameraDriver, Trigger, crop_bounds, readings_for
+from drivers.ocr_frames import FramesCameraDriver, Trigger, crop_bounds, plate_reading_for, readings_for
 from gated.errors import ProtocolError
 from gated.evidence import EvidenceStore
 from gated.model import DeviceState, Evidence, Quality, Reading, Source, Visit
 from ocr.assemble import ContainerRead
 from ocr.engine import TextBox
+from ocr.plate import PlateRead
 from ocr.pool import OcrPool
-from simulators.camera_frames import FrameSpec, MjpegCameraSimulator
+from simulators.camera_frames import FrameSpec, MjpegCameraSimulator, encode_jpeg
+from simulators.plate_frames import PlateSpec, PlateTruth, render_frame
 
 pytest.importorskip("rapidocr")
 pytestmark = pytest.mark.timeout(90)
@@ -66,6 +71,9 @@ class Sink:
 
     def numbers_of(self, visit: str) -> list[Reading]:
         return [r for r in self.readings if r.visit == visit and r.source == Source.CONTAINER_NUMBER]
+
+    def plates_of(self, visit: str) -> list[Reading]:
+        return [r for r in self.readings if r.visit == visit and r.source == Source.LICENCE_PLATE]
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +282,148 @@ def test_crop_is_the_number_with_a_margin_inside_the_frame() -> None:
     assert crop_bounds(1280, 720, boxes) == (87, 37, 413, 105)
     edge = [TextBox.from_bbox("MSKU4135329", 0.9, 1200, 700, 1300, 730)]
     assert crop_bounds(1280, 720, edge) == (1188, 688, 1280, 720)
+
+
+# --- licence plates from a camera aimed at the truck's front ---------------------------------------
+
+PLATE = PlateSpec(style="eu-dash", text="KX-482-TB", char_height_px=32.0, pitch_deg=5.0, texture_seed=3)
+
+
+@pytest.fixture
+def front() -> Iterator[MjpegCameraSimulator]:
+    with MjpegCameraSimulator(fps=10, seed=11) as simulator:
+        yield simulator
+
+
+def show_front(camera: MjpegCameraSimulator, spec: PlateSpec) -> PlateTruth:
+    """From its next frame on, the front camera sees ``spec``'s truck (rendered here, served as JPEG)."""
+    bgr, truth = render_frame(spec, np.random.default_rng(1))
+    camera.play_jpegs([encode_jpeg(bgr)])
+    return truth
+
+
+def plate_driver(
+    camera: MjpegCameraSimulator,
+    front: MjpegCameraSimulator,
+    pool: OcrPool,
+    evidence: EvidenceStore,
+    frames_per_view: int,
+) -> FramesCameraDriver:
+    return FramesCameraDriver(
+        "lane-1",
+        "ocr-1",
+        views=[camera.url],
+        plate_views=[front.url],
+        pool=pool,
+        evidence=evidence,
+        pre_trigger=0.5,
+        post_trigger=0.5,
+        frames_per_view=frames_per_view,
+        sample_fps=10,
+        silence_timeout=2.0,
+        backoff_max=0.5,
+    )
+
+
+def read_plate_visit(driver: FramesCameraDriver, sink: Sink, visit: str) -> Reading:
+    time.sleep(0.3)  # both cameras' next frames show the truck
+    driver.trigger(Trigger(visit, time.time()))
+    sink.wait(lambda: bool(sink.plates_of(visit)) and bool(sink.numbers_of(visit)))
+    [plate] = sink.plates_of(visit)
+    return plate
+
+
+def test_a_plate_view_reads_the_plate_with_its_crop_stored_first(
+    camera: MjpegCameraSimulator, front: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = plate_driver(camera, front, pool, evidence, frames_per_view=2)
+    with running(driver, sink):
+        camera.show(truck(VALID))
+        truth = show_front(front, PLATE)
+        plate = read_plate_visit(driver, sink, "visit-plate")
+    assert truth.plate == "KX482TB"
+    assert plate.value == truth.plate and plate.quality is Quality.GOOD
+    assert plate.confidence is not None and plate.confidence >= 0.9
+    [crop] = plate.evidence
+    data = evidence.path_for(crop.sha256).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == crop.sha256 and len(data) == crop.bytes
+    assert data[:2] == b"\xff\xd8" and 0 < crop.bytes < 60_000  # the plate, not the whole frame
+    assert all(sink.evidence_stored_first)
+    # The container number is read as without a plate view, and reported first.
+    [number] = sink.numbers_of("visit-plate")
+    assert number.value == VALID and number.quality is Quality.GOOD and number.evidence != plate.evidence
+    sources = [r.source for r in sink.readings if r.visit == "visit-plate"]
+    assert sources.index(Source.PASSAGE_END) < sources.index(Source.LICENCE_PLATE)
+    assert driver.frames_read == 2 and driver.plate_frames_read == 2 and driver.ocr_failures == 0
+
+
+def test_a_plate_too_blurred_to_read_is_never_a_good_read(
+    camera: MjpegCameraSimulator, front: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = plate_driver(camera, front, pool, evidence, frames_per_view=1)
+    with running(driver, sink):
+        show_front(front, replace(PLATE, blur=8.0))
+        plate = read_plate_visit(driver, sink, "visit-blurred")
+    assert plate.quality is not Quality.GOOD
+    # Whatever was seen is kept for a clerk: the frame is stored before the reading names it.
+    [frame] = plate.evidence
+    assert evidence.contains(frame.sha256) and all(sink.evidence_stored_first)
+
+
+def test_a_plate_camera_that_is_down_neither_stops_the_numbers_nor_takes_the_device_offline(
+    camera: MjpegCameraSimulator, front: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = plate_driver(camera, front, pool, evidence, frames_per_view=1)
+    front.stop()
+    with running(driver, sink):
+        camera.show(truck(VALID))
+        down = read_plate_visit(driver, sink, "plate-down")
+        [number] = sink.numbers_of("plate-down")
+        front.start()  # the same address: the view is opened again on its own
+        show_front(front, PLATE)
+        time.sleep(1.5)
+        back = read_plate_visit(driver, sink, "plate-back")
+    assert number.value == VALID and number.quality is Quality.GOOD
+    assert (down.value, down.quality, down.evidence) == (None, Quality.BAD, ())
+    assert back.value == "KX482TB" and back.quality is Quality.GOOD
+    assert sink.states == [DeviceState.ONLINE]
+
+
+PLATE_CROP = Evidence("evidence://sha256/" + "b" * 64, "image/jpeg", "b" * 64, 2345)
+
+
+@pytest.mark.parametrize(
+    ("read", "evidence", "value", "quality"),
+    [
+        (
+            PlateRead("KX482TB", "KX-482-TB", 0.97, "eu-dash", "KX482TB"),
+            (PLATE_CROP,),
+            "KX482TB",
+            Quality.GOOD,
+        ),
+        # Below the threshold, or with no crop to check it by: the plate as read, for a clerk.
+        (
+            PlateRead(None, "KX-482-TB", 0.7, "eu-dash", "KX482TB"),
+            (PLATE_CROP,),
+            "KX482TB",
+            Quality.UNCERTAIN,
+        ),
+        (PlateRead("KX482TB", "KX-482-TB", 0.97, "eu-dash", "KX482TB"), (), "KX482TB", Quality.UNCERTAIN),
+        # Plate-shaped text that fits no format (a letter the format never issues): kept as read.
+        (PlateRead(None, "TI-612-SN", 0.0, None, None), (PLATE_CROP,), "TI612SN", Quality.UNCERTAIN),
+        (PlateRead(None, None, 0.0, None, None), (PLATE_CROP,), None, Quality.BAD),
+    ],
+)
+def test_plate_reading_of_one_read(
+    read: PlateRead, evidence: tuple[Evidence, ...], value: str | None, quality: Quality
+) -> None:
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    reading = plate_reading_for(read, lane="lane-1", device="ocr-1", visit="v", ts=ts, evidence=evidence)
+    assert (reading.source, reading.value, reading.quality) == (Source.LICENCE_PLATE, value, quality)
+    assert reading.visit == "v" and reading.evidence == evidence and reading.confidence == read.confidence

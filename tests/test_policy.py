@@ -216,3 +216,15 @@ def test_extra_reasons_such_as_a_refused_credential_never_release() -> None:
     refused = Reason("CARD_CANCELLED", "card is on the cancelled list")
     [decision] = decide(truck(), {}, FRESH, SETTINGS, now=NOW, extra_reasons=[refused])
     assert decision.outcome is Outcome.MANUAL_REVIEW and "CARD_CANCELLED" in codes(decision)
+
+
+def test_a_licence_plate_neither_releases_nor_blocks() -> None:
+    # The plate is informational: read, unsure or unread, the decision is the one without it.
+    for quality, value in [(Quality.GOOD, "KX482TB"), (Quality.UNCERTAIN, "KX482T8"), (Quality.BAD, None)]:
+        plate = reading(Source.LICENCE_PLATE, value, quality)
+        with_plate = truck().with_reading(plate.in_visit("v1"))
+        [decision] = decide(with_plate, {}, FRESH, SETTINGS, now=NOW)
+        assert decision.outcome is Outcome.RELEASE and codes(decision) == {policy.CLEAR}
+    unread = truck(number=None).with_reading(reading(Source.LICENCE_PLATE, "KX482TB").in_visit("v1"))
+    [decision] = decide(unread, {}, FRESH, SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.MANUAL_REVIEW and decision.container is None
