@@ -10,8 +10,8 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
    from ``pre_trigger`` seconds before the trigger to ``post_trigger`` after it and hands the
    sharpest ``frames_per_view`` of each view to the OCR pool (``ocr.pool``); its own thread never
    waits on OCR.
-3. When every frame is read, the candidates are voted into one (``ocr.assemble.vote``: frames and
-   views that agree raise the confidence, disagreement lowers it) and decided against
+3. When every frame is read, the candidates are voted per container (``ocr.assemble.vote``: frames
+   and views that agree raise the confidence, disagreement lowers it) and decided against
    ``min_confidence``. The crop the number was read from (when nothing was read: the sharpest frame)
    is stored in the evidence store first; then the readings go out:
 
@@ -21,8 +21,9 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
      clerk, and still matches holds on it); BAD with value None when nothing shaped like a number
      was read. The crop is its evidence. This is the reading model of the smart camera driver.
    - ``size_type`` when a size/type code was read beside the number;
-   - ``passage_end`` with value 1: the driver reads one container per visit, and its report
-     completes the visit for OCR.
+   - ``passage_end`` with how many containers the frames showed (two 20 ft boxes on one chassis
+     give two numbers, voted per number across frames and views, ``ocr.assemble.vote_containers``);
+     it completes the visit for OCR.
 
 4. When ``plate_views`` (cameras aimed at the truck's front) are configured, the sharpest
    ``frames_per_view`` frames of each are read for the licence plate in the same pool, after the
@@ -69,7 +70,7 @@ from gated.errors import ContainerNumberError, DeviceUnavailable, GatedError, Pr
 from gated.evidence import EvidenceStore
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
-from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote
+from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote_containers
 from ocr.engine import Image, TextBox
 from ocr.frames import Frame, FrameSource, open_source, select_frames
 from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, NO_PLATE, PlateFormat, PlateRead, vote_plates
@@ -316,7 +317,7 @@ class FramesCameraDriver(Driver):
         """Seconds from the last read's trigger to its readings."""
         self._triggers: queue.SimpleQueue[Trigger] = queue.SimpleQueue()
         self._waiting: list[Trigger] = []
-        self._reads: list[_Read[Candidate]] = []
+        self._reads: list[_Read[list[Candidate]]] = []
         self._plate_reads: list[_Read[PlateRead]] = []
         self._errors: deque[ProtocolError] = deque(maxlen=MAX_QUEUED_ERRORS)
         self._wake = threading.Event()
@@ -421,7 +422,7 @@ class FramesCameraDriver(Driver):
             self.frames_per_view * len(views),
         )
 
-    def _submit(self, image: Image) -> Future[Candidate]:
+    def _submit(self, image: Image) -> Future[list[Candidate]]:
         return self._guarded(lambda: self.pool.submit(image))
 
     def _submit_plate(self, image: Image) -> Future[PlateRead]:
@@ -463,39 +464,42 @@ class FramesCameraDriver(Driver):
                 results.append(future.result())
         return results
 
-    def _finish(self, read: _Read[Candidate]) -> list[Reading]:
+    def _finish(self, read: _Read[list[Candidate]]) -> list[Reading]:
         """The readings of a read whose frames are all done (none while a frame is read again)."""
-        candidates = self._results(read, self._submit, NOTHING)
-        if candidates is None:
+        per_frame = self._results(read, self._submit, [])
+        if per_frame is None:
             return []
         self._reads.remove(read)
         self.reads += 1
         self.frames_read += len(read.frames)
-        voted = vote(candidates)
-        result = decide(voted, min_confidence=self.min_confidence)
-        frame, boxes = _evidence_frame(read.frames, candidates, voted)
-        evidence = self._store(frame, boxes)
-        ts = frame.ts if frame is not None else read.trigger.ts
-        readings = readings_for(
-            result,
+        containers = vote_containers(per_frame) or [NOTHING]
+        reads: list[tuple[ContainerRead, tuple[Evidence, ...]]] = []
+        latest = read.trigger.ts
+        for voted in containers:
+            result = decide(voted, min_confidence=self.min_confidence)
+            frame, boxes = _evidence_frame(read.frames, per_frame, voted)
+            reads.append((result, self._store(frame, boxes)))
+            latest = max(latest, frame.ts) if frame is not None else latest
+        readings = readings_for_containers(
+            reads,
             lane=self.lane,
             device=self.device,
             visit=read.trigger.visit,
-            ts=datetime.fromtimestamp(ts, UTC),
-            evidence=evidence,
+            ts=datetime.fromtimestamp(latest, UTC),
         )
         self.last_read_seconds = time.time() - read.trigger.ts
-        log.info(
-            "%s/%s: visit %s read %s (%s, confidence %.2f) from %d frames, %.2f s after the trigger",
-            self.lane,
-            self.device,
-            read.trigger.visit,
-            result.raw or "nothing",
-            readings[0].quality,
-            result.confidence,
-            len(read.frames),
-            self.last_read_seconds,
-        )
+        for (result, _), reading in zip(reads, readings, strict=False):
+            log.info(
+                "%s/%s: visit %s read %s (%s, confidence %.2f) from %d frames, %.2f s after the trigger",
+                self.lane,
+                self.device,
+                read.trigger.visit,
+                result.raw or "nothing",
+                reading.quality,
+                result.confidence,
+                len(read.frames),
+                self.last_read_seconds,
+            )
         return readings
 
     def _finish_plate(self, read: _Read[PlateRead]) -> list[Reading]:
@@ -552,15 +556,16 @@ def _worker_died(future: Future[Any]) -> bool:
 
 
 def _evidence_frame(
-    frames: Sequence[Frame], candidates: Sequence[Candidate], voted: Candidate
+    frames: Sequence[Frame], per_frame: Sequence[Sequence[Candidate]], voted: Candidate
 ) -> tuple[Frame | None, tuple[TextBox, ...]]:
     """The frame that read the voted number most confidently, with the boxes it read it from; when
     nothing was read, the sharpest frame (``select_frames`` puts it first) and no boxes."""
     best: tuple[float, Frame, tuple[TextBox, ...]] | None = None
-    for frame, candidate in zip(frames, candidates, strict=True):
-        same = voted.number is not None and candidate.number == voted.number and bool(candidate.boxes)
-        if same and (best is None or candidate.confidence > best[0]):
-            best = (candidate.confidence, frame, candidate.boxes)
+    for frame, found in zip(frames, per_frame, strict=True):
+        for candidate in found:
+            same = voted.number is not None and candidate.number == voted.number and bool(candidate.boxes)
+            if same and (best is None or candidate.confidence > best[0]):
+                best = (candidate.confidence, frame, candidate.boxes)
     if best is not None:
         return best[1], best[2]
     return (frames[0] if frames else None), ()
@@ -624,8 +629,44 @@ def readings_for(
     ts: datetime,
     evidence: tuple[Evidence, ...],
 ) -> list[Reading]:
-    """The readings of one visit's read (see the module docstring), bound to that visit: a read
-    that comes after its visit was decided must not join the next truck's. Pure: no I/O."""
+    """The readings of one visit's read of one container (see the module docstring)."""
+    return readings_for_containers([(result, evidence)], lane=lane, device=device, visit=visit, ts=ts)
+
+
+def readings_for_containers(
+    reads: Sequence[tuple[ContainerRead, tuple[Evidence, ...]]],
+    *,
+    lane: str,
+    device: str,
+    visit: str,
+    ts: datetime,
+) -> list[Reading]:
+    """The readings of one visit's read: one ``container_number`` per container (each with its
+    crop), then the size/type codes, then ``passage_end`` with how many containers the frames
+    showed, all bound to that visit: a read that comes after its visit was decided must not join
+    the next truck's. Pure: no I/O."""
+    numbers: list[Reading] = []
+    sizes: list[Reading] = []
+    for result, evidence in reads:
+        number, *size = _container_readings(
+            result, lane=lane, device=device, visit=visit, ts=ts, evidence=evidence
+        )
+        numbers.append(number)
+        sizes.extend(size)
+    count = max(1, len(reads))
+    end = Reading(lane, Kind.OCR, device, Source.PASSAGE_END, count, ts, Quality.GOOD, visit=visit)
+    return [*numbers, *sizes, end]
+
+
+def _container_readings(
+    result: ContainerRead,
+    *,
+    lane: str,
+    device: str,
+    visit: str,
+    ts: datetime,
+    evidence: tuple[Evidence, ...],
+) -> list[Reading]:
     value: str | None = None
     quality = Quality.BAD
     if result.raw is not None:
@@ -668,7 +709,6 @@ def readings_for(
                 visit=visit,
             )
         )
-    readings.append(Reading(lane, Kind.OCR, device, Source.PASSAGE_END, 1, ts, Quality.GOOD, visit=visit))
     return readings
 
 

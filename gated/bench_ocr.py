@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from gated.bench import machine
-from ocr.assemble import decide, vote
+from ocr.assemble import NOTHING, decide, vote_containers
 from ocr.engine import OcrEngine
 from ocr.errors import OcrError
 from ocr.reader import read_image
@@ -174,7 +174,7 @@ def _visit_latency(frames: list[_Frame], *, workers: int, per_visit: int, visits
             chosen = images[visit * per_visit : (visit + 1) * per_visit]
             start = time.perf_counter()
             futures = [pool.submit(image) for image in chosen]
-            decide(vote(future.result(timeout=120) for future in futures))
+            decide((vote_containers([future.result(timeout=120) for future in futures]) or [NOTHING])[0])
             seconds.append(time.perf_counter() - start)
     finally:
         pool.close()

@@ -556,6 +556,44 @@ def vote(candidates: Iterable[Candidate]) -> Candidate:
     return _combine(list(candidates), same_frame=False)
 
 
+def vote_containers(per_frame: Sequence[Sequence[Candidate]]) -> list[Candidate]:
+    """The containers of one truck from every frame's containers (``read_all``), best first.
+
+    A frame that shows two marks with different numbers shows two containers, so the truck carries
+    as many containers as the most any frame read. With one, this is ``vote``. With more, each
+    number is voted on its own over the frames that read it; numbers beyond that count have no
+    container to belong to, so they stand against all of them and split every confidence (a truck
+    whose frames disagree goes to a clerk)."""
+    count = max((len(found) for found in per_frame), default=0)
+    flat = [candidate for found in per_frame for candidate in found if candidate.number is not None]
+    if count <= 1:
+        voted = vote(flat)
+        return [] if voted.number is None else [voted]
+    groups: dict[str, list[Candidate]] = {}
+    for candidate in flat:
+        groups.setdefault(str(candidate.number), []).append(candidate)
+    voted_groups = sorted(
+        (_combine(members, same_frame=False) for members in groups.values()),
+        key=lambda candidate: (candidate.check_digit_valid, candidate.confidence),
+        reverse=True,
+    )
+    kept, extra = voted_groups[:count], voted_groups[count:]
+    if not extra:
+        return kept
+    total = sum(candidate.confidence for candidate in voted_groups)
+    return [
+        Candidate(
+            candidate.number,
+            candidate.check_digit_valid,
+            candidate.confidence * candidate.confidence / total if total > 0 else 0.0,
+            candidate.size_type,
+            candidate.boxes,
+            candidate.swaps,
+        )
+        for candidate in kept
+    ]
+
+
 def _combine(candidates: Sequence[Candidate], *, same_frame: bool) -> Candidate:
     groups: dict[str, list[Candidate]] = {}
     for candidate in candidates:

@@ -98,7 +98,9 @@ class EasyOcrEngine:
             raise OcrError(f"EasyOCR could not be set up from {folder}: {error}") from error
         self._lock = threading.Lock()
 
-    def read(self, image: Image) -> list[TextBox]:
+    def read(self, image: Image, *, coarse: bool = False) -> list[TextBox]:
+        # EasyOCR has no quicker look worth having: its detector's cost is set by canvas_size, and a
+        # smaller canvas loses the serials it already reads too few of; ``coarse`` gives the full look.
         frame = check_image(image)
         try:
             with self._lock:

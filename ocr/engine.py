@@ -70,8 +70,12 @@ class OcrEngine(Protocol):
     @property
     def name(self) -> str: ...
 
-    def read(self, image: Image) -> list[TextBox]:
-        """All text boxes in the frame; raises ``OcrError`` when the engine fails."""
+    def read(self, image: Image, *, coarse: bool = False) -> list[TextBox]:
+        """All text boxes in the frame; raises ``OcrError`` when the engine fails.
+
+        ``coarse`` asks for a quicker look (the text detector at a lower resolution) that finds the
+        bigger text; the reader takes it first and looks again in full only when it found no number.
+        An engine without a quicker look gives its full one."""
         ...
 
     def recognize(self, crops: Sequence[Image]) -> list[Recognized]:

@@ -4,7 +4,8 @@ down a worker, not the daemon.
 
 Each worker loads its engine once (the pool's initializer), warms it up on a painted frame (the
 first frame through ONNX Runtime costs about a second more than the next ones), and then reads one
-frame per task with ``ocr.reader.read_image``: the same path as ``gated ocr``. A licence plate task
+frame per task with ``ocr.reader.read_all`` (every container in the frame): the reading path of
+``gated ocr``. A licence plate task
 runs the same engine and ``ocr.plate.read_plate`` instead, the path of ``gated ocr --plates``.
 
 - Workers are started with ``forkserver`` (``spawn`` where there is none), never by forking the
@@ -38,7 +39,7 @@ from ocr.assemble import Candidate
 from ocr.engine import Image, OcrEngine, load_engine
 from ocr.errors import OcrError
 from ocr.plate import PlateFormat, PlateRead, read_plate
-from ocr.reader import read_image
+from ocr.reader import read_all, read_image
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ def _loaded() -> OcrEngine:
     return _engine
 
 
-def _read(image: Image) -> Candidate:
-    """Worker task: one frame in, the best container-number candidate out."""
-    return read_image(_loaded(), image)
+def _read(image: Image) -> list[Candidate]:
+    """Worker task: one frame in, every container number in it out (two boxes on one chassis)."""
+    return read_all(_loaded(), image)
 
 
 def _read_plate(image: Image, formats: Sequence[PlateFormat], min_confidence: float) -> PlateRead:
@@ -132,7 +133,7 @@ class OcrPool:
         future.add_done_callback(report)
         return future
 
-    def submit(self, image: Image) -> Future[Candidate]:
+    def submit(self, image: Image) -> Future[list[Candidate]]:
         """Read one BGR frame in a worker. Never blocks on OCR; the future raises ``OcrError`` when
         the engine failed, ``BrokenProcessPool`` when the worker died while reading."""
         return self._submit(_read, image)

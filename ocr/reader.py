@@ -3,7 +3,8 @@
 This is the single entry point the CLI, the benchmark and the live camera driver use to read a frame,
 so every path reads numbers the same way:
 
-1. the engine finds and reads the text boxes;
+1. the engine finds and reads the text boxes, first in a quick look, in full when that finds no
+   number whose check digit fits;
 2. the number is assembled from whole pieces by geometry (``ocr.assemble``);
 3. when only owner code and serial were found (a boxed check digit missed or misread), the check
    digit is re-read from inside its box just after the serial;
@@ -37,18 +38,29 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
 
     Raises ``OcrError`` when the image is not a BGR frame or the engine fails."""
     frame = check_image(image)
+    # A quick look first: it reads most numbers at about 70% of the full look's cost. Only a frame
+    # where it found no number that fits is looked at again in full (small or faint text), so the
+    # quick look never decides alone that there is nothing to read.
+    found, unsettled = _numbers(engine, frame, engine.read(frame, coarse=True))
+    if found and unsettled == 0 and all(candidate.check_digit_valid for candidate in found):
+        return found
+    # Anything left open (no number, one whose check digit does not fit, an owner code and serial
+    # whose check digit could not be read: perhaps a second box on the chassis) gets the full look.
     boxes = engine.read(frame)
-    found = _numbers(engine, frame, boxes)
+    more, _ = _numbers(engine, frame, boxes)
+    found = marks([*found, *more])
     if not any(candidate.check_digit_valid for candidate in found):
         # Only now look again at tall boxes: the recogniser reads most columns well on its own,
         # and a second look at one that it read right can only add a rival reading.
         columns = reread_columns(engine, frame, boxes)
         if columns != boxes:
-            found = marks([*found, *_numbers(engine, frame, columns)])
+            found = marks([*found, *_numbers(engine, frame, columns)[0]])
     return found
 
 
-def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[Candidate]:
+def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> tuple[list[Candidate], int]:
+    """The containers in ``boxes``, and how many owner code + serial pieces were left without a
+    check digit (neither part of a number read nor completed from a boxed digit)."""
     found = [
         _confirmed(engine, frame, boxes, candidate) if candidate.check_digit_valid else candidate
         for candidate in assemble_all(boxes)
@@ -56,14 +68,17 @@ def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[Cand
     settled = {
         candidate.number[:10] for candidate in found if candidate.number and candidate.check_digit_valid
     }
+    unsettled = 0
     for partial in partials(boxes)[:MAX_PARTIALS]:
         if partial.prefix in settled:
             continue
         digit = check_digit_after(engine, frame, partial.last)
-        if digit is not None:
-            number = completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial))
-            found.append(_confirmed(engine, frame, boxes, number) if number.check_digit_valid else number)
-    return marks(found)
+        if digit is None:
+            unsettled += 1
+            continue
+        number = completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial))
+        found.append(_confirmed(engine, frame, boxes, number) if number.check_digit_valid else number)
+    return marks(found), unsettled
 
 
 def _confirmed(engine: OcrEngine, frame: Image, boxes: list[TextBox], candidate: Candidate) -> Candidate:

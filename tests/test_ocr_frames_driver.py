@@ -159,6 +159,35 @@ def test_reads_the_painted_number_with_its_crop_stored_first(
     print(f"trigger to reading: {driver.last_read_seconds:.2f} s ({elapsed:.2f} s with rendering)")
 
 
+def test_two_boxes_on_one_chassis_give_two_numbers_each_with_its_crop(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    pair = FrameSpec(
+        container_numbers=(VALID, "CSQU3054383"),
+        size_type="22G1",
+        view="side",
+        char_height_px=40.0,
+        view_angle_deg=3.0,
+        texture_seed=5,
+    )
+    with running(driver, sink):
+        camera.show(pair)
+        time.sleep(0.15)
+        driver.trigger(Trigger("visit-pair", time.time()))
+        sink.wait(
+            lambda: any(r.visit == "visit-pair" and r.source == Source.PASSAGE_END for r in sink.readings)
+        )
+    numbers = sink.numbers_of("visit-pair")
+    assert sorted(str(r.value) for r in numbers) == sorted([VALID, "CSQU3054383"])
+    assert all(r.quality is Quality.GOOD for r in numbers)
+    assert [r.value for r in sink.readings if r.source == Source.PASSAGE_END] == [2]
+    crops = {r.evidence[0].sha256 for r in numbers}
+    assert len(crops) == 2 and all(sink.evidence_stored_first)
+
+
 def test_only_a_tag_or_occupancy_triggers_and_a_visit_without_frames_is_unread(
     camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
 ) -> None:

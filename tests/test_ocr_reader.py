@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from ocr.assemble import assemble, assemble_all, decide, partials
+from ocr.assemble import Candidate, assemble, assemble_all, decide, partials, vote_containers
 from ocr.engine import OcrEngine, TextBox, load_engine
 from ocr.reader import read_all, read_image
 from ocr.reread import check_digit_after
@@ -156,3 +156,33 @@ def test_read_all_reads_both_boxes_of_a_chassis(engine: OcrEngine) -> None:
     assert [decide(candidate).container for candidate in found] == ["MSKU4135329", "CSQU3054383"]
     # read_image keeps one number per frame: two different ones split its confidence.
     assert decide(read_image(engine, frame)).container is None
+
+
+def _read(number: str, confidence: float) -> Candidate:
+    return Candidate(number, True, confidence, None)
+
+
+def test_a_truck_with_two_boxes_gives_two_containers_over_frames_and_views() -> None:
+    side = [_read("MSKU4135329", 0.95), _read("CSQU3054383", 0.9)]
+    rear = [_read("CSQU3054383", 0.97)]
+    found = vote_containers([side, rear, []])
+    assert [candidate.number for candidate in found] == ["CSQU3054383", "MSKU4135329"]
+    assert all(decide(candidate).container for candidate in found)
+
+
+def test_one_box_per_frame_is_the_plain_vote() -> None:
+    found = vote_containers([[_read("MSKU4135329", 0.9)], [_read("MSKU4135329", 0.85)], []])
+    assert [candidate.number for candidate in found] == ["MSKU4135329"]
+    assert found[0].confidence > 0.9
+    assert vote_containers([[], []]) == []
+
+
+def test_a_third_number_for_two_boxes_sends_the_truck_to_a_clerk() -> None:
+    frames = [
+        [_read("MSKU4135329", 0.95), _read("CSQU3054383", 0.9)],
+        [_read("MSKU4135329", 0.9), _read("CSQU3054383", 0.9)],
+        [_read("TGHU5815111", 0.9)],
+    ]
+    found = vote_containers(frames)
+    assert len(found) == 2
+    assert all(decide(candidate).container is None for candidate in found)
