@@ -250,6 +250,23 @@ def _follows(a: _Piece, b: _Piece) -> bool:
     return overlap >= 0.5 * min(a.length, b_along[1] - b_along[0])
 
 
+def _skips_over(a: _Piece, b: _Piece, pieces: Sequence[_Piece]) -> bool:
+    """True when another piece lies between ``a`` and ``b`` on ``a``'s line: a number is painted
+    in one run, so a chain that jumps over text in its way is not one (a column read as OOLU, 6,
+    23233 must not make OOLU23233 by leaving out the 6)."""
+    size = max(_char_size(a), _char_size(b))
+    nx, ny = -a.uy, a.ux
+    b_along = (b.cx - a.cx) * a.ux + (b.cy - a.cy) * a.uy
+    for other in pieces:
+        if other.index in (a.index, b.index) or other.box is a.box or other.box is b.box:
+            continue
+        along = (other.cx - a.cx) * a.ux + (other.cy - a.cy) * a.uy
+        across = (other.cx - a.cx) * nx + (other.cy - a.cy) * ny
+        if a.length / 2 <= along <= b_along and abs(across) <= 0.5 * size:
+            return True
+    return False
+
+
 def _fits_class(text: str, start: int) -> bool:
     for offset, char in enumerate(text):
         position = start + offset
@@ -288,7 +305,9 @@ def _by_class(text: str) -> tuple[str, int] | None:
 
 def _paths(pieces: Sequence[_Piece], length_wanted: int = NUMBER_LENGTH) -> list[tuple[_Piece, ...]]:
     """Every chain of whole pieces, linked by geometry, whose text makes ``length_wanted`` characters."""
-    successors = {a.index: [b for b in pieces if _follows(a, b)] for a in pieces}
+    successors = {
+        a.index: [b for b in pieces if _follows(a, b) and not _skips_over(a, b, pieces)] for a in pieces
+    }
     found: list[tuple[_Piece, ...]] = []
 
     def extend(path: tuple[_Piece, ...], length: int) -> None:
@@ -434,13 +453,10 @@ def marks(options: Iterable[Candidate]) -> list[Candidate]:
     """``options`` (readings from one frame) grouped into containers, as ``assemble_all`` does."""
     groups: list[list[Candidate]] = []
     for option in sorted(options, key=lambda option: not option.check_digit_valid):
-        ids = {id(box) for box in option.boxes}
         home = [
             group
             for group in groups
-            if any(
-                member.number == option.number or ids & {id(box) for box in member.boxes} for member in group
-            )
+            if any(member.number == option.number or same_place(member, option) for member in group)
         ]
         if home:
             merged = [member for group in home for member in group] + [option]
@@ -620,16 +636,32 @@ def _combine(candidates: Sequence[Candidate], *, same_frame: bool) -> Candidate:
 
 
 def _disjoint(members: Sequence[Candidate]) -> list[Candidate]:
-    """The most confident readings of one number in a frame that use different boxes."""
+    """The most confident readings of one number in a frame that were read in different places
+    (two looks at the same paint are not two pieces of evidence)."""
     chosen: list[Candidate] = []
-    used: set[int] = set()
     for member in sorted(members, key=lambda member: -member.confidence):
-        ids = {id(box) for box in member.boxes}
-        if ids & used:
-            continue
-        chosen.append(member)
-        used |= ids
+        if not any(same_place(member, kept) for kept in chosen):
+            chosen.append(member)
     return chosen
+
+
+def same_place(a: Candidate, b: Candidate) -> bool:
+    """True when a box of ``a`` and a box of ``b`` cover mostly the same pixels (the same box, or
+    the same paint found again by another look at the frame)."""
+    for box_a in a.boxes:
+        ax0, ay0, ax1, ay1 = box_a.bbox
+        for box_b in b.boxes:
+            if box_a is box_b:
+                return True
+            bx0, by0, bx1, by1 = box_b.bbox
+            width = min(ax1, bx1) - max(ax0, bx0)
+            height = min(ay1, by1) - max(ay0, by0)
+            if width <= 0 or height <= 0:
+                continue
+            smaller = min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
+            if smaller > 0 and width * height >= 0.5 * smaller:
+                return True
+    return False
 
 
 def decide(candidate: Candidate, *, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> ContainerRead:

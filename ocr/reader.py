@@ -16,7 +16,18 @@ reported as not fitting."""
 
 from __future__ import annotations
 
-from ocr.assemble import Candidate, assemble, assemble_all, combine, completed, marks, partials, size_type_in
+from ocr.assemble import (
+    DEFAULT_MIN_CONFIDENCE,
+    Candidate,
+    assemble,
+    assemble_all,
+    combine,
+    completed,
+    marks,
+    partials,
+    same_place,
+    size_type_in,
+)
 from ocr.engine import Image, OcrEngine, TextBox, check_image
 from ocr.reread import check_digit_after, reread_boxes, reread_columns
 
@@ -42,13 +53,14 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
     # where it found no number that fits is looked at again in full (small or faint text), so the
     # quick look never decides alone that there is nothing to read.
     found, unsettled = _numbers(engine, frame, engine.read(frame, coarse=True))
-    if found and unsettled == 0 and all(candidate.check_digit_valid for candidate in found):
+    if found and unsettled == 0 and all(_settled(candidate) for candidate in found):
         return found
-    # Anything left open (no number, one whose check digit does not fit, an owner code and serial
-    # whose check digit could not be read: perhaps a second box on the chassis) gets the full look.
+    # Anything left open (no number, one whose check digit does not fit or that is not sure, an
+    # owner code and serial whose check digit could not be read: perhaps a second box on the
+    # chassis) gets the full look, whose readings replace the quick look's in the same place.
     boxes = engine.read(frame)
     more, _ = _numbers(engine, frame, boxes)
-    found = marks([*found, *more])
+    found = marks([*more, *(quick for quick in found if not any(same_place(quick, full) for full in more))])
     if not any(candidate.check_digit_valid for candidate in found):
         # Only now look again at tall boxes: the recogniser reads most columns well on its own,
         # and a second look at one that it read right can only add a rival reading.
@@ -56,6 +68,10 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
         if columns != boxes:
             found = marks([*found, *_numbers(engine, frame, columns)[0]])
     return found
+
+
+def _settled(candidate: Candidate) -> bool:
+    return candidate.check_digit_valid and candidate.confidence >= DEFAULT_MIN_CONFIDENCE
 
 
 def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> tuple[list[Candidate], int]:

@@ -30,6 +30,7 @@ COLUMN_RATIO = 2.5
 """A box at least this many times taller than wide is read as a column of characters."""
 MIN_CROP_PX = 8
 MIN_DIGIT_CONFIDENCE = 0.75
+MIN_UNBOXED_DIGIT_CONFIDENCE = 0.9
 """A re-read check digit below this is no reading: the recogniser says "1" at 0.5 for bare paint."""
 
 
@@ -154,8 +155,8 @@ def _pad(crop: Image, fraction: float = 0.25) -> Image:
 
 
 def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | None:
-    """The single digit painted inside a box just after the serial ``last`` ends, or None when there
-    is no box there or no clear digit in it. (An unboxed check digit is read with the serial.)"""
+    """The single digit painted inside a box just after the serial ``last`` ends (or, with no box
+    there, painted on its own just after it), or None when there is no clear digit."""
     pitch = last.length / max(1, last.chars)
     # From inside the last serial character (piece lengths are estimated from character counts)
     # to well past where the box usually sits; the box is then found by its outline.
@@ -173,10 +174,36 @@ def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | No
         return None
     inside = _inside_frame(crop, char_height=0.8 * last.thickness)
     if inside is None:
-        return None
+        return _unboxed_digit_after(engine, image, last)
     (read,) = engine.recognize([inside])
     text = "".join(char for char in read.text if char.isalnum())
     if len(text) != 1 or not text.isdigit() or read.confidence < MIN_DIGIT_CONFIDENCE:
+        return None
+    return Digit(text, read.confidence)
+
+
+def _unboxed_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | None:
+    """A check digit painted without a box, a little apart from the serial (the detector left it
+    out): the one character in the space of about two characters just after the serial. Only a
+    sure single digit counts; the check digit itself then tells whether the number fits."""
+    pitch = last.length / max(1, last.chars)
+    along_start = last.length / 2 + 0.15 * pitch
+    along_end = last.length / 2 + 2.4 * pitch
+    middle = (along_start + along_end) / 2
+    cx, cy = last.cx + last.ux * middle, last.cy + last.uy * middle
+    half_along = (along_end - along_start) / 2
+    half_across = 0.6 * last.thickness
+    axis = _upright_axis(last)
+    crop = (
+        _crop(image, cx, cy, axis, half_across, half_along)
+        if last.vertical
+        else _crop(image, cx, cy, axis, half_along, half_across)
+    )
+    if crop is None:
+        return None
+    (read,) = engine.recognize([_pad(crop)])
+    text = "".join(char for char in read.text if not char.isspace())
+    if len(text) != 1 or not text.isdigit() or read.confidence < MIN_UNBOXED_DIGIT_CONFIDENCE:
         return None
     return Digit(text, read.confidence)
 

@@ -186,3 +186,16 @@ def test_a_third_number_for_two_boxes_sends_the_truck_to_a_clerk() -> None:
     found = vote_containers(frames)
     assert len(found) == 2
     assert all(decide(candidate).container is None for candidate in found)
+
+
+def test_a_chain_never_jumps_over_text_in_its_way() -> None:
+    # A column read in pieces: OOLU, 6, 23233, 5. Leaving out the 6 would make OOLU + 23233 + 5
+    # + a check digit re-read below: another number, one in ten times with a fitting check digit.
+    column = [
+        TextBox.from_bbox("OOLU", 0.99, 350, 10, 410, 265),
+        TextBox.from_bbox("6", 0.99, 355, 268, 415, 300),
+        TextBox.from_bbox("23233", 0.99, 360, 304, 420, 630),
+        TextBox.from_bbox("5", 0.98, 365, 632, 425, 700),
+    ]
+    assert all(not partial.prefix.startswith("OOLU23233") for partial in partials(column))
+    assert all(candidate.number != "OOLU2323355" for candidate in assemble_all(column))
