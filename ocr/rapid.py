@@ -35,6 +35,7 @@ class RapidOcrEngine:
     """Reads text with RapidOCR; one instance per process (see ``ocr.engine.load_engine``)."""
 
     name = "rapidocr"
+    quick_look = True
 
     def __init__(self) -> None:
         try:

@@ -52,9 +52,11 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
     # A quick look first: it reads most numbers at about 70% of the full look's cost. Only a frame
     # where it found no number that fits is looked at again in full (small or faint text), so the
     # quick look never decides alone that there is nothing to read.
-    found, unsettled = _numbers(engine, frame, engine.read(frame, coarse=True))
-    if found and unsettled == 0 and all(_settled(candidate) for candidate in found):
-        return found
+    found: list[Candidate] = []
+    if engine.quick_look:
+        found, unsettled = _numbers(engine, frame, engine.read(frame, coarse=True))
+        if found and unsettled == 0 and all(_settled(candidate) for candidate in found):
+            return found
     # Anything left open (no number, one whose check digit does not fit or that is not sure, an
     # owner code and serial whose check digit could not be read: perhaps a second box on the
     # chassis) gets the full look, whose readings replace the quick look's in the same place.

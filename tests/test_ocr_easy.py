@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from ocr.assemble import read_container
+from ocr.assemble import decide, read_container
 from ocr.easy import WEIGHTS_MD5, EasyOcrEngine, default_model_dir
 from ocr.engine import TextBox
 from ocr.errors import EngineUnavailable, OcrError
+from ocr.reader import read_image
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 
@@ -77,6 +78,13 @@ def test_horizontal_number_is_read_exactly(engine: EasyOcrEngine) -> None:
     assert read.size_type == "22G1"
 
 
+def test_the_reader_and_its_crop_rereads_work_on_easyocr(engine: EasyOcrEngine) -> None:
+    frame = plate(["MSKU 413532 9", "22G1"])
+    assert decide(read_image(engine, frame)).container == "MSKU4135329"
+    (line,) = engine.recognize([frame[100:230, 120:1100]])
+    assert "MSKU" in line.text.replace(" ", "") and 0.0 <= line.confidence <= 1.0
+
+
 def test_blank_frame_gives_nothing(engine: EasyOcrEngine) -> None:
     blank = np.full((720, 1280, 3), 255, dtype=np.uint8)
     assert read_container(engine.read(blank)).container is None
@@ -116,7 +124,7 @@ def test_bench_ocr_reports_both_engines_side_by_side() -> None:
     pytest.importorskip("rapidocr")
     from gated.bench_ocr import bench_ocr
 
-    result = bench_ocr(quick=True, frames=6, easyocr_frames=2)
+    result = bench_ocr(quick=True, frames=6, easyocr_frames=2, visits=1, plates=2)
     assert result["bench"] == "ocr"
     assert result["frames"] == 6
     assert {"machine", "default_engine", "engines", "compared", "memory_method"} <= result.keys()
@@ -127,6 +135,9 @@ def test_bench_ocr_reports_both_engines_side_by_side() -> None:
     assert sum(rapid[key] for key in shares) == pytest.approx(1.0, abs=1e-3)
     assert 0 < rapid["median_seconds"] <= rapid["p95_seconds"]
     assert "peak_rss_growth_mb" in rapid
+    latency = result["visit_ready_after_last_frame"]
+    assert [row["workers"] for row in latency] == [1, 2] and all(row["median_seconds"] > 0 for row in latency)
+    assert result["plates"]["frames"] == 2
     easy = result["engines"]["easyocr"]
     if _easyocr_importable() is None:
         assert easy["status"] == "measured"
