@@ -59,6 +59,10 @@ class HoldListStatus:
 class PolicySettings:
     hold_list_max_age_seconds: float | None = None
     require_rfid: bool = False
+    preadvice_confirms_ocr_from: float | None = 0.5
+    """An OCR read short of its camera's threshold still counts as read when its check digit fits,
+    its confidence is at least this, and it is exactly a number the truck's tag was pre-advised to
+    carry: two independent sources agreeing on eleven characters. None: never."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +206,9 @@ def decide(
                 reasons.append(
                     Reason(CHECK_DIGIT_INVALID, f"{slot.number}: check digit does not fit (read as printed)")
                 )
-            elif slot.quality is not Quality.GOOD:
+            elif slot.quality is not Quality.GOOD and not _confirmed_by_preadvice(
+                slot, expected_containers, settings
+            ):
                 reasons.append(Reason(OCR_UNCERTAIN, f"{slot.number}: read with low confidence"))
             if expected_containers is not None and slot.number not in expected_containers:
                 expected = ", ".join(sorted(expected_containers)) or "no container"
@@ -216,7 +222,10 @@ def decide(
                 reasons.append(Reason(HOLD_ACTIVE, _hold_text(record)))
         outcome = _outcome(reasons, bool(matched), radiation_alarm)
         if outcome is Outcome.RELEASE:
-            reasons = [Reason(CLEAR, "number read, no active hold, radiation screening clear")]
+            read = "number read"
+            if slot.quality is not Quality.GOOD:
+                read = f"number read with low confidence ({slot.confidence}) and pre-advised for the tag"
+            reasons = [Reason(CLEAR, f"{read}, no active hold, radiation screening clear")]
         decisions.append(
             Decision(
                 lane=visit.lane,
@@ -230,6 +239,21 @@ def decide(
             )
         )
     return decisions
+
+
+def _confirmed_by_preadvice(
+    slot: ContainerSlot, expected: frozenset[str] | None, settings: PolicySettings
+) -> bool:
+    """True when the pre-advice vouches for an uncertain read (see ``PolicySettings``)."""
+    floor = settings.preadvice_confirms_ocr_from
+    return (
+        floor is not None
+        and expected is not None
+        and slot.number in expected
+        and slot.check_digit_valid
+        and slot.confidence is not None
+        and slot.confidence >= floor
+    )
 
 
 def _outcome(reasons: list[Reason], held: bool, radiation_alarm: bool) -> Outcome:

@@ -228,3 +228,53 @@ def test_a_licence_plate_neither_releases_nor_blocks() -> None:
     unread = truck(number=None).with_reading(reading(Source.LICENCE_PLATE, "KX482TB").in_visit("v1"))
     [decision] = decide(unread, {}, FRESH, SETTINGS, now=NOW)
     assert decision.outcome is Outcome.MANUAL_REVIEW and decision.container is None
+
+
+def _uncertain_truck(number: str, confidence: float) -> Visit:
+    return visit(
+        reading(Source.EPC, "e280aa"),
+        reading(Source.CONTAINER_NUMBER, number, Quality.UNCERTAIN, confidence=confidence),
+        reading(Source.PASSAGE_END, 1),
+        reading(Source.SCREENING, "clear"),
+    )
+
+
+def test_an_uncertain_read_the_pre_advice_names_counts_as_read() -> None:
+    [decision] = decide(
+        _uncertain_truck(CLEAN, 0.6), {}, FRESH, SETTINGS, now=NOW, expected_containers=frozenset({CLEAN})
+    )
+    assert decision.outcome is Outcome.RELEASE
+    assert "pre-advised" in decision.reasons[0].text
+
+
+def test_pre_advice_does_not_vouch_for_a_weak_read_another_number_or_a_held_box() -> None:
+    weak = decide(
+        _uncertain_truck(CLEAN, 0.3), {}, FRESH, SETTINGS, now=NOW, expected_containers=frozenset({CLEAN})
+    )
+    other = decide(
+        _uncertain_truck(CLEAN, 0.7), {}, FRESH, SETTINGS, now=NOW, expected_containers=frozenset({OTHER})
+    )
+    unadvised = decide(_uncertain_truck(CLEAN, 0.7), {}, FRESH, SETTINGS, now=NOW)
+    held = decide(
+        _uncertain_truck(CLEAN, 0.7),
+        {CLEAN: [HOLD]},
+        FRESH,
+        SETTINGS,
+        now=NOW,
+        expected_containers=frozenset({CLEAN}),
+    )
+    switched_off = decide(
+        _uncertain_truck(CLEAN, 0.7),
+        {},
+        FRESH,
+        PolicySettings(hold_list_max_age_seconds=3600, preadvice_confirms_ocr_from=None),
+        now=NOW,
+        expected_containers=frozenset({CLEAN}),
+    )
+    assert weak[0].outcome is Outcome.MANUAL_REVIEW and "OCR_UNCERTAIN" in codes(weak[0])
+    assert other[0].outcome is Outcome.MANUAL_REVIEW and {"OCR_UNCERTAIN", "EVIDENCE_MISMATCH"} <= codes(
+        other[0]
+    )
+    assert unadvised[0].outcome is Outcome.MANUAL_REVIEW
+    assert held[0].outcome is Outcome.HOLD
+    assert switched_off[0].outcome is Outcome.MANUAL_REVIEW
