@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 
 from ocr.assemble import DEFAULT_MIN_CONFIDENCE, decide
-from ocr.engine import ENGINES, OcrEngine, load_engine
+from ocr.engine import ENGINES, Image, OcrEngine, load_engine
 from ocr.errors import OcrError
 from ocr.plate import DEFAULT_MIN_CONFIDENCE as PLATE_MIN_CONFIDENCE
 from ocr.plate import read_plate
@@ -69,58 +70,52 @@ def image_files(arguments: list[str]) -> list[Path]:
 
 def read_file(engine: OcrEngine, path: Path, *, min_confidence: float) -> dict[str, Any]:
     """The CONTRACT object for one image; ``error`` is set when the file could not be read."""
-    started = time.perf_counter()
-    record: dict[str, Any] = {
-        "file": str(path),
-        "container": None,
-        "confidence": 0.0,
-        "size_type": None,
-        "engine": engine.name,
-    }
-    image = _load(path)
-    if isinstance(image, str):
-        record["error"] = image
-    else:
-        try:
-            result = decide(read_image(engine, image), min_confidence=min_confidence)
-        except OcrError as error:
-            record["error"] = str(error)
-        else:
-            record.update(
-                container=result.container,
-                confidence=result.confidence,
-                size_type=result.size_type,
-                raw=result.raw,
-                check_digit_valid=result.check_digit_valid,
-            )
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    return record
+
+    def number(image: Image) -> dict[str, Any]:
+        result = decide(read_image(engine, image), min_confidence=min_confidence)
+        return {
+            "container": result.container,
+            "confidence": result.confidence,
+            "size_type": result.size_type,
+            "raw": result.raw,
+            "check_digit_valid": result.check_digit_valid,
+        }
+
+    empty = {"container": None, "confidence": 0.0, "size_type": None}
+    return _record(engine, path, empty, number)
 
 
 def read_plate_file(engine: OcrEngine, path: Path, *, min_confidence: float) -> dict[str, Any]:
     """The ``--plates`` object for one image; ``error`` is set when the file could not be read."""
+
+    def plate(image: Image) -> dict[str, Any]:
+        result = read_plate(engine.read(image), min_confidence=min_confidence, frame_width=image.shape[1])
+        return {
+            "plate": result.plate,
+            "raw": result.raw,
+            "confidence": result.confidence,
+            "format": result.format,
+        }
+
+    empty = {"plate": None, "raw": None, "confidence": 0.0, "format": None}
+    return _record(engine, path, empty, plate)
+
+
+def _record(
+    engine: OcrEngine, path: Path, empty: dict[str, Any], read: Callable[[Image], dict[str, Any]]
+) -> dict[str, Any]:
+    """One image's object: ``empty``'s fields, filled by ``read`` unless the file or the engine
+    failed (then ``error`` says why), with the engine's name and the seconds it took."""
     started = time.perf_counter()
-    record: dict[str, Any] = {
-        "file": str(path),
-        "plate": None,
-        "raw": None,
-        "confidence": 0.0,
-        "format": None,
-        "engine": engine.name,
-    }
+    record: dict[str, Any] = {"file": str(path), **empty, "engine": engine.name}
     image = _load(path)
     if isinstance(image, str):
         record["error"] = image
     else:
         try:
-            boxes = engine.read(image)
-            result = read_plate(boxes, min_confidence=min_confidence, frame_width=image.shape[1])
+            record.update(read(image))
         except OcrError as error:
             record["error"] = str(error)
-        else:
-            record.update(
-                plate=result.plate, raw=result.raw, confidence=result.confidence, format=result.format
-            )
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
 
