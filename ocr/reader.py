@@ -9,7 +9,9 @@ so every path reads numbers the same way:
 3. when only owner code and serial were found (a boxed check digit missed or misread), the check
    digit is re-read from inside its box just after the serial;
 4. when that still gives no number whose check digit fits, tall boxes (a number painted down a
-   door post) are re-read as a line of characters and steps 2-3 run again on them.
+   door post) are re-read as a line of characters and steps 2-3 run again on them;
+5. and last, every box that could hold part of a number is re-cut and read again, and steps 2-3
+   run on those readings.
 
 The check digit is never chosen to make a number fit: it is read, and a read that does not fit is
 reported as not fitting."""
@@ -32,6 +34,8 @@ from ocr.engine import Image, OcrEngine, TextBox, check_image
 from ocr.reread import check_digit_after, reread_boxes, reread_columns
 
 MAX_PARTIALS = 3
+MAX_SECOND_LOOKS = 12
+"""Boxes re-read in the last step (one recogniser call each, on frames nothing else could read)."""
 """Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""
 
 
@@ -69,7 +73,23 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
         columns = reread_columns(engine, frame, boxes)
         if columns != boxes:
             found = marks([*found, *_numbers(engine, frame, columns)[0]])
+    if not any(candidate.check_digit_valid for candidate in found):
+        # Last, a second look at every box that could hold part of a number: re-cut with a wider
+        # margin and even contrast, a box often gives the letter the first cut lost (CAU -> CAIU).
+        # Its readings replace the first ones where both read.
+        again = reread_boxes(
+            engine, frame, [box for box in boxes if _could_be_number(box)][:MAX_SECOND_LOOKS]
+        )
+        if again:
+            second, _ = _numbers(engine, frame, [again.get(box, box) for box in boxes])
+            kept = [first for first in found if not any(same_place(first, other) for other in second)]
+            found = marks([*second, *kept])
     return found
+
+
+def _could_be_number(box: TextBox) -> bool:
+    characters = [char for char in box.text if char.isalnum()]
+    return 3 <= len(characters) <= 14 and sum(char.isdigit() for char in characters) <= 8
 
 
 def _settled(candidate: Candidate) -> bool:
