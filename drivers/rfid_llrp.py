@@ -58,7 +58,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from drivers.base import Driver
-from drivers.rfid_serial import RepeatFilter
+from drivers.serial_frames import RepeatFilter
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, Source

@@ -28,24 +28,16 @@ The driver opens its port with ``serial.serial_for_url``: a tty or pty path, ``s
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import serial
-
-from drivers.base import Driver
-from gated.clock import Clock
-from gated.errors import DeviceUnavailable, ProtocolError
+from drivers.serial_frames import SerialFrameDriver
+from gated.errors import ProtocolError
 from gated.model import Kind, Quality, Reading, Source
 
 MAX_LINE = 256
 """Longest line accepted, in bytes, terminator included."""
 
-READ_CHUNK = 4096
-"""Most bytes one step reads from the port."""
 
 EPC_MIN_DIGITS = 8
 EPC_MAX_DIGITS = 62
@@ -199,135 +191,21 @@ class FrameSplitter:
             out.append(line)
 
 
-class RepeatFilter:
-    """Lets an EPC through once, then holds it back while it is seen again within ``window`` s."""
-
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self._last_seen: dict[str, float] = {}
-
-    def admit(self, epc: str, now: float) -> bool:
-        stale = [key for key, seen in self._last_seen.items() if now - seen >= self.window]
-        for key in stale:
-            del self._last_seen[key]
-        fresh = epc not in self._last_seen
-        self._last_seen[epc] = now
-        return fresh
-
-
-class SerialRfidDriver(Driver):
+class SerialRfidDriver(SerialFrameDriver[TagRead]):
     """Reads tag frames from a serial RFID reader and reports each truck's EPC once."""
 
     kind = Kind.RFID
 
-    def __init__(
-        self,
-        lane: str,
-        device: str,
-        *,
-        url: str,
-        baudrate: int = 9600,
-        read_timeout: float = 0.2,
-        repeat_window: float = 5.0,
-        silence_timeout: float = 3.0,
-        clock: Clock | None = None,
-        **kwargs: float,
-    ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
-        if read_timeout <= 0:
-            raise ValueError(f"read_timeout {read_timeout} must be positive")
-        if repeat_window < 0:
-            raise ValueError(f"repeat_window {repeat_window} must not be negative")
-        if silence_timeout <= read_timeout:
-            raise ValueError(f"silence_timeout {silence_timeout} must be longer than read_timeout")
-        self.url = url
-        self.baudrate = baudrate
-        self.read_timeout = read_timeout
-        self.silence_timeout = silence_timeout
-        self._repeats = RepeatFilter(repeat_window)
-        self._port: serial.Serial | None = None
-        self._splitter = FrameSplitter()
-        self._queue: deque[Reading | ProtocolError] = deque()
-        self._failure: DeviceUnavailable | None = None
-        self._last_data = 0.0
+    def new_splitter(self) -> FrameSplitter:
+        return FrameSplitter()
 
-    def connect(self) -> None:
-        self.close()
-        try:
-            self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=self.read_timeout)
-        except (serial.SerialException, OSError, ValueError) as error:
-            raise DeviceUnavailable(f"cannot open {self.url}: {error}") from error
-        self._splitter = FrameSplitter()
-        self._failure = None
-        self._last_data = self.clock.monotonic()
+    def parse(self, frame: bytes) -> TagRead | None:
+        return parse_frame(frame)
 
-    def step(self) -> Sequence[Reading]:
-        """Readings queued from earlier reads first; a bad frame is raised in its place in order."""
-        if not self._queue:
-            if self._failure is not None:
-                failure, self._failure = self._failure, None
-                raise failure
-            self._fill()
-        readings: list[Reading] = []
-        while self._queue:
-            item = self._queue[0]
-            if isinstance(item, ProtocolError):
-                if readings:
-                    break
-                self._queue.popleft()
-                raise item
-            readings.append(item)
-            self._queue.popleft()
-        return readings
+    def repeat_key(self, read: TagRead) -> str:
+        return read.epc
 
-    def close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
-                port.close()
-
-    def _fill(self) -> None:
-        data = self._read()
-        now = self.clock.monotonic()
-        if not data:
-            if now - self._last_data > self.silence_timeout:
-                raise DeviceUnavailable(
-                    f"no data from {self.url} for {self.silence_timeout:g} s (not even heartbeats)"
-                )
-            return
-        self._last_data = now
-        for item in self._splitter.feed(data):
-            if isinstance(item, ProtocolError):
-                self._queue.append(item)
-                continue
-            try:
-                tag = parse_frame(item)
-            except ProtocolError as error:
-                self._queue.append(error)
-                continue
-            if tag is not None and self._repeats.admit(tag.epc, now):
-                self._queue.append(self._reading(tag))
-
-    def _read(self) -> bytes:
-        port = self._port
-        if port is None:
-            raise DeviceUnavailable(f"{self.url} is not open")
-        data = bytearray()
-        try:
-            data += port.read(1)
-            while data and len(data) < READ_CHUNK:
-                waiting = port.in_waiting
-                if not waiting:
-                    break
-                data += port.read(min(waiting, READ_CHUNK - len(data)))
-        except (serial.SerialException, OSError) as error:
-            lost = DeviceUnavailable(f"read from {self.url} failed: {error}")
-            if not data:
-                raise lost from error
-            self._failure = lost
-        return bytes(data)
-
-    def _reading(self, tag: TagRead) -> Reading:
+    def reading(self, tag: TagRead) -> Reading:
         return Reading(
             lane=self.lane,
             kind=Kind.RFID,

@@ -24,10 +24,10 @@ from drivers.credential_serial import (
     MAX_FRAME,
     CardRead,
     FrameSplitter,
-    RepeatFilter,
     SerialCredentialDriver,
     parse_frame,
 )
+from drivers.serial_frames import RepeatFilter
 from gated.clock import ManualClock
 from gated.credentials import (
     CANCELLED_LIST_MISSING,

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.rfid_serial import MAX_LINE, FrameSplitter, RepeatFilter, SerialRfidDriver, TagRead, parse_frame
+from drivers.rfid_serial import MAX_LINE, FrameSplitter, SerialRfidDriver, TagRead, parse_frame
+from drivers.serial_frames import RepeatFilter
 from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import DeviceState, Kind, Quality, Reading, Source
