@@ -6,10 +6,12 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
 
 1. A thread per view keeps the last few seconds of frames, at most ``sample_fps`` a second.
 2. When a visit opens on the lane with a tag read or the portal's occupancy, the daemon calls
-   ``visit_opened``. Once ``post_trigger`` seconds have passed, the driver takes every view's frames
-   from ``pre_trigger`` seconds before the trigger to ``post_trigger`` after it and hands the
-   sharpest ``frames_per_view`` of each view to the OCR pool (``ocr.pool``); its own thread never
-   waits on OCR.
+   ``visit_opened``. The driver hands the sharpest half of ``frames_per_view`` of each view's
+   frames from the ``pre_trigger`` seconds before the trigger to the OCR pool (``ocr.pool``) at
+   once; once ``post_trigger`` seconds have passed, the sharpest of the rest of the window (from
+   ``pre_trigger`` before the trigger to ``post_trigger`` after it) make up ``frames_per_view`` a
+   view. The early frames are read while the truck drives on, so the number is ready about one
+   frame's read after the window closes. Its own thread never waits on OCR.
 3. When every frame is read, the candidates are voted per container (``ocr.assemble.vote``: frames
    and views that agree raise the confidence, disagreement lowers it) and decided against
    ``min_confidence``. The crop the number was read from (when nothing was read: the sharpest frame)
@@ -72,9 +74,9 @@ from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
 from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote_containers
 from ocr.engine import Image, TextBox
-from ocr.frames import Frame, FrameSource, open_source, select_frames
+from ocr.frames import Frame, FrameSource, open_source, select_frames, sharpness
 from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, NO_PLATE, PlateFormat, PlateRead, vote_plates
-from ocr.pool import OcrPool
+from ocr.pool import OcrPool, settled_by
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ MIN_CROP_PAD_PX: Final = 12
 KEEP_SLACK_SECONDS: Final = 2.0
 """Frames are kept this much longer than the trigger window needs (the read starts a step late)."""
 MAX_QUEUED_ERRORS: Final = 1000
+DEFAULT_PRE_TRIGGER: Final = 1.0
+DEFAULT_POST_TRIGGER: Final = 1.5
+DEFAULT_FRAMES_PER_VIEW: Final = 2
 _READ_TIMEOUT = 0.5
 _LIVE_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps"})
 
@@ -112,9 +117,11 @@ class _Read(Generic[R]):
     frames: list[Frame]
     futures: list[Future[R]]
     resubmitted: set[int] = field(default_factory=set)
+    complete: bool = True
+    """False while the frames after the trigger are still to come (only the early ones are in)."""
 
     def done(self) -> bool:
-        return all(future.done() for future in self.futures)
+        return self.complete and all(future.done() for future in self.futures)
 
 
 class _View:
@@ -272,9 +279,9 @@ class FramesCameraDriver(Driver):
         pool: OcrPool,
         evidence: EvidenceStore,
         min_confidence: float = 0.8,
-        pre_trigger: float = 1.0,
-        post_trigger: float = 1.5,
-        frames_per_view: int = 2,
+        pre_trigger: float = DEFAULT_PRE_TRIGGER,
+        post_trigger: float = DEFAULT_POST_TRIGGER,
+        frames_per_view: int = DEFAULT_FRAMES_PER_VIEW,
         sample_fps: float = 5.0,
         silence_timeout: float = 5.0,
         plate_views: Sequence[str] = (),
@@ -310,13 +317,15 @@ class FramesCameraDriver(Driver):
         # Figures for logs, tests and benchmarks.
         self.reads = 0
         self.frames_read = 0
+        self.frames_read_early = 0
+        """Frames handed to the pool at the trigger, before the window closed."""
         self.ocr_failures = 0
         self.plate_reads = 0
         self.plate_frames_read = 0
         self.last_read_seconds: float | None = None
         """Seconds from the last read's trigger to its readings."""
         self._triggers: queue.SimpleQueue[Trigger] = queue.SimpleQueue()
-        self._waiting: list[Trigger] = []
+        self._waiting: list[_Read[list[Candidate]]] = []
         self._reads: list[_Read[list[Candidate]]] = []
         self._plate_reads: list[_Read[PlateRead]] = []
         self._errors: deque[ProtocolError] = deque(maxlen=MAX_QUEUED_ERRORS)
@@ -389,7 +398,7 @@ class FramesCameraDriver(Driver):
         """Sleep until something happens, the next read is due, or one poll interval passed."""
         timeout = 0.0 if self._errors else self.poll_interval
         if self._waiting:
-            due = min(trigger.ts for trigger in self._waiting) + self.post_trigger
+            due = min(read.trigger.ts for read in self._waiting) + self.post_trigger
             timeout = min(timeout, max(0.0, due - time.time()))
         self._wake.wait(timeout)
         self._wake.clear()
@@ -397,33 +406,65 @@ class FramesCameraDriver(Driver):
     def _start_due(self) -> None:
         while True:
             try:
-                self._waiting.append(self._triggers.get_nowait())
+                trigger = self._triggers.get_nowait()
             except queue.Empty:
                 break
+            # The frames from before the trigger are here already: the sharpest of them are read
+            # while the truck drives on, so once the window has passed only the frames taken after
+            # the trigger are left to read, and the number is ready that much sooner.
+            early = self._choose(
+                self._open_views, trigger, trigger.ts, self.frames_per_view // 2 * len(self._open_views)
+            )
+            read = _Read(trigger, early, [self._submit(frame.image) for frame in early], complete=False)
+            self._waiting.append(read)
+            self._reads.append(read)
+            self.frames_read_early += len(early)
         now = time.time()
-        for trigger in [t for t in self._waiting if now >= t.ts + self.post_trigger]:
-            self._waiting.remove(trigger)
-            chosen = self._choose(self._open_views, trigger)
-            self._reads.append(_Read(trigger, chosen, [self._submit(frame.image) for frame in chosen]))
+        for read in [read for read in self._waiting if now >= read.trigger.ts + self.post_trigger]:
+            self._waiting.remove(read)
+            trigger = read.trigger
+            wanted = self.frames_per_view * len(self._open_views) - len(read.frames)
+            rest = self._choose(
+                self._open_views, trigger, trigger.ts + self.post_trigger, wanted, besides=read.frames
+            )
+            # When an early frame has already settled the number, the rest only confirm or
+            # contradict it: the quick look does that, and the number is out a full look sooner.
+            quick_only = any(settled_by(future) for future in read.futures)
+            read.frames.extend(rest)
+            read.futures.extend(self._submit(frame.image, quick_only=quick_only) for frame in rest)
+            read.complete = True
             if self._open_plate_views:
                 # Submitted after the container frames: the pool reads in order, the number first.
-                plates = self._choose(self._open_plate_views, trigger)
+                plates = self._choose(
+                    self._open_plate_views,
+                    trigger,
+                    trigger.ts + self.post_trigger,
+                    self.frames_per_view * len(self._open_plate_views),
+                )
                 futures = [self._submit_plate(frame.image) for frame in plates]
                 self._plate_reads.append(_Read(trigger, plates, futures))
 
-    def _choose(self, views: Sequence[_View], trigger: Trigger) -> list[Frame]:
-        """The sharpest ``frames_per_view`` frames a view, of ``views``' frames around ``trigger``."""
-        start, end = trigger.ts - self.pre_trigger, trigger.ts + self.post_trigger
-        frames = [frame for view in views for frame in view.frames_between(start, end)]
-        return select_frames(
-            frames,
-            trigger.ts,
-            max(self.pre_trigger, self.post_trigger),
-            self.frames_per_view * len(views),
-        )
+    def _choose(
+        self,
+        views: Sequence[_View],
+        trigger: Trigger,
+        until: float,
+        count: int,
+        besides: Sequence[Frame] = (),
+    ) -> list[Frame]:
+        """The sharpest ``count`` frames, shared fairly between ``views``, taken from ``pre_trigger``
+        seconds before ``trigger`` until ``until``, other than the frames ``besides``."""
+        if count <= 0:
+            return []
+        start = trigger.ts - self.pre_trigger
+        taken = {id(frame) for frame in besides}
+        frames = [
+            frame for view in views for frame in view.frames_between(start, until) if id(frame) not in taken
+        ]
+        return select_frames(frames, trigger.ts, max(self.pre_trigger, self.post_trigger), count)
 
-    def _submit(self, image: Image) -> Future[list[Candidate]]:
-        return self._guarded(lambda: self.pool.submit(image))
+    def _submit(self, image: Image, *, quick_only: bool = False) -> Future[list[Candidate]]:
+        return self._guarded(lambda: self.pool.submit(image, quick_only=quick_only))
 
     def _submit_plate(self, image: Image) -> Future[PlateRead]:
         return self._guarded(
@@ -559,7 +600,7 @@ def _evidence_frame(
     frames: Sequence[Frame], per_frame: Sequence[Sequence[Candidate]], voted: Candidate
 ) -> tuple[Frame | None, tuple[TextBox, ...]]:
     """The frame that read the voted number most confidently, with the boxes it read it from; when
-    nothing was read, the sharpest frame (``select_frames`` puts it first) and no boxes."""
+    nothing was read, the sharpest frame and no boxes."""
     best: tuple[float, Frame, tuple[TextBox, ...]] | None = None
     for frame, found in zip(frames, per_frame, strict=True):
         for candidate in found:
@@ -568,7 +609,7 @@ def _evidence_frame(
                 best = (candidate.confidence, frame, candidate.boxes)
     if best is not None:
         return best[1], best[2]
-    return (frames[0] if frames else None), ()
+    return (max(frames, key=lambda frame: sharpness(frame.image)) if frames else None), ()
 
 
 def _reported_plate(reads: Sequence[PlateRead], voted: PlateRead) -> PlateRead:

@@ -160,10 +160,13 @@ def _summary(frames: list[_Frame], outcomes: list[_Outcome]) -> dict[str, Any]:
 
 
 def _visit_latency(frames: list[_Frame], *, workers: int, per_visit: int, visits: int) -> dict[str, Any]:
-    """Seconds from a visit's last frame to its voted number, through the OCR process pool the
-    frames camera driver uses: the driver hands a visit's chosen frames over together once its
-    window has passed, so the clock starts when they are submitted."""
-    from ocr.pool import OcrPool
+    """Seconds from a visit's last frame to its voted number, through the OCR process pool on the
+    frames camera driver's schedule: the sharpest half of the frames from before the trigger go to
+    the pool at the trigger, the rest once the window after it has passed (``post_trigger``), with
+    the quick look only when an early frame settled the number; the clock starts then, when the
+    last frame has been taken."""
+    from drivers.ocr_frames import DEFAULT_POST_TRIGGER
+    from ocr.pool import OcrPool, settled_by
 
     pool = OcrPool("rapidocr", workers=workers)
     try:
@@ -172,8 +175,12 @@ def _visit_latency(frames: list[_Frame], *, workers: int, per_visit: int, visits
         seconds: list[float] = []
         for visit in range(visits):
             chosen = images[visit * per_visit : (visit + 1) * per_visit]
+            early = per_visit // 2
+            futures = [pool.submit(image) for image in chosen[:early]]
+            time.sleep(DEFAULT_POST_TRIGGER)
             start = time.perf_counter()
-            futures = [pool.submit(image) for image in chosen]
+            quick_only = any(settled_by(future) for future in futures)
+            futures.extend(pool.submit(image, quick_only=quick_only) for image in chosen[early:])
             decide((vote_containers([future.result(timeout=120) for future in futures]) or [NOTHING])[0])
             seconds.append(time.perf_counter() - start)
     finally:
@@ -273,14 +280,16 @@ def bench_ocr(
         )
     if "rapidocr" in engines and "rapidocr" in per_engine:
         _progress("visit latency through the OCR process pool")
-        visit_count = visits if visits is not None else 4 if quick else 10
-        pools = ((1, 2), (2, 2)) if quick else ((1, 2), (1, 3), (2, 2), (2, 3))
+        visit_count = visits if visits is not None else 4 if quick else 20
+        pools = ((1, 2), (2, 2)) if quick else ((1, 2), (1, 3), (2, 2))
         with tempfile.TemporaryDirectory(prefix="gated-bench-ocr-") as folder:
             latency_frames = generate_frames(Path(folder), 3 * visit_count, seed + 1)
             result["visit_ready_after_last_frame"] = [
                 _visit_latency(latency_frames, workers=workers, per_visit=per_visit, visits=visit_count)
                 for workers, per_visit in pools
             ]
+        default_pool = result["visit_ready_after_last_frame"][0]
+        result["goal_visit_ready_at_most_1s_with_default_pool"] = default_pool["max_seconds"] <= 1.0
         _progress("licence plates (rendered truck fronts, RapidOCR)")
         from simulators.plate_frames import measure_plates
 

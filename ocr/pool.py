@@ -39,7 +39,7 @@ from ocr.assemble import Candidate
 from ocr.engine import Image, OcrEngine, load_engine
 from ocr.errors import OcrError
 from ocr.plate import PlateFormat, PlateRead, read_plate
-from ocr.reader import read_all, read_image
+from ocr.reader import read_all, read_image, settled
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ T = TypeVar("T")
 # Set in each worker by ``_load``: the engine, or why it could not be loaded.
 _engine: OcrEngine | None = None
 _load_error: OcrError | None = None
+
+
+def settled_by(future: Future[list[Candidate]]) -> bool:
+    """True when ``future`` is a frame already read that settled every number it found."""
+    return (
+        future.done() and not future.cancelled() and future.exception() is None and settled(future.result())
+    )
 
 
 def _load(name: str) -> None:
@@ -74,9 +81,9 @@ def _loaded() -> OcrEngine:
     return _engine
 
 
-def _read(image: Image) -> list[Candidate]:
+def _read(image: Image, quick_only: bool) -> list[Candidate]:
     """Worker task: one frame in, every container number in it out (two boxes on one chassis)."""
-    return read_all(_loaded(), image)
+    return read_all(_loaded(), image, quick_only=quick_only)
 
 
 def _read_plate(image: Image, formats: Sequence[PlateFormat], min_confidence: float) -> PlateRead:
@@ -133,10 +140,11 @@ class OcrPool:
         future.add_done_callback(report)
         return future
 
-    def submit(self, image: Image) -> Future[list[Candidate]]:
-        """Read one BGR frame in a worker. Never blocks on OCR; the future raises ``OcrError`` when
-        the engine failed, ``BrokenProcessPool`` when the worker died while reading."""
-        return self._submit(_read, image)
+    def submit(self, image: Image, *, quick_only: bool = False) -> Future[list[Candidate]]:
+        """Read one BGR frame in a worker (``quick_only``: see ``ocr.reader.read_all``). Never
+        blocks on OCR; the future raises ``OcrError`` when the engine failed, ``BrokenProcessPool``
+        when the worker died while reading."""
+        return self._submit(_read, image, quick_only)
 
     def submit_plate(
         self, image: Image, *, formats: Sequence[PlateFormat], min_confidence: float

@@ -47,9 +47,12 @@ def read_image(engine: OcrEngine, image: Image) -> Candidate:
     return combine(read_all(engine, image))
 
 
-def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
+def read_all(engine: OcrEngine, image: Image, *, quick_only: bool = False) -> list[Candidate]:
     """Every container number in ``image``, in reading order (two 20 ft boxes on one chassis give
     two); an empty list when there is none.
+
+    With ``quick_only`` (another frame of the same truck has already settled its number, and this
+    one only confirms or contradicts it) the frame gets the quick look alone, whatever it finds.
 
     Raises ``OcrError`` when the image is not a BGR frame or the engine fails."""
     frame = check_image(image)
@@ -59,7 +62,7 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
     found: list[Candidate] = []
     if engine.quick_look:
         found, unsettled = _numbers(engine, frame, engine.read(frame, coarse=True))
-        if found and unsettled == 0 and all(_settled(candidate) for candidate in found):
+        if quick_only or (found and unsettled == 0 and all(_settled(candidate) for candidate in found)):
             return found
     # Anything left open (no number, one whose check digit does not fit or that is not sure, an
     # owner code and serial whose check digit could not be read: perhaps a second box on the
@@ -90,6 +93,11 @@ def read_all(engine: OcrEngine, image: Image) -> list[Candidate]:
 def _could_be_number(box: TextBox) -> bool:
     characters = [char for char in box.text if char.isalnum()]
     return 3 <= len(characters) <= 14 and sum(char.isdigit() for char in characters) <= 8
+
+
+def settled(found: list[Candidate]) -> bool:
+    """True when ``found`` (one frame's read) holds numbers and every one is settled."""
+    return bool(found) and all(_settled(candidate) for candidate in found)
 
 
 def _settled(candidate: Candidate) -> bool:

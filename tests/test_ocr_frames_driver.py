@@ -119,6 +119,14 @@ def make_driver(camera: MjpegCameraSimulator, pool: OcrPool, evidence: EvidenceS
     )
 
 
+def poll(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for a state of the driver that no sink event announces."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def truck(number: str) -> FrameSpec:
     return FrameSpec(container_numbers=(number,), char_height_px=46.0, view_angle_deg=5.0, texture_seed=3)
 
@@ -157,6 +165,31 @@ def test_reads_the_painted_number_with_its_crop_stored_first(
     assert all(sink.evidence_stored_first)
     assert driver.frames_read == 2 and driver.last_read_seconds is not None
     print(f"trigger to reading: {driver.last_read_seconds:.2f} s ({elapsed:.2f} s with rendering)")
+
+
+def test_frames_from_before_the_trigger_are_read_while_the_window_is_still_open(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    driver.post_trigger = 4.0
+    with running(driver, sink):
+        camera.show(truck(VALID))
+        time.sleep(0.6)  # frames of the truck from before the trigger
+        triggered = time.time()
+        driver.trigger(Trigger("visit-early", triggered))
+        poll(lambda: driver.frames_read_early == 1)
+        [read] = driver._reads
+        poll(lambda: read.futures[0].done())
+        early_done = time.time()
+        [candidate] = read.futures[0].result()
+        sink.wait(lambda: bool(sink.numbers_of("visit-early")), timeout=30)
+    # The early frame was read before the window closed; the second frame came after it.
+    assert early_done < triggered + driver.post_trigger and candidate.number == VALID
+    assert len(read.frames) == 2 and read.frames[1].ts > read.frames[0].ts
+    assert read.frames[0].ts <= triggered
+    assert [r.value for r in sink.numbers_of("visit-early")] == [VALID]
 
 
 def test_two_boxes_on_one_chassis_give_two_numbers_each_with_its_crop(

@@ -199,3 +199,33 @@ def test_a_chain_never_jumps_over_text_in_its_way() -> None:
     ]
     assert all(not partial.prefix.startswith("OOLU23233") for partial in partials(column))
     assert all(candidate.number != "OOLU2323355" for candidate in assemble_all(column))
+
+
+class _CountingEngine:
+    """The real engine, counting its full-frame looks."""
+
+    def __init__(self, engine: OcrEngine) -> None:
+        self.engine = engine
+        self.quick_look = engine.quick_look
+        self.looks: list[bool] = []
+
+    def read(self, image: np.ndarray, *, coarse: bool = False) -> list[TextBox]:
+        self.looks.append(coarse)
+        return self.engine.read(image, coarse=coarse)
+
+    def recognize(self, crops: list[np.ndarray]) -> list[object]:
+        return list(self.engine.recognize(crops))
+
+
+def test_a_frame_that_only_confirms_gets_the_quick_look_alone(engine: OcrEngine) -> None:
+    # A check digit that does not fit leaves the frame unsettled: in full it is looked at again.
+    frame, _ = _door("TGHU 581511 4", None)
+    counting = _CountingEngine(engine)
+    in_full = read_all(counting, frame)  # type: ignore[arg-type]
+    assert counting.looks[0] is True and False in counting.looks
+    counting.looks.clear()
+    quick = read_all(counting, frame, quick_only=True)  # type: ignore[arg-type]
+    assert counting.looks == [True]
+    # What the quick look read is still reported, not dropped: it contradicts the settled frame.
+    assert [c.number for c in quick] == [c.number for c in in_full] == ["TGHU5815114"]
+    assert not quick[0].check_digit_valid
