@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,8 @@ LOOK_ALIKES: dict[str, str] = {
 }
 """What a character read where the other class belongs may really be: only used to ask whether the
 check digit can tell the swap apart from a misread, never to choose a character."""
+STRAY_STROKES = frozenset("1IL")
+"""Characters a vertical stroke just before an owner code is read as."""
 LIGHT_SWAP_PENALTY = 0.97
 LIGHT_SWAPS = frozenset({("0", "O")})
 """Swaps that cost less: a zero in the owner code is almost always an O (OOLU, ONEU), painted in
@@ -142,6 +145,22 @@ class _Piece:
         )
 
 
+_BAR_BETWEEN_LETTERS = re.compile(r"(?<=[A-Za-z])\|(?=[A-Za-z])")
+
+
+def _latin(text: str) -> str:
+    """``text`` with accented Latin letters as their base letter (the recogniser reads a dirty C as
+    Ç) and a bar between two letters as the I it is in a sans-serif owner code (CA|U is CAIU; a
+    bar elsewhere stays a separator). Nothing else changes, so positions in the text still hold."""
+    plain = "".join(
+        base[0]
+        if (base := unicodedata.normalize("NFKD", char)) and base[0].isascii() and base[0].isalpha()
+        else char
+        for char in text
+    )
+    return _BAR_BETWEEN_LETTERS.sub("I", plain)
+
+
 def _clean(text: str) -> str | None:
     """The token's characters without separators and frame marks; None if anything else is left.
 
@@ -153,6 +172,20 @@ def _clean(text: str) -> str | None:
     if not cleaned or not cleaned.isascii() or not cleaned.isalnum():
         return None
     return cleaned
+
+
+def _has_stray_stroke(text: str) -> bool:
+    """True when ``text`` is an owner code with a stroke read before it ("1OOLU", "IMSKU4135329"):
+    a door's edge, a hinge or a streak of dirt just left of the first letter. An owner code is four
+    letters ending in its category letter, so a fifth letter-like character in front of one can
+    only be such a stroke; the check digit still has to fit the number without it."""
+    return (
+        len(text) >= OWNER_LENGTH + 1
+        and text[0] in STRAY_STROKES
+        and text[1 : OWNER_LENGTH + 1].isalpha()
+        and text[OWNER_LENGTH] in CATEGORIES
+        and (len(text) == OWNER_LENGTH + 1 or not text[OWNER_LENGTH + 1].isalpha())
+    )
 
 
 def _distance(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -167,7 +200,7 @@ def _pieces(boxes: Iterable[TextBox]) -> list[_Piece]:
         down = (_distance(p0, p3) + _distance(p1, p2)) / 2
         if across < 1e-6 or down < 1e-6:
             continue
-        stripped = box.text.strip()
+        stripped = _latin(box.text.strip())
         if not stripped:
             continue
         vertical = len(stripped) > 1 and down > 1.5 * across
@@ -195,12 +228,15 @@ def _pieces(boxes: Iterable[TextBox]) -> list[_Piece]:
             token = match.group()
             start = match.start() + len(token) - len(_FOREIGN_START.sub("", token))
             end = match.end() - (len(token) - len(_FOREIGN_END.sub("", token)))
+            confidence = box.confidence
+            if _has_stray_stroke(cleaned):
+                cleaned, start, confidence = cleaned[1:], start + 1, confidence * SWAP_PENALTY
             middle = (start + end) / 2 / total - 0.5
             pieces.append(
                 _Piece(
                     index=len(pieces),
                     text=cleaned,
-                    confidence=box.confidence,
+                    confidence=confidence,
                     box=box,
                     cx=cx + ux * middle * length,
                     cy=cy + uy * middle * length,

@@ -31,7 +31,7 @@ from ocr.assemble import (
     size_type_in,
 )
 from ocr.engine import Image, OcrEngine, TextBox, check_image
-from ocr.reread import check_digit_after, reread_boxes, reread_columns
+from ocr.reread import check_digit_after, equalized, reread_boxes, reread_columns
 
 MAX_PARTIALS = 3
 MAX_SECOND_LOOKS = 12
@@ -70,6 +70,14 @@ def read_all(engine: OcrEngine, image: Image, *, quick_only: bool = False) -> li
     boxes = engine.read(frame)
     more, _ = _numbers(engine, frame, boxes)
     found = marks([*more, *(quick for quick in found if not any(same_place(quick, full) for full in more))])
+    if not found and not partials(boxes):
+        # Nothing like a number at all: paint faint at night or under dirt is often found once the
+        # frame's contrast is evened out locally (CLAHE); the rest of the reading runs on that frame.
+        even = equalized(frame)
+        even_boxes = engine.read(even)
+        even_found, _ = _numbers(engine, even, even_boxes)
+        if even_found or partials(even_boxes):
+            frame, boxes, found = even, even_boxes, even_found
     if not any(candidate.check_digit_valid for candidate in found):
         # Only now look again at tall boxes: the recogniser reads most columns well on its own,
         # and a second look at one that it read right can only add a rival reading.

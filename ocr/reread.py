@@ -30,6 +30,8 @@ COLUMN_RATIO = 2.5
 """A box at least this many times taller than wide is read as a column of characters."""
 MIN_CROP_PX = 8
 MIN_DIGIT_CONFIDENCE = 0.75
+RIVAL_READ_CONFIDENCE = 0.3
+"""A read of a box's inside at least this sure counts as a rival when it differs from the other."""
 MIN_UNBOXED_DIGIT_CONFIDENCE = 0.9
 """A re-read check digit below this is no reading: the recogniser says "1" at 0.5 for bare paint."""
 
@@ -99,9 +101,9 @@ def _inside_frame(crop: Image, char_height: float) -> Image | None:
     edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 40, 120)
     edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    best: tuple[float, int, int, int, int] | None = None
+    best: tuple[float, int, int, npt.NDArray[Any]] | None = None
     for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
+        _, _, w, h = cv2.boundingRect(contour)
         if not (0.7 * char_height <= h <= 2.2 * char_height and 0.45 * h <= w <= 1.3 * h):
             continue
         hull = cv2.convexHull(contour)
@@ -113,12 +115,23 @@ def _inside_frame(crop: Image, char_height: float) -> Image | None:
         if len(approx) != 4 or fill < 0.88 or not _sides_drawn(edges, approx.reshape(4, 2)):
             continue
         if best is None or fill * w * h > best[0]:
-            best = (fill * w * h, x, y, w, h)
+            best = (fill * w * h, w, h, approx.reshape(4, 2))
     if best is None:
         return None
-    _, x, y, w, h = best
+    _, w, h, corners = best
+    # The box seen at an angle is a sheared quadrilateral, and so is the digit in it: warped back to
+    # a rectangle, the digit stands upright again (a sheared 0 is read at 0.65, upright at 0.8).
+    upright = cv2.warpPerspective(
+        crop,
+        cv2.getPerspectiveTransform(
+            _clockwise_from_top_left(corners), np.array([(0, 0), (w, 0), (w, h), (0, h)], dtype=np.float32)
+        ),
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     inset_x, inset_y = max(2, round(0.18 * w)), max(2, round(0.14 * h))
-    inside = crop[y + inset_y : y + h - inset_y, x + inset_x : x + w - inset_x]
+    inside = upright[inset_y : h - inset_y, inset_x : w - inset_x]
     if inside.shape[0] < MIN_CROP_PX // 2 or inside.shape[1] < MIN_CROP_PX // 2:
         return None
     edge = np.concatenate([inside[0], inside[-1], inside[:, 0], inside[:, -1]])
@@ -126,6 +139,22 @@ def _inside_frame(crop: Image, char_height: float) -> Image | None:
     pad = max(4, round(0.3 * inside.shape[0]))
     framed = cv2.copyMakeBorder(inside, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
     return np.ascontiguousarray(framed, dtype=np.uint8)
+
+
+def _clockwise_from_top_left(corners: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """The four ``corners`` of a quadrilateral ordered top left, top right, bottom right, bottom left."""
+    points = corners.astype(np.float32)
+    total = points.sum(axis=1)
+    difference = np.diff(points, axis=1).ravel()
+    return np.array(
+        [
+            points[np.argmin(total)],
+            points[np.argmin(difference)],
+            points[np.argmax(total)],
+            points[np.argmax(difference)],
+        ],
+        dtype=np.float32,
+    )
 
 
 def _sides_drawn(
@@ -175,11 +204,22 @@ def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | No
     inside = _inside_frame(crop, char_height=0.8 * last.thickness)
     if inside is None:
         return _unboxed_digit_after(engine, image, last)
-    (read,) = engine.recognize([inside])
-    text = "".join(char for char in read.text if char.isalnum())
-    if len(text) != 1 or not text.isdigit() or read.confidence < MIN_DIGIT_CONFIDENCE:
+    # Read in colour and in even grey: paint on a coloured door often reads surer without its hue.
+    # Both must agree on the digit (or one read nothing at all) for either read to count.
+    grey = cv2.cvtColor(cv2.cvtColor(inside, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    reads = engine.recognize([inside, np.ascontiguousarray(grey, dtype=np.uint8)])
+    digits = {
+        (text, read.confidence)
+        for read in reads
+        if (text := "".join(char for char in read.text if char.isalnum()))
+        and read.confidence >= RIVAL_READ_CONFIDENCE
+    }
+    if len({text for text, _ in digits}) != 1:
         return None
-    return Digit(text, read.confidence)
+    text, confidence = max(digits, key=lambda item: item[1])
+    if len(text) != 1 or not text.isdigit() or confidence < MIN_DIGIT_CONFIDENCE:
+        return None
+    return Digit(text, confidence)
 
 
 def _unboxed_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | None:
@@ -299,10 +339,15 @@ def _second_look(image: Image, box: TextBox) -> Image | None:
     crop = _crop(image, cx, cy, (ux / norm, uy / norm), 0.5 * across + 0.2 * down, 0.65 * down)
     if crop is None:
         return None
-    lab = cv2.cvtColor(crop, cv2.COLOR_BGR2LAB)
-    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+    return equalized(crop, tiles=4)
+
+
+def equalized(image: Image, tiles: int = 8) -> Image:
+    """``image`` with its lightness evened out in ``tiles`` x ``tiles`` regions (CLAHE), hue kept."""
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(tiles, tiles))
     lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
-    return np.asarray(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), dtype=np.uint8)
+    return np.ascontiguousarray(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), dtype=np.uint8)
 
 
 def reread_boxes(engine: OcrEngine, image: Image, boxes: Sequence[TextBox]) -> dict[TextBox, TextBox]:

@@ -229,3 +229,30 @@ def test_a_frame_that_only_confirms_gets_the_quick_look_alone(engine: OcrEngine)
     # What the quick look read is still reported, not dropped: it contradicts the settled frame.
     assert [c.number for c in quick] == [c.number for c in in_full] == ["TGHU5815114"]
     assert not quick[0].check_digit_valid
+
+
+def test_a_box_seen_at_an_angle_is_read_upright(engine: OcrEngine) -> None:
+    frame, serial = _door("TGHU 581511", "0")
+    # Shear the door as a camera looking along it does: verticals lean, the box is a parallelogram.
+    shear = np.array([[1.0, -0.3, 0.3 * 360], [0.0, 1.0, 0.0]], dtype=np.float32)
+    sheared = cv2.warpAffine(frame, shear, (frame.shape[1], frame.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+    quad = tuple((float(shear[0, 0] * x + shear[0, 1] * y + shear[0, 2]), float(y)) for x, y in serial.quad)
+    (partial,) = partials([TextBox(serial.text, serial.confidence, quad)])  # type: ignore[arg-type]
+    digit = check_digit_after(engine, np.ascontiguousarray(sheared), partial.last)
+    assert digit is not None and digit.digit == "0"
+
+
+def test_accents_and_a_bar_between_letters_are_what_an_owner_code_shows() -> None:
+    assert assemble([_box("BIÇU 0444593")]).number == "BICU0444593"
+    assert assemble([_box("CA|U 811431 [5]")]).number == "CAIU8114315"
+    # A bar beside a digit stays a separator, never a 1 or an I.
+    assert assemble([_box("CSQU|305438|3")]).number == "CSQU3054383"
+
+
+def test_a_stroke_before_the_owner_code_is_left_out_at_a_cost() -> None:
+    clean = assemble([_box("OOLU 8624377")])
+    stroked = assemble([_box("1OOLU 8624377")])
+    assert stroked.number == clean.number == "OOLU8624377" and stroked.check_digit_valid
+    assert stroked.confidence < clean.confidence
+    # Only in front of four letters ending in a category letter: a fifth letter is no stroke.
+    assert assemble([_box("LOOLUX 8624377")]).number is None
