@@ -363,9 +363,10 @@ def _paths(pieces: Sequence[_Piece], length_wanted: int = NUMBER_LENGTH) -> list
     return found
 
 
-def _confidence(path: Sequence[_Piece], swapped: str) -> float:
+def _confidence(path: Sequence[_Piece], swapped: str, *, vouch: bool = True) -> float:
     """Per-character geometric mean of the engine's confidences, lowered for each swap that turned
-    the text as read into ``swapped``."""
+    the text as read into ``swapped`` (and, with ``vouch``, for swaps the check digit cannot vouch
+    for)."""
     total = sum(len(piece.text) for piece in path)
     logs = sum(len(piece.text) * math.log(max(piece.confidence, 1e-9)) for piece in path)
     read = "".join(piece.text for piece in path)
@@ -374,7 +375,7 @@ def _confidence(path: Sequence[_Piece], swapped: str) -> float:
         for was, now in zip(read, swapped, strict=True)
         if was != now
     )
-    if len(swapped) == NUMBER_LENGTH and not _swaps_vouched_for(read, swapped):
+    if vouch and len(swapped) == NUMBER_LENGTH and not _swaps_vouched_for(read, swapped):
         penalty *= UNVOUCHED_SWAP_PENALTY
     return math.exp(logs / total) * penalty
 
@@ -529,33 +530,58 @@ class Span:
 class Partial:
     """Owner code and serial (ten characters, after class swaps) read without their check digit.
 
-    ``last`` is the piece that ends the serial: the check digit is painted just after it."""
+    ``last`` is the piece that ends the serial: the check digit is painted just after it.
+    ``letter_read`` is set when a letter was read where the check digit is painted (a boxed 3 read
+    as B with its frame): that letter is no reading of a digit, the box is to be read again."""
 
     prefix: str
     swaps: int
     confidence: float
     last: Span
     boxes: tuple[TextBox, ...]
+    letter_read: bool = False
 
 
 def partials(boxes: Iterable[TextBox]) -> list[Partial]:
-    """Every owner code + serial in the boxes that no check digit follows, most confident first."""
+    """Every owner code + serial in the boxes that no check digit follows, most confident first;
+    and every one followed by a letter where the check digit should be, without that letter."""
     pieces = _pieces(boxes)
     found: dict[str, Partial] = {}
-    for path in _paths(pieces, NUMBER_LENGTH - 1):
-        swapped = _by_class("".join(piece.text for piece in path))
+    with_letter = [path for path in _paths(pieces) if path[-1].text[-1].isalpha() and len(path[-1].text) > 1]
+    for path, letter_read in [
+        *((path, False) for path in _paths(pieces, NUMBER_LENGTH - 1)),
+        *((path, True) for path in with_letter),
+    ]:
+        read = "".join(piece.text for piece in path)
+        swapped = _by_class(read[: NUMBER_LENGTH - 1])
         if swapped is None:
             continue
         prefix, swaps = swapped
         last = path[-1]
+        span = Span(
+            last.cx, last.cy, last.ux, last.uy, last.length, last.thickness, len(last.text), last.vertical
+        )
+        if letter_read:
+            # The serial ends one character before the piece does.
+            pitch = last.length / len(last.text)
+            span = Span(
+                last.cx - last.ux * pitch / 2,
+                last.cy - last.uy * pitch / 2,
+                last.ux,
+                last.uy,
+                last.length - pitch,
+                last.thickness,
+                len(last.text) - 1,
+                last.vertical,
+            )
         partial = Partial(
             prefix=prefix,
             swaps=swaps,
-            confidence=_confidence(path, prefix),
-            last=Span(
-                last.cx, last.cy, last.ux, last.uy, last.length, last.thickness, len(last.text), last.vertical
-            ),
+            # The letter read keeps its share of the confidence: it is where the digit is.
+            confidence=_confidence(path, prefix + read[NUMBER_LENGTH - 1 :], vouch=False),
+            last=span,
             boxes=tuple(dict.fromkeys(piece.box for piece in path)),
+            letter_read=letter_read,
         )
         if prefix not in found or found[prefix].confidence < partial.confidence:
             found[prefix] = partial

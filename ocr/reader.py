@@ -6,8 +6,9 @@ so every path reads numbers the same way:
 1. the engine finds and reads the text boxes, first in a quick look, in full when that finds no
    number whose check digit fits;
 2. the number is assembled from whole pieces by geometry (``ocr.assemble``);
-3. when only owner code and serial were found (a boxed check digit missed or misread), the check
-   digit is re-read from inside its box just after the serial;
+3. when only owner code and serial were found (a boxed check digit missed or misread), or a letter
+   was read where the check digit is (a boxed 3 read as B), the check digit is re-read from inside
+   its box just after the serial;
 4. when that still gives no number whose check digit fits, tall boxes (a number painted down a
    door post) are re-read as a line of characters and steps 2-3 run again on them;
 5. and last, every box that could hold part of a number is re-cut and read again, and steps 2-3
@@ -131,6 +132,13 @@ def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> tuple[lis
             unsettled += 1
             continue
         number = completed(partial, digit.digit, digit.confidence, size_type_in(boxes, partial))
+        if partial.letter_read:
+            # The box read again replaces the letter swapped for a digit: a read beats a guess.
+            found = [
+                candidate
+                for candidate in found
+                if candidate.number is None or candidate.number[:10] != partial.prefix
+            ]
         found.append(_confirmed(engine, frame, boxes, number) if number.check_digit_valid else number)
     return marks(found), unsettled
 

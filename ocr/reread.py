@@ -30,6 +30,8 @@ COLUMN_RATIO = 2.5
 """A box at least this many times taller than wide is read as a column of characters."""
 MIN_CROP_PX = 8
 MIN_DIGIT_CONFIDENCE = 0.75
+MIN_FRAME_FILL = 0.8
+"""How much of a check digit box's outline its four corners must cover (a round digit: about 2/3)."""
 RIVAL_READ_CONFIDENCE = 0.3
 """A read of a box's inside at least this sure counts as a rival when it differs from the other."""
 MIN_UNBOXED_DIGIT_CONFIDENCE = 0.9
@@ -91,28 +93,34 @@ def _ink_mask(grey: Image) -> Image:
     return np.asarray(ink, dtype=np.uint8)
 
 
-def _inside_frame(crop: Image, char_height: float) -> Image | None:
+def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]) -> Image | None:
     """What lies inside the box drawn round a check digit, or None when no such box is in ``crop``.
 
-    The box is the four-cornered outline about one and a half character heights tall, nearest the
-    crop's start; its inside is cut with a margin so none of its frame is left for the recogniser
-    to read as another character."""
+    The box is the four-cornered outline about one and a half character heights tall whose centre
+    lies past the middle of the serial's last character (``serial_end``: the crop's axis, 0 for x
+    or 1 for y, and where on it that is), so no round digit of the serial is taken for it (the
+    serial's end is estimated from character counts, so it may be a character off); its inside is cut with a
+    margin so none of its frame is left for the recogniser to read as another character."""
+    axis, end = serial_end
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 40, 120)
     edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     best: tuple[float, int, int, npt.NDArray[Any]] | None = None
     for contour in contours:
-        _, _, w, h = cv2.boundingRect(contour)
+        x, y, w, h = cv2.boundingRect(contour)
         if not (0.7 * char_height <= h <= 2.2 * char_height and 0.45 * h <= w <= 1.3 * h):
+            continue
+        if (x + w / 2, y + h / 2)[axis] < end:
             continue
         hull = cv2.convexHull(contour)
         approx = cv2.approxPolyDP(hull, 0.08 * cv2.arcLength(hull, True), True)
-        # A drawn box (even sheared by the view) is its own four-cornered outline; four corners
-        # put on a round digit (0, 8, 6) cover only about two thirds of it.
+        # A drawn box (even sheared by the view, or with the digit's edges run into its frame) is
+        # nearly its own four-cornered outline; four corners put on a round digit (0, 8, 6) cover
+        # only about two thirds of it.
         hull_area = cv2.contourArea(hull)
         fill = cv2.contourArea(approx) / hull_area if hull_area > 0 else 0.0
-        if len(approx) != 4 or fill < 0.88 or not _sides_drawn(edges, approx.reshape(4, 2)):
+        if len(approx) != 4 or fill < MIN_FRAME_FILL or not _sides_drawn(edges, approx.reshape(4, 2)):
             continue
         if best is None or fill * w * h > best[0]:
             best = (fill * w * h, w, h, approx.reshape(4, 2))
@@ -201,7 +209,9 @@ def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | No
         crop = _crop(image, cx, cy, _upright_axis(last), half_along, half_across)
     if crop is None:
         return None
-    inside = _inside_frame(crop, char_height=0.8 * last.thickness)
+    # The crop starts two characters before the serial's end, along x (or y down a post).
+    serial_end = (1 if last.vertical else 0, 1.0 * pitch)
+    inside = _inside_frame(crop, char_height=0.8 * last.thickness, serial_end=serial_end)
     if inside is None:
         return _unboxed_digit_after(engine, image, last)
     # Read in colour and in even grey: paint on a coloured door often reads surer without its hue.

@@ -256,3 +256,15 @@ def test_a_stroke_before_the_owner_code_is_left_out_at_a_cost() -> None:
     assert stroked.confidence < clean.confidence
     # Only in front of four letters ending in a category letter: a fifth letter is no stroke.
     assert assemble([_box("LOOLUX 8624377")]).number is None
+
+
+def test_a_letter_where_the_check_digit_is_sends_its_box_to_be_read_again() -> None:
+    owner = TextBox.from_bbox("GESU", 0.99, 100, 100, 260, 150)
+    serial = TextBox.from_bbox("727528B", 0.99, 280, 100, 560, 150)
+    (partial,) = partials([owner, serial])
+    assert partial.prefix == "GESU727528" and partial.letter_read
+    # The serial ends where its sixth digit ends, before the letter.
+    assert partial.last.chars == 6
+    assert partial.last.cx + partial.last.length / 2 == pytest.approx(280 + 280 * 6 / 7, abs=1.0)
+    # A digit there is a check digit read: no second reading of the box.
+    assert partials([owner, TextBox.from_bbox("7275283", 0.99, 280, 100, 560, 150)]) == []
