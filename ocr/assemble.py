@@ -274,7 +274,10 @@ def _follows(a: _Piece, b: _Piece) -> bool:
     across = (b.cx - a.cx) * nx + (b.cy - a.cy) * ny
     b_along = _extent(b, a, a.ux, a.uy)
     gap = b_along[0] - a.length / 2
-    if along > 0 and abs(across) <= 0.5 * _char_size(a) and -0.3 * size <= gap <= 2.5 * size:
+    # The detector pads a box along its text by a share of its length, so the boxes of a column
+    # (long along the text) overlap more than those of a line.
+    overlap_allowed = (0.6 if a.vertical else 0.3) * size
+    if along > 0 and abs(across) <= 0.5 * _char_size(a) and -overlap_allowed <= gap <= 2.5 * size:
         return True
     if a.vertical:
         return False

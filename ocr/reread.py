@@ -97,9 +97,8 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
     """What lies inside the box drawn round a check digit, or None when no such box is in ``crop``.
 
     The box is the four-cornered outline about one and a half character heights tall whose centre
-    lies past the middle of the serial's last character (``serial_end``: the crop's axis, 0 for x
-    or 1 for y, and where on it that is), so no round digit of the serial is taken for it (the
-    serial's end is estimated from character counts, so it may be a character off); its inside is cut with a
+    lies past the serial's end (``serial_end``: the crop's axis, 0 for x or 1 for y, and where on
+    it the serial surely ends), so no round digit of the serial is taken for it; its inside is cut with a
     margin so none of its frame is left for the recogniser to read as another character."""
     axis, end = serial_end
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
@@ -209,8 +208,12 @@ def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | No
         crop = _crop(image, cx, cy, _upright_axis(last), half_along, half_across)
     if crop is None:
         return None
-    # The crop starts two characters before the serial's end, along x (or y down a post).
-    serial_end = (1 if last.vertical else 0, 1.0 * pitch)
+    # The crop starts two characters before the serial's end, along x (or y down a post). Where
+    # the piece holds several characters its end is estimated from their count and may be one
+    # character off; a piece of one character ends where its box does (and a box round that one
+    # character is the piece itself, never the check digit's box after it).
+    slack = pitch if last.chars > 1 else 0.0
+    serial_end = (1 if last.vertical else 0, 2.0 * pitch - slack)
     inside = _inside_frame(crop, char_height=0.8 * last.thickness, serial_end=serial_end)
     if inside is None:
         return _unboxed_digit_after(engine, image, last)

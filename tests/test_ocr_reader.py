@@ -268,3 +268,16 @@ def test_a_letter_where_the_check_digit_is_sends_its_box_to_be_read_again() -> N
     assert partial.last.cx + partial.last.length / 2 == pytest.approx(280 + 280 * 6 / 7, abs=1.0)
     # A digit there is a check digit read: no second reading of the box.
     assert partials([owner, TextBox.from_bbox("7275283", 0.99, 280, 100, 560, 150)]) == []
+
+
+def test_the_overlapping_boxes_of_a_column_make_one_number() -> None:
+    # As the detector boxed GESU / 658838 / 6 down a door post: padded along the column, so the
+    # first two overlap by half a character.
+    boxes = [
+        TextBox("45G1", 1.0, ((30.0, 34.0), (215.0, 43.0), (214.0, 70.0), (29.0, 61.0))),
+        TextBox("GESU", 0.99983, ((341.0, 37.0), (397.0, 33.0), (413.0, 277.0), (357.0, 280.0))),
+        TextBox("658838", 0.99917, ((358.0, 253.0), (414.0, 250.0), (438.0, 630.0), (383.0, 634.0))),
+        TextBox("6", 0.88592, ((389.0, 633.0), (437.0, 631.0), (440.0, 703.0), (392.0, 705.0))),
+    ]
+    read = assemble(boxes)
+    assert read.number == "GESU6588386" and read.check_digit_valid
