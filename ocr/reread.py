@@ -30,6 +30,9 @@ COLUMN_RATIO = 2.5
 """A box at least this many times taller than wide is read as a column of characters."""
 MIN_CROP_PX = 8
 MIN_DIGIT_CONFIDENCE = 0.75
+EDGE_THRESHOLDS = ((40, 120), (20, 60))
+"""Canny thresholds tried in turn for a check digit box: a box painted in a colour close to the
+door's (or under glare) leaves one side too faint for the first pair."""
 MIN_FRAME_FILL = 0.8
 """How much of a check digit box's outline its four corners must cover (a round digit: about 2/3)."""
 RIVAL_READ_CONFIDENCE = 0.3
@@ -100,12 +103,26 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
     lies past the serial's end (``serial_end``: the crop's axis, 0 for x or 1 for y, and where on
     it the serial surely ends), so no round digit of the serial is taken for it; its inside is cut with a
     margin so none of its frame is left for the recogniser to read as another character."""
+    grey = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), (3, 3), 0)
+    corners = None
+    for low, high in EDGE_THRESHOLDS:
+        edges = cv2.dilate(cv2.Canny(grey, low, high), np.ones((2, 2), np.uint8))
+        corners = _frame_corners(edges, char_height, serial_end)
+        if corners is not None:
+            break
+    if corners is None:
+        return None
+    w, h = _side_lengths(corners)
+    return _upright_inside(crop, corners, w, h)
+
+
+def _frame_corners(
+    edges: npt.NDArray[Any], char_height: float, serial_end: tuple[int, float]
+) -> npt.NDArray[Any] | None:
+    """The four corners of the largest drawn box outline in ``edges`` past ``serial_end``."""
     axis, end = serial_end
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-    edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 40, 120)
-    edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    best: tuple[float, int, int, npt.NDArray[Any]] | None = None
+    best: tuple[float, npt.NDArray[Any]] | None = None
     for contour in contours:
         x, y, w, h = cv2.boundingRect(contour)
         if not (0.7 * char_height <= h <= 2.2 * char_height and 0.45 * h <= w <= 1.3 * h):
@@ -122,10 +139,17 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
         if len(approx) != 4 or fill < MIN_FRAME_FILL or not _sides_drawn(edges, approx.reshape(4, 2)):
             continue
         if best is None or fill * w * h > best[0]:
-            best = (fill * w * h, w, h, approx.reshape(4, 2))
-    if best is None:
-        return None
-    _, w, h, corners = best
+            best = (fill * w * h, approx.reshape(4, 2))
+    return None if best is None else best[1]
+
+
+def _side_lengths(corners: npt.NDArray[Any]) -> tuple[int, int]:
+    """The width and height of the rectangle the quadrilateral ``corners`` is warped to."""
+    _, _, w, h = cv2.boundingRect(corners.astype(np.int32))
+    return w, h
+
+
+def _upright_inside(crop: Image, corners: npt.NDArray[Any], w: int, h: int) -> Image | None:
     # The box seen at an angle is a sheared quadrilateral, and so is the digit in it: warped back to
     # a rectangle, the digit stands upright again (a sheared 0 is read at 0.65, upright at 0.8).
     upright = cv2.warpPerspective(

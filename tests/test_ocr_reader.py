@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from ocr import reread
 from ocr.assemble import Candidate, assemble, assemble_all, decide, partials, vote_containers
 from ocr.engine import OcrEngine, TextBox, load_engine
 from ocr.reader import read_all, read_image
@@ -30,7 +31,9 @@ def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.truetype(str(FONT), SIZE) if FONT.exists() else ImageFont.load_default(SIZE)
 
 
-def _door(serial_text: str, boxed: str | None) -> tuple[np.ndarray, TextBox]:
+def _door(
+    serial_text: str, boxed: str | None, right_side: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, TextBox]:
     """A plain door with ``serial_text`` painted and, when given, ``boxed`` inside a drawn box after
     it; also the text box a detector would give for ``serial_text`` alone."""
     image = Image.new("RGB", (1280, 720), (40, 90, 160))
@@ -43,6 +46,8 @@ def _door(serial_text: str, boxed: str | None) -> tuple[np.ndarray, TextBox]:
         dx0, dy0, dx1, dy1 = draw.textbbox((bx, 300), boxed, font=font)
         draw.text((bx, 300), boxed, fill="white", font=font)
         draw.rectangle((dx0 - 12, dy0 - 12, dx1 + 12, dy1 + 12), outline="white", width=5)
+        if right_side is not None:
+            draw.rectangle((dx1 + 8, dy0 - 12, dx1 + 12, dy1 + 12), fill=right_side)
     frame = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
     pad = 6
     return frame, TextBox.from_bbox(serial_text, 0.99, x0 - pad, y0 - pad, x1 + pad, y1 + pad)
@@ -240,6 +245,21 @@ def test_a_box_seen_at_an_angle_is_read_upright(engine: OcrEngine) -> None:
     (partial,) = partials([TextBox(serial.text, serial.confidence, quad)])  # type: ignore[arg-type]
     digit = check_digit_after(engine, np.ascontiguousarray(sheared), partial.last)
     assert digit is not None and digit.digit == "0"
+
+
+def test_a_box_with_one_faint_side_is_found_with_softer_edges(
+    engine: OcrEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One side of the box in paint barely apart from the door (worn paint, glare), seen through a
+    # slightly soft lens: the first edge thresholds lose that side, the softer ones still see a box
+    # drawn on all four sides.
+    frame, serial = _door("TGHU 581511", "0", right_side=(75, 120, 175))
+    frame = np.ascontiguousarray(cv2.GaussianBlur(frame, (0, 0), 1.5))
+    (partial,) = partials([serial])
+    digit = check_digit_after(engine, frame, partial.last)
+    assert digit is not None and digit.digit == "0"
+    monkeypatch.setattr(reread, "EDGE_THRESHOLDS", reread.EDGE_THRESHOLDS[:1])
+    assert check_digit_after(engine, frame, partial.last) is None
 
 
 def test_accents_and_a_bar_between_letters_are_what_an_owner_code_shows() -> None:
