@@ -30,9 +30,11 @@ COLUMN_RATIO = 2.5
 """A box at least this many times taller than wide is read as a column of characters."""
 MIN_CROP_PX = 8
 MIN_DIGIT_CONFIDENCE = 0.75
-EDGE_THRESHOLDS = ((40, 120), (20, 60))
-"""Canny thresholds tried in turn for a check digit box: a box painted in a colour close to the
-door's (or under glare) leaves one side too faint for the first pair."""
+EDGE_LOOKS = ((False, 40, 120), (False, 20, 60), (True, 40, 120))
+"""How the edges of a check digit box are looked for, in turn: (contrast stretched first, Canny low
+and high threshold). A side painted close to the door's colour is too faint for the first pair; at
+night the whole crop spans a few dozen grey levels until it is stretched to the full range."""
+STRETCH_PERCENTILES = (1.0, 99.0)
 MIN_FRAME_FILL = 0.8
 """How much of a check digit box's outline its four corners must cover (a round digit: about 2/3)."""
 RIVAL_READ_CONFIDENCE = 0.3
@@ -103,10 +105,13 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
     lies past the serial's end (``serial_end``: the crop's axis, 0 for x or 1 for y, and where on
     it the serial surely ends), so no round digit of the serial is taken for it; its inside is cut with a
     margin so none of its frame is left for the recogniser to read as another character."""
-    grey = cv2.GaussianBlur(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), (3, 3), 0)
+    grey = np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
+    looks = {False: cv2.GaussianBlur(grey, (3, 3), 0)}
     corners = None
-    for low, high in EDGE_THRESHOLDS:
-        edges = cv2.dilate(cv2.Canny(grey, low, high), np.ones((2, 2), np.uint8))
+    for stretch, low, high in EDGE_LOOKS:
+        if stretch not in looks:
+            looks[stretch] = cv2.GaussianBlur(_stretched(grey), (3, 3), 0)
+        edges = cv2.dilate(cv2.Canny(looks[stretch], low, high), np.ones((2, 2), np.uint8))
         corners = _frame_corners(edges, char_height, serial_end)
         if corners is not None:
             break
@@ -114,6 +119,13 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
         return None
     w, h = _side_lengths(corners)
     return _upright_inside(crop, corners, w, h)
+
+
+def _stretched(grey: Image) -> Image:
+    """``grey`` with its darkest and brightest percent pulled out to black and white."""
+    low, high = np.percentile(grey, STRETCH_PERCENTILES)
+    scaled = (grey.astype(np.float32) - low) * (255.0 / max(1.0, float(high - low)))
+    return np.ascontiguousarray(np.clip(scaled, 0, 255), dtype=np.uint8)
 
 
 def _frame_corners(

@@ -258,7 +258,22 @@ def test_a_box_with_one_faint_side_is_found_with_softer_edges(
     (partial,) = partials([serial])
     digit = check_digit_after(engine, frame, partial.last)
     assert digit is not None and digit.digit == "0"
-    monkeypatch.setattr(reread, "EDGE_THRESHOLDS", reread.EDGE_THRESHOLDS[:1])
+    monkeypatch.setattr(reread, "EDGE_LOOKS", reread.EDGE_LOOKS[:1])
+    assert check_digit_after(engine, frame, partial.last) is None
+
+
+def test_a_box_at_night_is_found_once_the_crop_contrast_is_stretched(
+    engine: OcrEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dark door at night: the whole crop spans a few dozen grey levels. Only the box path is
+    # measured here (the unboxed re-read would also catch this plain layout).
+    frame, serial = _door("TGHU 581511", "1")
+    frame = np.ascontiguousarray(cv2.GaussianBlur((frame * 0.1).astype(np.uint8), (0, 0), 1.5))
+    (partial,) = partials([serial])
+    monkeypatch.setattr(reread, "_unboxed_digit_after", lambda *_: None)
+    digit = check_digit_after(engine, frame, partial.last)
+    assert digit is not None and digit.digit == "1"
+    monkeypatch.setattr(reread, "EDGE_LOOKS", tuple(look for look in reread.EDGE_LOOKS if not look[0]))
     assert check_digit_after(engine, frame, partial.last) is None
 
 
