@@ -35,6 +35,12 @@ EDGE_LOOKS = ((False, 40, 120), (False, 20, 60), (True, 40, 120))
 and high threshold). A side painted close to the door's colour is too faint for the first pair; at
 night the whole crop spans a few dozen grey levels until it is stretched to the full range."""
 STRETCH_PERCENTILES = (1.0, 99.0)
+FRAME_INSET = (0.18, 0.14)
+"""At most how much of a check digit box's width and height is cut off each side as its frame."""
+FRAME_LINE_SHARE = 0.4
+MIN_CHARACTER_HEIGHT = 0.5
+"""The least share of a box's inside height the paint of a digit in it reaches over."""
+"""A column (row) of a box painted along at least this share of its length is a line of its frame."""
 MIN_FRAME_FILL = 0.8
 """How much of a check digit box's outline its four corners must cover (a round digit: about 2/3)."""
 RIVAL_READ_CONFIDENCE = 0.3
@@ -164,17 +170,30 @@ def _side_lengths(corners: npt.NDArray[Any]) -> tuple[int, int]:
 def _upright_inside(crop: Image, corners: npt.NDArray[Any], w: int, h: int) -> Image | None:
     # The box seen at an angle is a sheared quadrilateral, and so is the digit in it: warped back to
     # a rectangle, the digit stands upright again (a sheared 0 is read at 0.65, upright at 0.8).
-    upright = cv2.warpPerspective(
-        crop,
-        cv2.getPerspectiveTransform(
-            _clockwise_from_top_left(corners), np.array([(0, 0), (w, 0), (w, h), (0, h)], dtype=np.float32)
-        ),
-        (w, h),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
+    matrix = cv2.getPerspectiveTransform(
+        _clockwise_from_top_left(corners), np.array([(0, 0), (w, 0), (w, h), (0, h)], dtype=np.float32)
     )
-    inset_x, inset_y = max(2, round(0.18 * w)), max(2, round(0.14 * h))
-    inside = upright[inset_y : h - inset_y, inset_x : w - inset_x]
+    upright = cv2.warpPerspective(
+        crop, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    # Paint is told from door on the whole crop (mostly door, with the serial's digits in it), then
+    # seen through the same warp; the frame is cut off where its lines end on each side, so a digit
+    # painted close to its frame keeps its edges (cut at a fixed inset, a 3 lost its arcs' ends
+    # and was read as B).
+    paint = np.asarray(
+        cv2.warpPerspective(
+            _ink_mask(np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), dtype=np.uint8)),
+            matrix,
+            (w, h),
+            flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_REPLICATE,
+        ),
+        dtype=np.uint8,
+    )
+    left, top, right, bottom = _frame_widths(paint)
+    if not _holds_a_character(paint[top : h - bottom, left : w - right]):
+        return None
+    inside = upright[top : h - bottom, left : w - right]
     if inside.shape[0] < MIN_CROP_PX // 2 or inside.shape[1] < MIN_CROP_PX // 2:
         return None
     edge = np.concatenate([inside[0], inside[-1], inside[:, 0], inside[:, -1]])
@@ -182,6 +201,45 @@ def _upright_inside(crop: Image, corners: npt.NDArray[Any], w: int, h: int) -> I
     pad = max(4, round(0.3 * inside.shape[0]))
     framed = cv2.copyMakeBorder(inside, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=background)
     return np.ascontiguousarray(framed, dtype=np.uint8)
+
+
+def _holds_a_character(paint: Image) -> bool:
+    """True when the paint inside a box stands in its middle and reaches over most of its height,
+    as a painted digit does. The rectangle between a door post and two stripes looks like a box
+    too; inside it is bare door, perhaps with the edge of a character beside the post."""
+    rows, cols = paint.shape[:2]
+    ys, xs = np.nonzero(paint)
+    if rows == 0 or cols == 0 or len(xs) == 0:
+        return False
+    middle = (int(xs.min()) + int(xs.max())) / 2 / cols
+    height = int(ys.max()) - int(ys.min()) + 1
+    return bool(0.25 <= middle <= 0.75 and height >= MIN_CHARACTER_HEIGHT * rows)
+
+
+def _frame_widths(paint: Image) -> tuple[int, int, int, int]:
+    """How far the frame's lines reach in from the left, top, right and bottom of an upright box
+    (``paint``: 1 where paint is), each with a pixel's margin and within ``FRAME_INSET`` at most.
+
+    A line of the frame is a column (or row) painted along most of its length; the frame ends at
+    the first one inward that is not. With the box's corners found inside its frame, no column is,
+    and only the margin is cut."""
+    rows, cols = paint.shape[:2]
+    down_columns = paint.mean(axis=0)
+    along_rows = paint.mean(axis=1)
+
+    def reach(profile: npt.NDArray[Any], limit: int) -> int:
+        depth = 0
+        while depth < limit and profile[depth] >= FRAME_LINE_SHARE:
+            depth += 1
+        return min(limit, depth + max(1, round(0.03 * len(profile))))
+
+    max_x, max_y = round(FRAME_INSET[0] * cols), round(FRAME_INSET[1] * rows)
+    return (
+        reach(down_columns, max_x),
+        reach(along_rows, max_y),
+        reach(down_columns[::-1], max_x),
+        reach(along_rows[::-1], max_y),
+    )
 
 
 def _clockwise_from_top_left(corners: npt.NDArray[Any]) -> npt.NDArray[np.float32]:

@@ -277,6 +277,21 @@ def test_a_box_at_night_is_found_once_the_crop_contrast_is_stretched(
     assert check_digit_after(engine, frame, partial.last) is None
 
 
+def test_only_paint_standing_in_the_middle_of_a_box_is_a_character() -> None:
+    # The rectangle between a door post and two stripes passes for a box; inside it is bare door,
+    # perhaps with the edge of a character beside the post, never a digit in the middle.
+    digit = np.zeros((40, 30), dtype=np.uint8)
+    cv2.putText(digit, "3", (6, 32), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1, 3)
+    edge_of_another = np.zeros((40, 30), dtype=np.uint8)
+    edge_of_another[8:34, 0:5] = 1
+    stripe = np.zeros((40, 30), dtype=np.uint8)
+    stripe[18:22, 8:22] = 1
+    assert reread._holds_a_character(digit)
+    assert not reread._holds_a_character(edge_of_another)
+    assert not reread._holds_a_character(stripe)
+    assert not reread._holds_a_character(np.zeros((40, 30), dtype=np.uint8))
+
+
 def test_accents_and_a_bar_between_letters_are_what_an_owner_code_shows() -> None:
     assert assemble([_box("BIÇU 0444593")]).number == "BICU0444593"
     assert assemble([_box("CA|U 811431 [5]")]).number == "CAIU8114315"
