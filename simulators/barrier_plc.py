@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any, cast
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators.modbus_server import ModbusTcpSimulator
 
 HEARTBEAT = 0
 PERMIT = 1
@@ -166,18 +163,14 @@ def power_loss(state: PlcState, now: float) -> PlcState:
     return replace(state, barrier=barrier, permit=0, heartbeat=0, last_beat=None, moved_at=now)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class BarrierPlcSimulator:
+class BarrierPlcSimulator(ModbusTcpSimulator):
     """A barrier PLC on ``host:port`` answering as Modbus unit ``unit``.
 
     Port 0 picks a free port at construction; ``.port`` keeps it across stop/start. Script and
     inspection methods are thread-safe and take effect at once (the server serves the model)."""
+
+    name = "barrier-plc-sim"
+    title = "barrier PLC simulator"
 
     def __init__(
         self,
@@ -190,100 +183,23 @@ class BarrierPlcSimulator:
     ) -> None:
         if not 1 <= watchdog_ms <= 0xFFFF:
             raise ValueError(f"watchdog_ms {watchdog_ms} is outside 1..65535")
-        self.host = host
-        self.port = port or free_port(host)
-        self.unit = unit
+        super().__init__(host=host, port=port, unit=unit, on_access=self._on_access)
         self._lock = threading.Lock()
         self._model = PlcState(watchdog_ms=watchdog_ms, travel_seconds=travel_seconds)
         self._fault = False
         self._history: list[tuple[float, int]] = [(time.monotonic(), CLOSED)]
         self._beats: list[float] = []
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start serving; returns when the server accepts connections."""
-        if self._thread is not None:
-            return
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name=f"barrier-plc-sim-{self.port}", daemon=True
-        )
-        thread.start()
-        ready.wait(timeout=30)
-        if failure or not ready.is_set():
-            thread.join(timeout=10)
-            reason = failure[0] if failure else "timed out"
-            raise RuntimeError(f"barrier PLC simulator cannot listen on {self.host}:{self.port}: {reason}")
-        self._thread = thread
 
     def stop(self) -> None:
         """Stop serving and close every client connection (a power loss). Safe to call twice."""
-        thread, self._thread = self._thread, None
-        loop, stopping = self._loop, self._stopping
-        if thread is None:
+        if not self.serving:
             return
-        if loop is not None and stopping is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout=30)
+        super().stop()
         now = time.monotonic()
         with self._lock:
             self._commit(power_loss(self._model, now), now)
 
-    def __enter__(self) -> BarrierPlcSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._main(ready, failure))
-        finally:
-            self._loop = None
-            loop.close()
-
-    async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        with self._lock:
-            values = self._model.registers()
-        device = SimDevice(
-            id=self.unit,
-            simdata=[SimData(address=0, values=values, datatype=DataType.REGISTERS)],
-            action=self._on_access,
-        )
-        try:
-            server = ModbusTcpServer(device, address=(self.host, self.port))
-            await server.serve_forever(background=True)
-        except Exception as error:  # noqa: BLE001  reported to the caller of start()
-            failure.append(error)
-            ready.set()
-            return
-        self._stopping = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        watchdog = asyncio.create_task(self._scan())
-        ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
-            await server.shutdown()  # type: ignore[no-untyped-call]
-
-    async def _scan(self) -> None:
+    async def _cycle(self) -> None:
         """The PLC's own cycle: evaluates the watchdog and the barrier's travel every 50 ms."""
         while True:
             self._apply(PlcInputs())

@@ -26,18 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from types import TracebackType
+from collections.abc import Callable
 from typing import Any
 
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from simulators.modbus_server import ModbusTcpSimulator
 
 STATUS = 0
 PASS_COUNTER = 1
@@ -64,7 +60,6 @@ RESULT_NEUTRON_ALARM = 1 << 1
 RESULT_FAULT = 1 << 2
 RESULT_TAMPER = 1 << 3
 
-READ_HOLDING_REGISTERS = 3
 UPDATE_INTERVAL = 0.2
 SHIELDING = 0.9  # a vehicle in the portal hides part of the background
 
@@ -92,18 +87,14 @@ def poisson(rng: random.Random, mean: float) -> int:
     return count
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ModbusRpmSimulator:
+class ModbusRpmSimulator(ModbusTcpSimulator):
     """A portal monitor on ``host:port`` answering as Modbus unit ``unit``.
 
     Port 0 picks a free port at construction; ``.port`` keeps it across stop/start, and so do the
     registers (a restarted monitor shows the same pass counter)."""
+
+    name = "rpm-modbus-sim"
+    title = "RPM simulator"
 
     def __init__(
         self,
@@ -116,9 +107,7 @@ class ModbusRpmSimulator:
         neutron_background_cps: float = 2.0,
         pass_counter: int = 0,
     ) -> None:
-        self.host = host
-        self.port = port or free_port(host)
-        self.unit = unit
+        super().__init__(host=host, port=port, unit=unit)
         self.gamma_background_cps = gamma_background_cps
         self.neutron_background_cps = neutron_background_cps
         self._rng = random.Random(seed)
@@ -130,91 +119,9 @@ class ModbusRpmSimulator:
         registers[NEUTRON_NOW] = uint16(neutron_background_cps * 10)
         registers[NEUTRON_BACKGROUND] = uint16(neutron_background_cps * 10)
         self._registers = registers
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ModbusTcpServer | None = None
-        self._stopping: asyncio.Event | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start serving; returns when the server accepts connections."""
-        if self._thread is not None:
-            return
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name=f"rpm-modbus-sim-{self.port}", daemon=True
-        )
-        thread.start()
-        ready.wait(timeout=30)
-        if failure or not ready.is_set():
-            thread.join(timeout=10)
-            reason = failure[0] if failure else "timed out"
-            raise RuntimeError(f"RPM simulator cannot listen on {self.host}:{self.port}: {reason}")
-        self._thread = thread
-
-    def stop(self) -> None:
-        """Stop serving and close every client connection. Safe to call twice."""
-        thread, self._thread = self._thread, None
-        loop, stopping = self._loop, self._stopping
-        if thread is None:
-            return
-        if loop is not None and stopping is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout=30)
-
-    def __enter__(self) -> ModbusRpmSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._main(ready, failure))
-        finally:
-            self._loop = None
-            loop.close()
-
-    async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        with self._lock:
-            values = list(self._registers)
-        device = SimDevice(
-            id=self.unit,
-            simdata=[SimData(address=0, values=values, datatype=DataType.REGISTERS)],
-        )
-        try:
-            server = ModbusTcpServer(device, address=(self.host, self.port))
-            await server.serve_forever(background=True)
-        except Exception as error:  # noqa: BLE001  reported to the caller of start()
-            failure.append(error)
-            ready.set()
-            return
-        self._server = server
-        self._stopping = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        updater = asyncio.create_task(self._update_counts())
-        ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            self._server = None
-            updater.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await updater
-            await server.shutdown()  # type: ignore[no-untyped-call]
-
-    async def _update_counts(self) -> None:
+    async def _cycle(self) -> None:
+        """Fresh live counts every UPDATE_INTERVAL."""
         while True:
             await asyncio.sleep(UPDATE_INTERVAL)
             with self._lock:
@@ -224,38 +131,14 @@ class ModbusRpmSimulator:
                 self._registers[GAMMA_NOW : GAMMA_NOW + 2] = uint32_words(gamma)
                 self._registers[NEUTRON_NOW] = uint16(neutron_tenths)
                 values = self._registers[GAMMA_NOW : NEUTRON_NOW + 1]
-            await self._push(GAMMA_NOW, values)
-
-    async def _push(self, address: int, values: list[int]) -> None:
-        server = self._server
-        if server is not None:
-            await server.async_setValues(self.unit, READ_HOLDING_REGISTERS, address, values)
+            await self._serve_values(GAMMA_NOW, values)
 
     def _write(self, change: Callable[[list[int]], list[tuple[int, int]]]) -> None:
-        """Apply ``change`` to the registers; it returns the (first, last) ranges to publish, in order.
-
-        Each range reaches the server in one step, so a client never sees half of it."""
+        """Apply ``change`` to the registers; it returns the (first, last) ranges to publish, in order."""
         with self._lock:
             ranges = change(self._registers)
             blocks = [(first, self._registers[first : last + 1]) for first, last in ranges]
-        loop = self._loop
-        if loop is None or self._thread is None:
-            return
-
-        async def publish() -> None:
-            for first, values in blocks:
-                await self._push(first, values)
-
-        self._run(loop, publish())
-
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
-        try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        except RuntimeError:  # the loop closed meanwhile; the next start() serves the new values
-            coroutine.close()
-            return
-        future.result(timeout=10)
+        self._publish(blocks)
 
     # -- script ----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -46,8 +46,9 @@ from gated.credentials import (
 )
 from gated.db import metadata, open_engine
 from gated.errors import DeviceUnavailable, ProtocolError, StorageError
-from gated.model import DeviceState, Kind, Quality, Reading
+from gated.model import DeviceState, Kind, Quality
 from simulators.credential_serial import SerialCredentialSimulator, card_frame, heartbeat_frame, register_cli
+from tests.sinks import RecordingSink, wait_until
 from tests.system import free_port, require_tool
 
 CARD1 = "4F2A19C0D3E7B85A"
@@ -77,62 +78,9 @@ def card(card_id: str = CARD1, expires: str = "20270131", auth: str = "OK") -> b
     return encode(f"CARD,{card_id},{expires},{auth}")
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class RecordingSink:
-    """A DriverSink that remembers everything it is handed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._readings: list[Reading] = []
-        self._states: list[tuple[DeviceState, str]] = []
-        self._errors: list[ProtocolError] = []
-
-    def reading(self, reading: Reading) -> None:
-        with self._lock:
-            self._readings.append(reading)
-
-    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
-        assert (lane, device) == ("lane-1", "card-1")
-        with self._lock:
-            self._states.append((state, detail))
-
-    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        assert (lane, device) == ("lane-1", "card-1")
-        with self._lock:
-            self._errors.append(error)
-
-    @property
-    def readings(self) -> list[Reading]:
-        with self._lock:
-            return list(self._readings)
-
-    @property
-    def cards(self) -> list[tuple[str, bool]]:
-        return [
-            (r.value["card_id"], r.value["authenticated"]) for r in self.readings if isinstance(r.value, dict)
-        ]
-
-    @property
-    def states(self) -> list[tuple[DeviceState, str]]:
-        with self._lock:
-            return list(self._states)
-
-    @property
-    def state(self) -> DeviceState | None:
-        states = self.states
-        return states[-1][0] if states else None
-
-    @property
-    def errors(self) -> list[str]:
-        with self._lock:
-            return [str(error) for error in self._errors]
+def cards_read(sink: RecordingSink) -> list[tuple[str, bool]]:
+    """The card id and authentication result of every card read, in order."""
+    return [(value["card_id"], value["authenticated"]) for value in sink.values() if isinstance(value, dict)]
 
 
 def make_driver(url: str, **options: object) -> SerialCredentialDriver:
@@ -143,7 +91,7 @@ def make_driver(url: str, **options: object) -> SerialCredentialDriver:
 @contextmanager
 def running(driver: SerialCredentialDriver) -> Iterator[RecordingSink]:
     """The driver's own loop in a thread, stopped and joined at the end."""
-    sink = RecordingSink()
+    sink = RecordingSink("lane-1", "card-1", timeout=WAIT)
     stop = threading.Event()
     thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
     thread.start()
@@ -166,7 +114,7 @@ def socat_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
             stderr=log,
         )
     try:
-        wait_until(lambda: a.exists() and b.exists(), "socat's pty links", timeout=10)
+        wait_until("socat's pty links", lambda: a.exists() and b.exists(), timeout=10)
         yield a, b
     finally:
         if process.poll() is None:
@@ -176,7 +124,7 @@ def socat_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 def exercise(simulator: SerialCredentialSimulator, sink: RecordingSink) -> None:
     """Cards with repeats and garbage between them: one reading per card, an error per bad frame."""
-    wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+    sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
     simulator.present_card(CARD1, EXPIRES, repeats=4)
     simulator.send_raw(b"\x00\xff line noise \x03\r\n")
     simulator.send_raw(b"\x02CARD,D1A2")  # cut short by the next frame
@@ -184,8 +132,8 @@ def exercise(simulator: SerialCredentialSimulator, sink: RecordingSink) -> None:
     simulator.send_raw(card(CARD3)[:-1] + b"\x00")  # wrong LRC
     simulator.present_card(CARD3, EXPIRES)
     simulator.present_card(CARD4, EXPIRES)
-    wait_until(lambda: len(sink.cards) >= 4, "four readings")
-    assert sink.cards == [
+    sink.wait_for("four readings", lambda: len(cards_read(sink)) >= 4)
+    assert cards_read(sink) == [
         (CARD1.lower(), True),
         (CARD2.lower(), False),
         (CARD3.lower(), True),
@@ -194,7 +142,7 @@ def exercise(simulator: SerialCredentialSimulator, sink: RecordingSink) -> None:
     errors = sink.errors
     for fragment in ("does not start with STX", "no ETX", "LRC 0x00 does not match"):
         assert any(fragment in error for error in errors), (fragment, errors)
-    assert sink.states[0][0] is DeviceState.ONLINE
+    assert sink.states[0] is DeviceState.ONLINE
     readings = sink.readings
     assert readings[0].value == {"card_id": CARD1.lower(), "expires": "2027-01-31", "authenticated": True}
     assert readings[1].value == {"card_id": CARD2.lower(), "expires": "2026-12-01", "authenticated": False}
@@ -529,7 +477,7 @@ def test_over_tcp_like_a_serial_device_server() -> None:
     with SerialCredentialSimulator(tcp_port=0) as simulator:
         driver = make_driver(f"socket://127.0.0.1:{simulator.tcp_port}")
         with running(driver) as sink:
-            wait_until(lambda: simulator.client_count == 1, "the simulator to accept the driver")
+            wait_until("the simulator to accept the driver", lambda: simulator.client_count == 1)
             exercise(simulator, sink)
 
 
@@ -545,20 +493,22 @@ def test_one_reading_per_repeat_window() -> None:
     with SerialCredentialSimulator() as simulator:
         driver = make_driver(simulator.device_path, clock=clock, repeat_window=5.0, silence_timeout=3600.0)
         with running(driver) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
 
             def present_then_mark(marker: str, count: int) -> None:
                 simulator.present_card(CARD1, EXPIRES, repeats=3)
                 simulator.present_card(marker, EXPIRES)
-                wait_until(lambda: len(sink.cards) >= count, f"{count} readings")
+                sink.wait_for(f"{count} readings", lambda: len(cards_read(sink)) >= count)
 
             present_then_mark(CARD2, 2)
             clock.advance(4.0)
             present_then_mark(CARD3, 3)  # 4 s later: the card is still on the reader
             clock.advance(5.5)
             simulator.present_card(CARD1, EXPIRES)  # 5.5 s since it was last seen: a new read
-            wait_until(lambda: len(sink.cards) >= 4, "4 readings")
-            assert [card_id for card_id, _ in sink.cards] == [c.lower() for c in (CARD1, CARD2, CARD3, CARD1)]
+            sink.wait_for("4 readings", lambda: len(cards_read(sink)) >= 4)
+            assert [card_id for card_id, _ in cards_read(sink)] == [
+                c.lower() for c in (CARD1, CARD2, CARD3, CARD1)
+            ]
             assert sink.readings[-1].ts == clock.now()
 
 
@@ -567,18 +517,20 @@ def test_silence_takes_the_reader_offline_and_heartbeats_keep_it_online() -> Non
     with SerialCredentialSimulator(heartbeat_interval=0.3) as simulator:
         driver = make_driver(simulator.device_path, silence_timeout=1.5)
         with running(driver) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
             time.sleep(2.5)
-            assert [state for state, _ in sink.states] == [DeviceState.ONLINE]
+            assert sink.states == [DeviceState.ONLINE]
     with SerialCredentialSimulator(heartbeat_interval=None) as simulator:
         driver = make_driver(simulator.device_path, silence_timeout=1.0)
         with running(driver) as sink:
 
             def gone_quiet() -> bool:
-                return any(state is DeviceState.OFFLINE and "no data" in text for state, text in sink.states)
+                return any(
+                    state is DeviceState.OFFLINE and "no data" in text for state, text in sink.statuses
+                )
 
-            wait_until(gone_quiet, "the silent reader to go offline")
-            assert sink.states[0][0] is DeviceState.ONLINE
+            sink.wait_for("the silent reader to go offline", gone_quiet)
+            assert sink.states[0] is DeviceState.ONLINE
 
 
 @pytest.mark.timeout(30)
@@ -586,12 +538,12 @@ def test_simulator_stopped_takes_the_reader_offline() -> None:
     with SerialCredentialSimulator(tcp_port=0) as simulator:
         driver = make_driver(f"socket://127.0.0.1:{simulator.tcp_port}")
         with running(driver) as sink:
-            wait_until(lambda: simulator.client_count == 1, "the simulator to accept the driver")
+            wait_until("the simulator to accept the driver", lambda: simulator.client_count == 1)
             simulator.present_card(CARD1, EXPIRES)
-            wait_until(lambda: len(sink.cards) == 1, "the card")
+            sink.wait_for("the card", lambda: len(cards_read(sink)) == 1)
             simulator.stop()
             simulator.stop()
-            wait_until(lambda: sink.state is DeviceState.OFFLINE, "the driver to go offline")
+            sink.wait_for("the driver to go offline", lambda: sink.state is DeviceState.OFFLINE)
     with pytest.raises(RuntimeError, match="not running"):
         simulator.present_card(CARD1, EXPIRES)
 
@@ -640,9 +592,11 @@ def test_gated_sim_command_on_a_pty_link(tmp_path: Path, capsys: pytest.CaptureF
     result: list[int] = []
     command = threading.Thread(target=lambda: result.append(args.func(args)), daemon=True)
     command.start()
-    wait_until(lambda: link.is_symlink(), "the pty link", timeout=10)
+    wait_until("the pty link", lambda: link.is_symlink(), timeout=10)
     with running(make_driver(str(link), repeat_window=60.0)) as sink:
-        wait_until(lambda: {(CARD1.lower(), True), (CARD3.lower(), False)} <= set(sink.cards), "both cards")
+        sink.wait_for(
+            "both cards", lambda: {(CARD1.lower(), True), (CARD3.lower(), False)} <= set(cards_read(sink))
+        )
     command.join(timeout=15)
     assert result == [0]
     assert not os.path.lexists(link)

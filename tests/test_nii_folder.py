@@ -10,10 +10,9 @@ import os
 import struct
 import tempfile
 import threading
-import time
 import tracemalloc
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -26,63 +25,17 @@ from drivers.nii_folder import SOURCE, NiiFolderDriver, ScanMetadata, parse_meta
 from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError, StorageError
 from gated.evidence import EvidenceRejected, EvidenceStore, sha256_from_uri
-from gated.model import DeviceState, Kind, Quality, Reading
+from gated.model import DeviceState, Kind, Quality
 from simulators.nii_scanner import NiiScannerSimulator, register_cli
+from tests.sinks import RecordingSink, wait_until
 
 WAIT = 15.0
 LANE, DEVICE = "lane-1", "nii-1"
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class RecordingSink:
-    """A DriverSink that remembers everything it is handed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._readings: list[Reading] = []
-        self._states: list[tuple[DeviceState, str]] = []
-        self._errors: list[ProtocolError] = []
-
-    def reading(self, reading: Reading) -> None:
-        with self._lock:
-            self._readings.append(reading)
-
-    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
-        assert (lane, device) == (LANE, DEVICE)
-        with self._lock:
-            self._states.append((state, detail))
-
-    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        assert (lane, device) == (LANE, DEVICE)
-        with self._lock:
-            self._errors.append(error)
-
-    @property
-    def readings(self) -> list[Reading]:
-        with self._lock:
-            return list(self._readings)
-
-    @property
-    def state(self) -> DeviceState | None:
-        with self._lock:
-            return self._states[-1][0] if self._states else None
-
-    @property
-    def errors(self) -> list[str]:
-        with self._lock:
-            return [str(error) for error in self._errors]
-
-
 @contextmanager
 def running(driver: NiiFolderDriver) -> Iterator[RecordingSink]:
-    sink = RecordingSink()
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
     stop = threading.Event()
     thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
     thread.start()
@@ -283,11 +236,11 @@ def test_clear_and_suspect_scans_become_readings_with_evidence(tmp_path: Path) -
     scanner = NiiScannerSimulator(inbox, seed=3, scanner="vacis-2")
     store = EvidenceStore(tmp_path / "evidence")
     with running(make_driver(inbox, store)) as sink:
-        wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+        sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
         clear_id = scanner.scan("CSQU3054383", "clear", width=256, height=128)
         suspect_id = scanner.scan("BICU1234565", "suspect", width=256, height=128, notes="dense, rear")
-        wait_until(lambda: len(sink.readings) >= 2, "two readings")
-        wait_until(lambda: len(names(inbox / "done")) == 4, "both pairs moved to done/")
+        sink.wait_for("two readings", lambda: len(sink.readings) >= 2)
+        wait_until("both pairs moved to done/", lambda: len(names(inbox / "done")) == 4)
     readings = sink.readings
     assert [reading.value["verdict"] for reading in readings] == ["clear", "suspect"]  # type: ignore[index]
     assert sink.errors == []
@@ -347,9 +300,9 @@ def test_every_fault_ends_in_quarantine_and_later_scans_still_arrive(tmp_path: P
     )
     quarantine = tmp_path / "held"
     with running(make_driver(inbox, store, quarantine=quarantine, max_bytes=1500)) as sink:
-        wait_until(lambda: len(sink.errors) >= len(faults), "an error per fault")
+        sink.wait_for("an error per fault", lambda: len(sink.errors) >= len(faults))
         good = scanner.scan("CSQU3054383", "clear", width=16, height=16)
-        wait_until(lambda: len(sink.readings) == 1, "the good scan after the faults")
+        sink.wait_for("the good scan after the faults", lambda: len(sink.readings) == 1)
     assert sink.readings[0].value["scan_id"] == good  # type: ignore[index]
     assert len(sink.errors) == len(faults)
     held = names(quarantine)
@@ -395,8 +348,8 @@ def test_the_same_image_twice_is_stored_once(tmp_path: Path) -> None:
     drop_pair(inbox, "first", image)
     drop_pair(inbox, "second", image)
     with running(make_driver(inbox, store)) as sink:
-        wait_until(lambda: len(sink.readings) == 2, "two readings")
-        wait_until(lambda: len(names(inbox / "done")) == 4, "both pairs moved")
+        sink.wait_for("two readings", lambda: len(sink.readings) == 2)
+        wait_until("both pairs moved", lambda: len(names(inbox / "done")) == 4)
     one, two = sink.readings
     assert one.evidence == two.evidence
     assert one.id != two.id
@@ -449,13 +402,13 @@ def test_a_missing_inbox_is_device_unavailable_until_it_appears(tmp_path: Path) 
     with pytest.raises(DeviceUnavailable, match="inbox"):
         make_driver(inbox, store).connect()
     with running(make_driver(inbox, store)) as sink:
-        wait_until(lambda: sink.state is DeviceState.OFFLINE, "offline")
+        sink.wait_for("offline", lambda: sink.state is DeviceState.OFFLINE)
         scanner = NiiScannerSimulator(inbox)
-        wait_until(lambda: sink.state is DeviceState.ONLINE, "online once the folder exists")
+        sink.wait_for("online once the folder exists", lambda: sink.state is DeviceState.ONLINE)
         scanner.scan(None, "clear", width=32, height=16)
-        wait_until(lambda: len(sink.readings) == 1, "a reading")
+        sink.wait_for("a reading", lambda: len(sink.readings) == 1)
         os.rename(inbox, tmp_path / "gone")
-        wait_until(lambda: sink.state is DeviceState.OFFLINE, "offline when the folder goes")
+        sink.wait_for("offline when the folder goes", lambda: sink.state is DeviceState.OFFLINE)
 
 
 def test_cli_drops_pairs(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -28,7 +28,7 @@ from drivers.rfid_llrp import (
 )
 from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError
-from gated.model import DeviceState, Kind, Quality, Reading, Source
+from gated.model import DeviceState, Kind, Quality, Source
 from simulators.rfid_llrp import (
     LlrpReaderSimulator,
     connection_event,
@@ -40,6 +40,7 @@ from simulators.rfid_llrp import (
     tag_report_data,
     tlv,
 )
+from tests.sinks import RecordingSink, wait_until
 from tests.system import free_port
 
 EPC1 = "E2801160600002084C6F1D12"
@@ -55,62 +56,6 @@ KEEPALIVE_ACK = 72
 WAIT = 20.0
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class RecordingSink:
-    """A DriverSink that remembers everything it is handed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._readings: list[Reading] = []
-        self._states: list[tuple[DeviceState, str]] = []
-        self._errors: list[ProtocolError] = []
-
-    def reading(self, reading: Reading) -> None:
-        with self._lock:
-            self._readings.append(reading)
-
-    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
-        assert (lane, device) == ("lane-1", "rfid-1")
-        with self._lock:
-            self._states.append((state, detail))
-
-    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        assert (lane, device) == ("lane-1", "rfid-1")
-        with self._lock:
-            self._errors.append(error)
-
-    @property
-    def readings(self) -> list[Reading]:
-        with self._lock:
-            return list(self._readings)
-
-    @property
-    def epcs(self) -> list[str]:
-        return [str(reading.value) for reading in self.readings]
-
-    @property
-    def states(self) -> list[tuple[DeviceState, str]]:
-        with self._lock:
-            return list(self._states)
-
-    @property
-    def state(self) -> DeviceState | None:
-        states = self.states
-        return states[-1][0] if states else None
-
-    @property
-    def errors(self) -> list[str]:
-        with self._lock:
-            return [str(error) for error in self._errors]
-
-
 def make_driver(port: int, **options: Any) -> LlrpRfidDriver:
     settings: dict[str, Any] = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
     return LlrpRfidDriver("lane-1", "rfid-1", host="127.0.0.1", port=port, **settings)
@@ -119,7 +64,7 @@ def make_driver(port: int, **options: Any) -> LlrpRfidDriver:
 @contextmanager
 def running(driver: LlrpRfidDriver) -> Iterator[RecordingSink]:
     """The driver's own loop in a thread, stopped and joined at the end."""
-    sink = RecordingSink()
+    sink = RecordingSink("lane-1", "rfid-1", timeout=WAIT)
     stop = threading.Event()
     thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
     thread.start()
@@ -132,8 +77,8 @@ def running(driver: LlrpRfidDriver) -> Iterator[RecordingSink]:
 
 
 def online_and_inventorying(simulator: LlrpReaderSimulator, sink: RecordingSink) -> None:
-    wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
-    wait_until(lambda: simulator.inventorying, "the reader to run the driver's ROSpec")
+    sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
+    wait_until("the reader to run the driver's ROSpec", lambda: simulator.inventorying)
 
 
 # The simulator, checked by an independent LLRP client
@@ -174,20 +119,20 @@ def test_sllurp_inventories_the_simulator() -> None:
         client.connect()
         try:
             assert inventorying.wait(WAIT), "sllurp never reached its inventorying state"
-            wait_until(lambda: simulator.inventorying, "the simulator to run sllurp's ROSpec")
+            wait_until("the simulator to run sllurp's ROSpec", lambda: simulator.inventorying)
             simulator.present_tag(EPC1, antenna=2, rssi=-61, repeats=3)
             simulator.present_tag(EPC4, repeats=1)
-            wait_until(lambda: len(epcs()) >= 4, "sllurp to receive four tag reports")
+            wait_until("sllurp to receive four tag reports", lambda: len(epcs()) >= 4)
             assert epcs() == [EPC1.lower().encode()] * 3 + [EPC4.lower().encode()]
             with lock:
                 first = reports[0]
             assert (first["AntennaID"], first["PeakRSSI"], first["TagSeenCount"]) == (2, -61, 1)
             assert abs(first["FirstSeenTimestampUTC"] / 1e6 - time.time()) < 60
-            wait_until(lambda: simulator.keepalive_acks >= 2, "sllurp to acknowledge keepalives")
+            wait_until("sllurp to acknowledge keepalives", lambda: simulator.keepalive_acks >= 2)
             assert START_ROSPEC not in simulator.received  # sllurp relies on the immediate start
             client.disconnect(timeout=10)
-            wait_until(lambda: not client.is_alive(), "sllurp's thread to end")
-            wait_until(lambda: not simulator.client_connected, "the simulator to see sllurp leave")
+            wait_until("sllurp's thread to end", lambda: not client.is_alive())
+            wait_until("the simulator to see sllurp leave", lambda: not simulator.client_connected)
         finally:
             client.hard_disconnect()
             client.join(10)
@@ -504,7 +449,7 @@ def test_a_second_client_is_refused_by_the_reader() -> None:
         first = make_driver(simulator.port)
         first.connect()
         try:
-            wait_until(lambda: simulator.inventorying, "the first client's ROSpec to run")
+            wait_until("the first client's ROSpec to run", lambda: simulator.inventorying)
             second = make_driver(simulator.port)
             with pytest.raises(DeviceUnavailable, match="client initiated connection already exists"):
                 second.connect()
@@ -524,9 +469,9 @@ def test_one_reading_per_tag_despite_repeats() -> None:
         simulator.present_tag(EPC2.lower(), repeats=4)
         simulator.present_tag(EPC3, antenna=4, rssi=-40)
         simulator.present_tag(EPC4, repeats=1)
-        wait_until(lambda: len(sink.epcs) >= 4, "four readings")
+        sink.wait_for("four readings", lambda: len(sink.values()) >= 4)
         time.sleep(0.5)
-        assert sink.epcs == [EPC1.lower(), EPC2.lower(), EPC3.lower(), EPC4.lower()]
+        assert sink.values() == [EPC1.lower(), EPC2.lower(), EPC3.lower(), EPC4.lower()]
         assert sink.errors == []
         for reading in sink.readings:
             assert reading.kind is Kind.RFID
@@ -548,9 +493,9 @@ def test_keepalives_keep_a_quiet_reader_online_and_their_absence_does_not() -> N
         with running(driver) as sink:
             online_and_inventorying(simulator, sink)
             time.sleep(4.0)
-            assert [state for state, _ in sink.states] == [DeviceState.ONLINE]
+            assert sink.states == [DeviceState.ONLINE]
             assert simulator.keepalives_sent >= 4  # asked for one every 0.6 s
-            wait_until(lambda: simulator.keepalive_acks >= 4, "the driver to acknowledge keepalives")
+            wait_until("the driver to acknowledge keepalives", lambda: simulator.keepalive_acks >= 4)
             assert driver.connects == 1
     with LlrpReaderSimulator(port=0, keepalives=False) as simulator:
         driver = make_driver(simulator.port, silence_timeout=1.0)
@@ -558,10 +503,10 @@ def test_keepalives_keep_a_quiet_reader_online_and_their_absence_does_not() -> N
 
             def gone_quiet() -> bool:
                 return any(
-                    state is DeviceState.OFFLINE and "no message" in text for state, text in sink.states
+                    state is DeviceState.OFFLINE and "no message" in text for state, text in sink.statuses
                 )
 
-            wait_until(gone_quiet, "the silent reader to go offline")
+            sink.wait_for("the silent reader to go offline", gone_quiet)
 
 
 @pytest.mark.timeout(60)
@@ -572,22 +517,22 @@ def test_reader_stopped_goes_offline_and_restarted_comes_back() -> None:
         with running(make_driver(port, silence_timeout=1.5)) as sink:
             online_and_inventorying(simulator, sink)
             simulator.present_tag(EPC1)
-            wait_until(lambda: sink.epcs == [EPC1.lower()], "the first tag")
+            sink.wait_for("the first tag", lambda: sink.values() == [EPC1.lower()])
             simulator.stop()
             simulator.stop()
-            wait_until(lambda: sink.state is DeviceState.OFFLINE, "the driver to go offline")
+            sink.wait_for("the driver to go offline", lambda: sink.state is DeviceState.OFFLINE)
             with pytest.raises(RuntimeError, match="not running"):
                 simulator.present_tag(EPC2)
             time.sleep(1.0)
             assert sink.state is DeviceState.OFFLINE
             simulator.start()
             assert simulator.port == port
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come back online")
-            wait_until(lambda: simulator.inventorying, "the ROSpec to run again")
+            sink.wait_for("the driver to come back online", lambda: sink.state is DeviceState.ONLINE)
+            wait_until("the ROSpec to run again", lambda: simulator.inventorying)
             simulator.present_tag(EPC2)
-            wait_until(lambda: len(sink.epcs) >= 2, "a tag after the restart")
-            assert sink.epcs == [EPC1.lower(), EPC2.lower()]
-            states = [state for state, _ in sink.states]
+            sink.wait_for("a tag after the restart", lambda: len(sink.values()) >= 2)
+            assert sink.values() == [EPC1.lower(), EPC2.lower()]
+            states = sink.states
             assert states[:3] == [DeviceState.ONLINE, DeviceState.OFFLINE, DeviceState.ONLINE]
     finally:
         simulator.stop()
@@ -600,7 +545,7 @@ def test_garbage_is_counted_and_later_tags_still_read() -> None:
         with running(driver) as sink:
             online_and_inventorying(simulator, sink)
             simulator.present_tag(EPC1)
-            wait_until(lambda: sink.epcs == [EPC1.lower()], "the first tag")
+            sink.wait_for("the first tag", lambda: sink.values() == [EPC1.lower()])
             simulator.send_raw(b"\x00\xff line noise \xe0\xe1")
             simulator.send_raw(own_header(62, 10, 9, version=2))
             simulator.send_raw(message(999, b"abc"))
@@ -609,9 +554,9 @@ def test_garbage_is_counted_and_later_tags_still_read() -> None:
             simulator.present_tag(EPC2, repeats=2)
             simulator.send_raw(message(61, tlv(240, tlv(241, b"\x00\x60" + bytes(3)))))
             simulator.present_tag(EPC3)
-            wait_until(lambda: len(sink.epcs) >= 3, "the tags after the garbage")
-            wait_until(lambda: len(sink.errors) >= 6, "six frame errors")
-            assert sink.epcs == [EPC1.lower(), EPC2.lower(), EPC3.lower()]
+            sink.wait_for("the tags after the garbage", lambda: len(sink.values()) >= 3)
+            sink.wait_for("six frame errors", lambda: len(sink.errors) >= 6)
+            assert sink.values() == [EPC1.lower(), EPC2.lower(), EPC3.lower()]
             errors = sink.errors
             for fragment in (
                 "bytes skipped",
@@ -623,7 +568,7 @@ def test_garbage_is_counted_and_later_tags_still_read() -> None:
             ):
                 assert any(fragment in error for error in errors), (fragment, errors)
             assert driver.frame_errors == len(errors)
-            assert [state for state, _ in sink.states] == [DeviceState.ONLINE]
+            assert sink.states == [DeviceState.ONLINE]
 
 
 @pytest.mark.timeout(60)
@@ -637,7 +582,7 @@ def test_one_reading_per_truck_within_the_repeat_window() -> None:
             def present_then_mark(epc: str, marker: str, count: int) -> None:
                 simulator.present_tag(epc, repeats=3)
                 simulator.present_tag(marker, repeats=1)
-                wait_until(lambda: len(sink.epcs) >= count, f"{count} readings")
+                sink.wait_for(f"{count} readings", lambda: len(sink.values()) >= count)
 
             present_then_mark(EPC1, EPC2, 2)
             clock.advance(4.0)
@@ -646,8 +591,8 @@ def test_one_reading_per_truck_within_the_repeat_window() -> None:
             present_then_mark(EPC1, EPC4, 4)  # seen 4 s ago, still standing there
             clock.advance(5.5)
             simulator.present_tag(EPC1)  # gone for 5.5 s: a new arrival
-            wait_until(lambda: len(sink.epcs) >= 5, "5 readings")
-            assert sink.epcs == [e.lower() for e in (EPC1, EPC2, EPC3, EPC4, EPC1)]
+            sink.wait_for("5 readings", lambda: len(sink.values()) >= 5)
+            assert sink.values() == [e.lower() for e in (EPC1, EPC2, EPC3, EPC4, EPC1)]
             assert sink.readings[-1].ts == clock.now()
 
 
@@ -669,8 +614,8 @@ def test_concurrent_presenters_never_interleave_messages() -> None:
             sender.start()
         for sender in senders:
             sender.join(timeout=15)
-        wait_until(lambda: len(sink.epcs) >= len(tags), "every tag")
-        assert sorted(sink.epcs) == sorted(tag.lower() for tag in tags)
+        sink.wait_for("every tag", lambda: len(sink.values()) >= len(tags))
+        assert sorted(sink.values()) == sorted(tag.lower() for tag in tags)
         assert sink.errors == []
 
 
@@ -743,7 +688,7 @@ def test_simulator_answers_requests_like_a_reader() -> None:
         error = ask(40, b"", 25)
         assert error.type == 100 and error.status is not None and error.status.code == 109
         assert ask(14, b"", 26).type == 4
-        wait_until(lambda: not simulator.client_connected, "the reader to close the connection")
+        wait_until("the reader to close the connection", lambda: not simulator.client_connected)
 
 
 @pytest.mark.timeout(30)
@@ -762,7 +707,7 @@ def test_gated_sim_command(capsys: pytest.CaptureFixture[str]) -> None:
     command = threading.Thread(target=lambda: result.append(args.func(args)), daemon=True)
     command.start()
     with running(make_driver(port, repeat_window=60.0)) as sink:
-        wait_until(lambda: {EPC1.lower(), EPC3.lower()} <= set(sink.epcs), "both tags")
+        sink.wait_for("both tags", lambda: {EPC1.lower(), EPC3.lower()} <= set(sink.values()))
     command.join(timeout=15)
     assert result == [0]
     assert f"rfid-llrp: listening on 127.0.0.1:{port}" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -22,8 +22,9 @@ from drivers.rfid_serial import MAX_LINE, FrameSplitter, SerialRfidDriver, TagRe
 from drivers.serial_frames import RepeatFilter
 from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError
-from gated.model import DeviceState, Kind, Quality, Reading, Source
+from gated.model import DeviceState, Kind, Quality, Source
 from simulators.rfid_serial import SerialRfidSimulator, heartbeat_frame, register_cli, tag_frame
+from tests.sinks import RecordingSink, wait_until
 from tests.system import free_port, require_tool
 
 EPC1 = "E2801160600002084C6F1D12"
@@ -47,62 +48,6 @@ def encode(body: str, *, lower_checksum: bool = False) -> bytes:
     return f"${body}*{digits}\r\n".encode("ascii")
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class RecordingSink:
-    """A DriverSink that remembers everything it is handed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._readings: list[Reading] = []
-        self._states: list[tuple[DeviceState, str]] = []
-        self._errors: list[ProtocolError] = []
-
-    def reading(self, reading: Reading) -> None:
-        with self._lock:
-            self._readings.append(reading)
-
-    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
-        assert (lane, device) == ("lane-1", "rfid-1")
-        with self._lock:
-            self._states.append((state, detail))
-
-    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        assert (lane, device) == ("lane-1", "rfid-1")
-        with self._lock:
-            self._errors.append(error)
-
-    @property
-    def readings(self) -> list[Reading]:
-        with self._lock:
-            return list(self._readings)
-
-    @property
-    def epcs(self) -> list[str]:
-        return [str(reading.value) for reading in self.readings]
-
-    @property
-    def states(self) -> list[tuple[DeviceState, str]]:
-        with self._lock:
-            return list(self._states)
-
-    @property
-    def state(self) -> DeviceState | None:
-        states = self.states
-        return states[-1][0] if states else None
-
-    @property
-    def errors(self) -> list[str]:
-        with self._lock:
-            return [str(error) for error in self._errors]
-
-
 def make_driver(url: str, **options: object) -> SerialRfidDriver:
     settings: dict[str, object] = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
     return SerialRfidDriver("lane-1", "rfid-1", url=url, **settings)  # type: ignore[arg-type]
@@ -111,7 +56,7 @@ def make_driver(url: str, **options: object) -> SerialRfidDriver:
 @contextmanager
 def running(driver: SerialRfidDriver) -> Iterator[RecordingSink]:
     """The driver's own loop in a thread, stopped and joined at the end."""
-    sink = RecordingSink()
+    sink = RecordingSink("lane-1", "rfid-1", timeout=WAIT)
     stop = threading.Event()
     thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
     thread.start()
@@ -134,7 +79,7 @@ def socat_pair(tmp_path: Path) -> Iterator[tuple[Path, Path, subprocess.Popen[by
             stderr=log,
         )
     try:
-        wait_until(lambda: a.exists() and b.exists(), "socat's pty links", timeout=10)
+        wait_until("socat's pty links", lambda: a.exists() and b.exists(), timeout=10)
         yield a, b, process
     finally:
         if process.poll() is None:
@@ -144,7 +89,7 @@ def socat_pair(tmp_path: Path) -> Iterator[tuple[Path, Path, subprocess.Popen[by
 
 def exercise(simulator: SerialRfidSimulator, sink: RecordingSink) -> None:
     """Tags with repeats and garbage between them: one reading per tag, an error per bad frame."""
-    wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+    sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
     simulator.present_tag(EPC1, antenna=2, rssi=-61, repeats=5)
     simulator.send_raw(b"\x00\xff\x13 line noise\r\n")
     simulator.send_raw(b"half a frame $TAG,E28")
@@ -152,12 +97,12 @@ def exercise(simulator: SerialRfidSimulator, sink: RecordingSink) -> None:
     simulator.send_raw(b"$TAG,E2801160600002084C6F1D12,1,-55*00\r\n")
     simulator.present_tag(EPC3, antenna=8, rssi=-40)
     simulator.present_tag(EPC4, repeats=1)
-    wait_until(lambda: len(sink.epcs) >= 4, "four readings")
-    assert sink.epcs == [EPC1.lower(), EPC2.lower(), EPC3.lower(), EPC4.lower()]
+    sink.wait_for("four readings", lambda: len(sink.values()) >= 4)
+    assert sink.values() == [EPC1.lower(), EPC2.lower(), EPC3.lower(), EPC4.lower()]
     errors = sink.errors
     for fragment in ("control or non-ASCII", "does not start with '$'", "no '*'", "checksum 00"):
         assert any(fragment in error for error in errors), (fragment, errors)
-    assert sink.states[0][0] is DeviceState.ONLINE
+    assert sink.states[0] is DeviceState.ONLINE
     for reading in sink.readings:
         assert reading.kind is Kind.RFID
         assert reading.source == Source.EPC
@@ -458,7 +403,7 @@ def test_over_tcp_like_a_serial_device_server() -> None:
     with SerialRfidSimulator(tcp_port=0) as simulator:
         driver = make_driver(f"socket://127.0.0.1:{simulator.tcp_port}")
         with running(driver) as sink:
-            wait_until(lambda: simulator.client_count == 1, "the simulator to accept the driver")
+            wait_until("the simulator to accept the driver", lambda: simulator.client_count == 1)
             exercise(simulator, sink)
 
 
@@ -469,17 +414,17 @@ def test_socat_killed_mid_run_takes_the_reader_offline(
     a, b, process = socat_pair
     with SerialRfidSimulator(path=str(a)) as simulator:
         with running(make_driver(str(b))) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
             simulator.present_tag(EPC1)
-            wait_until(lambda: sink.epcs == [EPC1.lower()], "the first tag")
+            sink.wait_for("the first tag", lambda: sink.values() == [EPC1.lower()])
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
-            wait_until(lambda: sink.state is DeviceState.OFFLINE, "the driver to go offline")
+            sink.wait_for("the driver to go offline", lambda: sink.state is DeviceState.OFFLINE)
             simulator.present_tag(EPC2)  # into a dead port: dropped, no exception
             time.sleep(0.5)
             assert sink.state is DeviceState.OFFLINE
-            assert sink.epcs == [EPC1.lower()]
-        assert [state for state, _ in sink.states][:2] == [DeviceState.ONLINE, DeviceState.OFFLINE]
+            assert sink.values() == [EPC1.lower()]
+        assert sink.states[:2] == [DeviceState.ONLINE, DeviceState.OFFLINE]
 
 
 @pytest.mark.timeout(30)
@@ -489,14 +434,14 @@ def test_simulator_stopped_takes_the_reader_offline(transport: str) -> None:
     with simulator:
         url = f"socket://127.0.0.1:{simulator.tcp_port}" if transport == "tcp" else simulator.device_path
         with running(make_driver(url)) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
             if transport == "tcp":
-                wait_until(lambda: simulator.client_count == 1, "the simulator to accept the driver")
+                wait_until("the simulator to accept the driver", lambda: simulator.client_count == 1)
             simulator.present_tag(EPC1)
-            wait_until(lambda: sink.epcs == [EPC1.lower()], "the tag")
+            sink.wait_for("the tag", lambda: sink.values() == [EPC1.lower()])
             simulator.stop()
             simulator.stop()
-            wait_until(lambda: sink.state is DeviceState.OFFLINE, "the driver to go offline")
+            sink.wait_for("the driver to go offline", lambda: sink.state is DeviceState.OFFLINE)
             time.sleep(1.0)
             assert sink.state is DeviceState.OFFLINE
     with pytest.raises(RuntimeError, match="not running"):
@@ -508,17 +453,19 @@ def test_heartbeats_keep_a_quiet_reader_online_and_their_absence_does_not() -> N
     with SerialRfidSimulator(heartbeat_interval=0.5) as simulator:
         driver = make_driver(simulator.device_path, silence_timeout=2.0)
         with running(driver) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
             time.sleep(3.5)
-            assert [state for state, _ in sink.states] == [DeviceState.ONLINE]
+            assert sink.states == [DeviceState.ONLINE]
     with SerialRfidSimulator(heartbeat_interval=None) as simulator:
         driver = make_driver(simulator.device_path, silence_timeout=1.0)
         with running(driver) as sink:
 
             def gone_quiet() -> bool:
-                return any(state is DeviceState.OFFLINE and "no data" in text for state, text in sink.states)
+                return any(
+                    state is DeviceState.OFFLINE and "no data" in text for state, text in sink.statuses
+                )
 
-            wait_until(gone_quiet, "the silent reader to go offline")
+            sink.wait_for("the silent reader to go offline", gone_quiet)
 
 
 @pytest.mark.timeout(30)
@@ -527,12 +474,12 @@ def test_one_reading_per_truck_within_the_repeat_window() -> None:
     with SerialRfidSimulator() as simulator:
         driver = make_driver(simulator.device_path, clock=clock, repeat_window=5.0, silence_timeout=3600.0)
         with running(driver) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
 
             def present_then_mark(epc: str, marker: str, count: int) -> None:
                 simulator.present_tag(epc, repeats=3)
                 simulator.present_tag(marker, repeats=1)
-                wait_until(lambda: len(sink.epcs) >= count, f"{count} readings")
+                sink.wait_for(f"{count} readings", lambda: len(sink.values()) >= count)
 
             present_then_mark(EPC1, EPC2, 2)
             clock.advance(4.0)
@@ -541,8 +488,8 @@ def test_one_reading_per_truck_within_the_repeat_window() -> None:
             present_then_mark(EPC1, EPC4, 4)  # seen 4 s ago, still standing there
             clock.advance(5.5)
             simulator.present_tag(EPC1)  # gone for 5.5 s: a new arrival
-            wait_until(lambda: len(sink.epcs) >= 5, "5 readings")
-            assert sink.epcs == [e.lower() for e in (EPC1, EPC2, EPC3, EPC4, EPC1)]
+            sink.wait_for("5 readings", lambda: len(sink.values()) >= 5)
+            assert sink.values() == [e.lower() for e in (EPC1, EPC2, EPC3, EPC4, EPC1)]
             assert sink.readings[-1].ts == clock.now()
 
 
@@ -552,7 +499,7 @@ def test_concurrent_senders_never_interleave_frames() -> None:
     with SerialRfidSimulator(heartbeat_interval=0.05) as simulator:
         driver = make_driver(simulator.device_path)
         with running(driver) as sink:
-            wait_until(lambda: sink.state is DeviceState.ONLINE, "the driver to come online")
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
 
             def send(sender: int) -> None:
                 for tag in tags[sender * 15 : (sender + 1) * 15]:
@@ -563,8 +510,8 @@ def test_concurrent_senders_never_interleave_frames() -> None:
                 sender.start()
             for sender in senders:
                 sender.join(timeout=10)
-            wait_until(lambda: len(sink.epcs) >= len(tags), "every tag")
-            assert sorted(sink.epcs) == sorted(tag.lower() for tag in tags)
+            sink.wait_for("every tag", lambda: len(sink.values()) >= len(tags))
+            assert sorted(sink.values()) == sorted(tag.lower() for tag in tags)
             assert sink.errors == []
 
 
@@ -601,9 +548,9 @@ def test_gated_sim_command_on_a_pty_link(tmp_path: Path, capsys: pytest.CaptureF
     result: list[int] = []
     command = threading.Thread(target=lambda: result.append(args.func(args)), daemon=True)
     command.start()
-    wait_until(lambda: link.is_symlink(), "the pty link", timeout=10)
+    wait_until("the pty link", lambda: link.is_symlink(), timeout=10)
     with running(make_driver(str(link), repeat_window=60.0)) as sink:
-        wait_until(lambda: {EPC1.lower(), EPC3.lower()} <= set(sink.epcs), "both tags")
+        sink.wait_for("both tags", lambda: {EPC1.lower(), EPC3.lower()} <= set(sink.values()))
     command.join(timeout=15)
     assert result == [0]
     assert not os.path.lexists(link)

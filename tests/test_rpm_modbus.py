@@ -27,6 +27,7 @@ from gated.clock import ManualClock
 from gated.errors import ConfigError, DeviceUnavailable, ProtocolError
 from gated.model import DeviceState, Kind, Quality, Reading, ScreeningVerdict, Source
 from simulators.rpm_modbus import ModbusRpmSimulator, register_cli
+from tests.sinks import RecordingSink
 from tests.system import free_port, require_tool
 
 PROFILE_PATH = Path(__file__).resolve().parents[1] / "config" / "profiles" / "rpm-modbus.toml"
@@ -346,48 +347,6 @@ def test_occupancy_fault_and_tamper_edges(profile: RpmProfile) -> None:
 # -- driver against the simulator over TCP ----------------------------------------------------------
 
 
-class RecordingSink:
-    """A DriverSink that remembers everything, for tests to wait on."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.readings: list[Reading] = []
-        self.statuses: list[tuple[DeviceState, str]] = []
-        self.errors: list[ProtocolError] = []
-
-    def reading(self, reading: Reading) -> None:
-        with self._lock:
-            self.readings.append(reading)
-
-    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
-        assert (lane, device) == (LANE, DEVICE)
-        with self._lock:
-            self.statuses.append((state, detail))
-
-    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        with self._lock:
-            self.errors.append(error)
-
-    def of(self, source: str) -> list[Reading]:
-        with self._lock:
-            return [reading for reading in self.readings if reading.source == source]
-
-    def states(self) -> list[DeviceState]:
-        with self._lock:
-            return [state for state, _ in self.statuses]
-
-    def wait_for(self, what: str, condition: Callable[[], bool], timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                with self._lock:
-                    seen = [(r.source, r.value) for r in self.readings]
-                raise AssertionError(
-                    f"timed out waiting for {what}; statuses {self.statuses}, readings {seen}"
-                )
-            time.sleep(0.02)
-
-
 def make_driver(profile: RpmProfile, port: int, *, unit: int = 1) -> ModbusRpmDriver:
     return ModbusRpmDriver(
         LANE,
@@ -418,9 +377,9 @@ def running(driver: ModbusRpmDriver, sink: RecordingSink) -> Iterator[threading.
 
 @contextmanager
 def rig(profile: RpmProfile, **simulator: Any) -> Iterator[tuple[ModbusRpmSimulator, RecordingSink]]:
-    sink = RecordingSink()
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
     with ModbusRpmSimulator(seed=7, **simulator) as sim, running(make_driver(profile, sim.port), sink):
-        sink.wait_for("online", lambda: DeviceState.ONLINE in sink.states())
+        sink.wait_for("online", lambda: DeviceState.ONLINE in sink.states)
         yield sim, sink
 
 
@@ -428,8 +387,7 @@ def pass_readings(sink: RecordingSink, number: int) -> dict[str, Reading]:
     """The readings of the ``number``-th reported pass end (1-based), by source."""
     sink.wait_for(f"pass {number}", lambda: len(sink.of(Source.SCREENING)) >= number)
     screening = sink.of(Source.SCREENING)[number - 1]
-    with sink._lock:
-        same_poll = [reading for reading in sink.readings if reading.ts == screening.ts]
+    same_poll = [reading for reading in sink.readings if reading.ts == screening.ts]
     by_source: dict[str, Reading] = {}
     for reading in same_poll:
         by_source.setdefault(reading.source, reading)  # occupancy False comes before a new True
@@ -503,7 +461,7 @@ def test_passes_before_connecting_are_not_reported(profile: RpmProfile) -> None:
         for _ in range(2):
             sim.begin_pass()
             sim.end_pass(gamma_alarm=True)
-        sink = RecordingSink()
+        sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
         with running(make_driver(profile, sim.port), sink):
             sim.begin_pass()
             sink.wait_for("occupancy True", lambda: bool(sink.of(Source.OCCUPANCY)))
@@ -530,10 +488,10 @@ def test_simulator_restart_goes_offline_then_online_and_passes_still_count(profi
         sim.end_pass()
         pass_readings(sink, 1)
         sim.stop()
-        sink.wait_for("offline", lambda: sink.states()[-1] is DeviceState.OFFLINE)
+        sink.wait_for("offline", lambda: sink.states[-1] is DeviceState.OFFLINE)
         sim.stop()  # idempotent
         sim.start()
-        sink.wait_for("online again", lambda: sink.states()[-2:] == [DeviceState.OFFLINE, DeviceState.ONLINE])
+        sink.wait_for("online again", lambda: sink.states[-2:] == [DeviceState.OFFLINE, DeviceState.ONLINE])
         sim.begin_pass()
         sink.wait_for("occupancy True", lambda: [r.value for r in sink.of(Source.OCCUPANCY)][-1] is True)
         sim.end_pass(gamma_alarm=True)
@@ -546,13 +504,13 @@ def test_simulator_restart_goes_offline_then_online_and_passes_still_count(profi
 def test_wrong_unit_id_counts_protocol_errors_without_crashing(profile: RpmProfile) -> None:
     with ModbusRpmSimulator(unit=1) as sim:
         driver = make_driver(profile, sim.port, unit=9)
-        sink = RecordingSink()
+        sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
         with running(driver, sink) as thread:
             sink.wait_for("frame errors", lambda: len(sink.errors) >= 3)
             assert thread.is_alive()
         assert driver.frame_errors >= 3 and sink.readings == []
-        assert sink.states() == [DeviceState.ONLINE]
-        message = str(sink.errors[0])
+        assert sink.states == [DeviceState.ONLINE]
+        message = sink.errors[0]
         assert "unit 9" in message and "exception 4" in message and f":{sim.port}" in message
 
 
@@ -659,7 +617,7 @@ def test_cli_runs_scripted_passes(profile: RpmProfile, capsys: pytest.CaptureFix
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(args.func(args)), daemon=True)
     worker.start()
-    sink = RecordingSink()
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
     with running(make_driver(profile, port, unit=3), sink):
         sink.wait_for("two passes", lambda: len(sink.of(Source.SCREENING)) >= 2, timeout=60)
         verdicts = {r.value for r in sink.of(Source.SCREENING)}

@@ -7,7 +7,7 @@ import argparse
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from gated.radiation import (
     sigma,
 )
 from simulators.rpm_rapiscan import RapiscanRpmSimulator, poisson, register_cli, simulate_occupancy
+from tests.sinks import RecordingSink
 from tests.system import free_port
 
 LANE, DEVICE = "lane-1", "rpm-1"
@@ -224,48 +225,6 @@ def test_garbage_only_raises_protocol_error(line: bytes) -> None:
 # -- driver against the simulator over TCP -------------------------------------------------------
 
 
-class RecordingSink:
-    """A DriverSink that remembers everything, for tests to wait on."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.readings: list[Reading] = []
-        self.statuses: list[tuple[DeviceState, str]] = []
-        self.errors: list[ProtocolError] = []
-
-    def reading(self, reading: Reading) -> None:
-        with self._lock:
-            self.readings.append(reading)
-
-    def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
-        assert (lane, device) == (LANE, DEVICE)
-        with self._lock:
-            self.statuses.append((state, detail))
-
-    def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        with self._lock:
-            self.errors.append(error)
-
-    def of(self, source: str) -> list[Reading]:
-        with self._lock:
-            return [reading for reading in self.readings if reading.source == source]
-
-    def states(self) -> list[DeviceState]:
-        with self._lock:
-            return [state for state, _ in self.statuses]
-
-    def wait_for(self, what: str, condition: Callable[[], bool], timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                with self._lock:
-                    seen = [(r.source, r.value) for r in self.readings][-30:]
-                raise AssertionError(
-                    f"timed out waiting for {what}; statuses {self.statuses}, readings {seen}"
-                )
-            time.sleep(0.02)
-
-
 def make_driver(port: int, **options: Any) -> RapiscanRpmDriver:
     settings: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.5, **options}
     return RapiscanRpmDriver(LANE, DEVICE, host="127.0.0.1", port=port, **settings)
@@ -288,12 +247,12 @@ def running(driver: RapiscanRpmDriver, sink: RecordingSink) -> Iterator[threadin
 def rig(
     driver_options: dict[str, Any] | None = None, **simulator: Any
 ) -> Iterator[tuple[RapiscanRpmSimulator, RecordingSink]]:
-    sink = RecordingSink()
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
     with (
         RapiscanRpmSimulator(seed=7, **simulator) as sim,
         running(make_driver(sim.port, **(driver_options or {})), sink),
     ):
-        sink.wait_for("online", lambda: DeviceState.ONLINE in sink.states())
+        sink.wait_for("online", lambda: DeviceState.ONLINE in sink.states)
         sink.wait_for("a connected client", lambda: sim.clients >= 1)
         time.sleep(1.5)  # a little background before the first pass
         yield sim, sink
@@ -303,8 +262,7 @@ def pass_readings(sink: RecordingSink, number: int) -> dict[str, Reading]:
     """The readings of the ``number``-th reported pass end (1-based), by source."""
     sink.wait_for(f"pass {number}", lambda: len(sink.of("screening_check")) >= number)
     check = sink.of("screening_check")[number - 1]
-    with sink._lock:
-        same = [reading for reading in sink.readings if reading.ts == check.ts]
+    same = [reading for reading in sink.readings if reading.ts == check.ts]
     return {reading.source: reading for reading in same}
 
 
@@ -432,21 +390,21 @@ def test_garbage_is_counted_and_the_stream_goes_on() -> None:
         sink.wait_for("frame errors", lambda: len(sink.errors) >= 2)
         sim.drive_pass(duration_s=1.0)
         assert pass_readings(sink, 1)[Source.SCREENING].value == ScreeningVerdict.CLEAR
-        assert sink.states() == [DeviceState.ONLINE]
+        assert sink.states == [DeviceState.ONLINE]
 
 
 @pytest.mark.timeout(90)
 def test_silence_goes_offline_and_a_restart_comes_back() -> None:
     with rig(driver_options={"silence_timeout": 1.0}) as (sim, sink):
         sim.set_silent(True)
-        sink.wait_for("offline", lambda: sink.states()[-1:] == [DeviceState.OFFLINE])
+        sink.wait_for("offline", lambda: sink.states[-1:] == [DeviceState.OFFLINE])
         assert "no record for 1 s" in sink.statuses[-1][1]
         sim.set_silent(False)
-        sink.wait_for("online again", lambda: sink.states()[-2:] == [DeviceState.OFFLINE, DeviceState.ONLINE])
+        sink.wait_for("online again", lambda: sink.states[-2:] == [DeviceState.OFFLINE, DeviceState.ONLINE])
         sim.stop()
-        sink.wait_for("offline after stop", lambda: sink.states()[-1:] == [DeviceState.OFFLINE])
+        sink.wait_for("offline after stop", lambda: sink.states[-1:] == [DeviceState.OFFLINE])
         sim.start()
-        sink.wait_for("online after restart", lambda: sink.states()[-1:] == [DeviceState.ONLINE])
+        sink.wait_for("online after restart", lambda: sink.states[-1:] == [DeviceState.ONLINE])
         time.sleep(1.5)
         sim.drive_pass(duration_s=1.0)
         assert pass_readings(sink, 1)[Source.SCREENING].value == ScreeningVerdict.CLEAR
@@ -458,7 +416,7 @@ def test_a_pass_cut_short_by_a_lost_connection_ends_as_not_screened() -> None:
         sim.drive_pass(duration_s=20.0, wait=False)
         sink.wait_for("occupancy", lambda: [r.value for r in sink.of(Source.OCCUPANCY)] == [True])
         sim.stop()
-        sink.wait_for("offline", lambda: DeviceState.OFFLINE in sink.states())
+        sink.wait_for("offline", lambda: DeviceState.OFFLINE in sink.states)
         sim.start()
         readings = pass_readings(sink, 1)
         assert readings[Source.SCREENING].value == ScreeningVerdict.FAULT
@@ -480,7 +438,7 @@ def test_cli_runs_scripted_passes(capsys: pytest.CaptureFixture[str]) -> None:
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(args.func(args)), daemon=True)
     worker.start()
-    sink = RecordingSink()
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
     with running(make_driver(port), sink):
         sink.wait_for("two passes", lambda: len(sink.of(Source.SCREENING)) >= 2, timeout=60)
         verdicts = [r.value for r in sink.of(Source.SCREENING)]

@@ -1,0 +1,168 @@
+"""The Modbus TCP side of a simulated device: one unit's holding registers, served by pymodbus.
+
+pymodbus is asyncio: the server runs on its own event loop in its own thread, next to the device's
+own cycle, so a simulator's script methods stay plain, thread-safe calls. pymodbus moves its API
+between minor versions (pinned below 4); the simulators reach its server through this module only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Self
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
+
+READ_HOLDING_REGISTERS = 3
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ModbusTcpSimulator(ABC):
+    """A simulated device on ``host:port`` answering as Modbus unit ``unit``.
+
+    Port 0 picks a free port at construction; ``.port`` keeps it across stop/start. The server
+    starts with ``registers()`` and, while it serves, runs the device's ``_cycle()`` on its loop.
+    ``on_access`` (a pymodbus ``SimDevice`` action) sees every request of a master.
+    """
+
+    name = "modbus-sim"  # names the server's thread
+    title = "Modbus simulator"  # names the device in errors
+
+    def __init__(self, *, host: str, port: int, unit: int, on_access: SimAction | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.unit = unit
+        self._access_action = on_access
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ModbusTcpServer | None = None
+        self._stopping: asyncio.Event | None = None
+
+    @abstractmethod
+    def registers(self) -> list[int]:
+        """A copy of all holding registers as the device holds them."""
+
+    @abstractmethod
+    async def _cycle(self) -> None:
+        """The device's own cycle, run on the server's loop until the server stops."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start serving; returns when the server accepts connections."""
+        if self._thread is not None:
+            return
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._serve, args=(ready, failure), name=f"{self.name}-{self.port}", daemon=True
+        )
+        thread.start()
+        ready.wait(timeout=30)
+        if failure or not ready.is_set():
+            thread.join(timeout=10)
+            reason = failure[0] if failure else "timed out"
+            raise RuntimeError(f"{self.title} cannot listen on {self.host}:{self.port}: {reason}")
+        self._thread = thread
+
+    def stop(self) -> None:
+        """Stop serving and close every client connection. Safe to call twice."""
+        thread, self._thread = self._thread, None
+        loop, stopping = self._loop, self._stopping
+        if thread is None:
+            return
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout=30)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main(ready, failure))
+        finally:
+            self._loop = None
+            loop.close()
+
+    async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        device = SimDevice(
+            id=self.unit,
+            simdata=[SimData(address=0, values=self.registers(), datatype=DataType.REGISTERS)],
+            action=self._access_action,
+        )
+        try:
+            server = ModbusTcpServer(device, address=(self.host, self.port))
+            await server.serve_forever(background=True)
+        except Exception as error:  # noqa: BLE001  reported to the caller of start()
+            failure.append(error)
+            ready.set()
+            return
+        self._server = server
+        self._stopping = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        cycle = asyncio.create_task(self._cycle())
+        ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            self._server = None
+            cycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cycle
+            await server.shutdown()  # type: ignore[no-untyped-call]
+
+    # -- changing what the server serves -------------------------------------------------------
+
+    async def _serve_values(self, address: int, values: list[int]) -> None:
+        """On the server's loop: serve ``values`` from ``address`` on, in one step."""
+        server = self._server
+        if server is not None:
+            await server.async_setValues(self.unit, READ_HOLDING_REGISTERS, address, values)
+
+    def _publish(self, blocks: list[tuple[int, list[int]]]) -> None:
+        """From any thread: serve each (address, values) block in turn; nothing while stopped.
+
+        Each block reaches the server in one step, so a client never sees half of it."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+
+        async def publish() -> None:
+            for address, values in blocks:
+                await self._serve_values(address, values)
+
+        coroutine = publish()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop closed meanwhile; the next start() serves the new values
+            coroutine.close()
+            return
+        future.result(timeout=10)
