@@ -25,9 +25,11 @@ PARAMS: dict[str, Any] = {
     # about 10% faster per frame here, for a few tens of MB held.
     "EngineConfig.onnxruntime.enable_cpu_mem_arena": True,
 }
-COARSE_SIDE = 960
+COARSE_SIDE = 832
 """The long side, in pixels, of the quick look's detector input (the full look scales the short side
-up to 736, about 1309x736 for a 720p frame): text detection costs in proportion to the pixels."""
+up to 736, about 1309x736 for a 720p frame): text detection costs in proportion to the pixels. At
+832 px a 1280x720 frame's median read took 0.31 s against 0.37 s at 960 px, read as many numbers
+exactly (the full look still catches what the quick look misses) and had a shorter p95."""
 COARSE_PARAMS: dict[str, Any] = {**PARAMS, "Det.limit_type": "max", "Det.limit_side_len": COARSE_SIDE}
 
 
