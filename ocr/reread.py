@@ -38,9 +38,9 @@ STRETCH_PERCENTILES = (1.0, 99.0)
 FRAME_INSET = (0.18, 0.14)
 """At most how much of a check digit box's width and height is cut off each side as its frame."""
 FRAME_LINE_SHARE = 0.4
+"""A column (row) of a box painted along at least this share of its length is a line of its frame."""
 MIN_CHARACTER_HEIGHT = 0.5
 """The least share of a box's inside height the paint of a digit in it reaches over."""
-"""A column (row) of a box painted along at least this share of its length is a line of its frame."""
 MIN_FRAME_FILL = 0.8
 """How much of a check digit box's outline its four corners must cover (a round digit: about 2/3)."""
 RIVAL_READ_CONFIDENCE = 0.3
@@ -109,8 +109,8 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
 
     The box is the four-cornered outline about one and a half character heights tall whose centre
     lies past the serial's end (``serial_end``: the crop's axis, 0 for x or 1 for y, and where on
-    it the serial surely ends), so no round digit of the serial is taken for it; its inside is cut with a
-    margin so none of its frame is left for the recogniser to read as another character."""
+    it the serial surely ends), so no round digit of the serial is taken for it; its inside is cut where
+    its frame's lines end so none of the frame is left for the recogniser to read as another character."""
     grey = np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
     looks = {False: cv2.GaussianBlur(grey, (3, 3), 0)}
     corners = None
@@ -123,8 +123,7 @@ def _inside_frame(crop: Image, char_height: float, serial_end: tuple[int, float]
             break
     if corners is None:
         return None
-    w, h = _side_lengths(corners)
-    return _upright_inside(crop, corners, w, h)
+    return _upright_inside(crop, grey, corners)
 
 
 def _stretched(grey: Image) -> Image:
@@ -161,13 +160,10 @@ def _frame_corners(
     return None if best is None else best[1]
 
 
-def _side_lengths(corners: npt.NDArray[Any]) -> tuple[int, int]:
-    """The width and height of the rectangle the quadrilateral ``corners`` is warped to."""
+def _upright_inside(crop: Image, grey: Image, corners: npt.NDArray[Any]) -> Image | None:
+    """The inside of the box with ``corners`` in ``crop`` (``grey``: the crop in grey), upright and
+    without its frame, or None when no character stands in it."""
     _, _, w, h = cv2.boundingRect(corners.astype(np.int32))
-    return w, h
-
-
-def _upright_inside(crop: Image, corners: npt.NDArray[Any], w: int, h: int) -> Image | None:
     # The box seen at an angle is a sheared quadrilateral, and so is the digit in it: warped back to
     # a rectangle, the digit stands upright again (a sheared 0 is read at 0.65, upright at 0.8).
     matrix = cv2.getPerspectiveTransform(
@@ -182,7 +178,7 @@ def _upright_inside(crop: Image, corners: npt.NDArray[Any], w: int, h: int) -> I
     # and was read as B).
     paint = np.asarray(
         cv2.warpPerspective(
-            _ink_mask(np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), dtype=np.uint8)),
+            _ink_mask(grey),
             matrix,
             (w, h),
             flags=cv2.INTER_NEAREST,
@@ -218,7 +214,7 @@ def _holds_a_character(paint: Image) -> bool:
 
 def _frame_widths(paint: Image) -> tuple[int, int, int, int]:
     """How far the frame's lines reach in from the left, top, right and bottom of an upright box
-    (``paint``: 1 where paint is), each with a pixel's margin and within ``FRAME_INSET`` at most.
+    (``paint``: 1 where paint is), each with a small margin and within ``FRAME_INSET`` at most.
 
     A line of the frame is a column (or row) painted along most of its length; the frame ends at
     the first one inward that is not. With the box's corners found inside its frame, no column is,
