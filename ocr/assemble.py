@@ -146,19 +146,23 @@ class _Piece:
 
 
 _BAR_BETWEEN_LETTERS = re.compile(r"(?<=[A-Za-z])\|(?=[A-Za-z])")
+SLASHED_ZEROS = str.maketrans(dict.fromkeys("ØøθΘ⊘", "0"))
+"""Marks are often painted with a slashed or barred zero, which the recogniser reads as one of
+these; none of them is a character an owner code, serial or size code can hold otherwise."""
 
 
 def _latin(text: str) -> str:
     """``text`` with accented Latin letters as their base letter (the recogniser reads a dirty C as
-    Ç) and a bar between two letters as the I it is in a sans-serif owner code (CA|U is CAIU; a
-    bar elsewhere stays a separator). Nothing else changes, so positions in the text still hold."""
+    Ç), a slashed or barred zero as 0, and a bar between two letters as the I it is in a sans-serif
+    owner code (CA|U is CAIU; a bar elsewhere stays a separator). Nothing else changes, so
+    positions in the text still hold."""
     plain = "".join(
         base[0]
         if (base := unicodedata.normalize("NFKD", char)) and base[0].isascii() and base[0].isalpha()
         else char
         for char in text
     )
-    return _BAR_BETWEEN_LETTERS.sub("I", plain)
+    return _BAR_BETWEEN_LETTERS.sub("I", plain.translate(SLASHED_ZEROS))
 
 
 def _clean(text: str) -> str | None:

@@ -33,6 +33,7 @@ from ocr.assemble import (
 )
 from ocr.engine import Image, OcrEngine, TextBox, check_image
 from ocr.reread import check_digit_after, equalized, reread_boxes, reread_columns
+from ocr.rods import without_rods
 
 MAX_PARTIALS = 3
 MAX_SECOND_LOOKS = 12
@@ -96,6 +97,14 @@ def read_all(engine: OcrEngine, image: Image, *, quick_only: bool = False) -> li
             second, _ = _numbers(engine, frame, [again.get(box, box) for box in boxes])
             kept = [first for first in found if not any(same_place(first, other) for other in second)]
             found = marks([*second, *kept])
+    if not any(_settled(candidate) for candidate in found):
+        # A door's locking rod across the marks closes a 3 into a B or runs on from a check digit's
+        # box; the frame with its rods taken out is looked at in full once more, and its readings
+        # replace the others in the same place.
+        clean = without_rods(frame)
+        unrodded, _ = _numbers(engine, clean, engine.read(clean))
+        kept = [first for first in found if not any(same_place(first, other) for other in unrodded)]
+        found = marks([*unrodded, *kept])
     return found
 
 

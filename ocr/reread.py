@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ocr.assemble import Span
+from ocr.assemble import SLASHED_ZEROS, Span
 from ocr.engine import Image, OcrEngine, TextBox
 
 COLUMN_RATIO = 2.5
@@ -314,7 +314,7 @@ def check_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit | No
     digits = {
         (text, read.confidence)
         for read in reads
-        if (text := "".join(char for char in read.text if char.isalnum()))
+        if (text := "".join(char for char in read.text.translate(SLASHED_ZEROS) if char.isalnum()))
         and read.confidence >= RIVAL_READ_CONFIDENCE
     }
     if len({text for text, _ in digits}) != 1:
@@ -345,7 +345,7 @@ def _unboxed_digit_after(engine: OcrEngine, image: Image, last: Span) -> Digit |
     if crop is None:
         return None
     (read,) = engine.recognize([_pad(crop)])
-    text = "".join(char for char in read.text if not char.isspace())
+    text = "".join(char for char in read.text.translate(SLASHED_ZEROS) if not char.isspace())
     if len(text) != 1 or not text.isdigit() or read.confidence < MIN_UNBOXED_DIGIT_CONFIDENCE:
         return None
     return Digit(text, read.confidence)
