@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
@@ -32,7 +33,14 @@ from gated.holds import HoldStore
 from gated.iso6346 import check_digit
 from gated.model import Decision, Visit
 from simulators.barrier_plc import BarrierPlcSimulator
-from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck, truck_frames
+from simulators.lane import (
+    ContainerSighting,
+    LaneDevices,
+    ScriptedLane,
+    Truck,
+    truck_frames,
+    truck_front_frames,
+)
 from simulators.lane_camera import LaneCamera
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
@@ -55,7 +63,7 @@ def demo_trucks(lane_index: int) -> list[Truck]:
     held = numbered(f"TGHU{base + 2:06d}")
     on_held_bl = numbered(f"CSQU{base + 3:06d}")
     hot = numbered(f"HLXU{base + 4:06d}")
-    return [
+    trucks = [
         Truck(
             "clean container",
             f"e2801160600002{lane_index:02d}0001",
@@ -82,6 +90,12 @@ def demo_trucks(lane_index: int) -> list[Truck]:
             f"e2801160600002{lane_index:02d}0005",
             (ContainerSighting(numbered(f"MSKU{base + 5:06d}")), ContainerSighting(on_held_bl)),
         ),
+    ]
+    # Each truck's front carries its plate, read by the lane's plate camera (us-style: ABC 1234).
+    fleet = "ABCDEFGH"[lane_index]
+    return [
+        replace(truck, plate=f"GT{fleet} {lane_index + 1}{number:03d}")
+        for number, truck in enumerate(trucks, start=1)
     ]
 
 
@@ -151,16 +165,21 @@ def run_demo(
     devices: list[LaneDevices] = []
     daemon: Daemon | None = None
     try:
-        cameras: list[LaneCamera] = []
+        cameras: list[tuple[LaneCamera, LaneCamera]] = []
         for index in range(lanes):
-            camera = LaneCamera(seed=index)
+            camera, plate_camera = LaneCamera(seed=index), LaneCamera(seed=100 + index)
             lane_devices = LaneDevices(
-                SerialRfidSimulator(), ModbusRpmSimulator(port=0), camera, BarrierPlcSimulator()
+                SerialRfidSimulator(),
+                ModbusRpmSimulator(port=0),
+                camera,
+                BarrierPlcSimulator(),
+                plate_camera=plate_camera,
             )
             lane_devices.start()
             camera.prepare(truck_frames(truck) for truck in demo_trucks(index))
+            plate_camera.prepare(truck_front_frames(truck) for truck in demo_trucks(index))
             devices.append(lane_devices)
-            cameras.append(camera)
+            cameras.append((camera, plate_camera))
         config = validate(
             {
                 "site": "demo",
@@ -188,6 +207,7 @@ def run_demo(
                                 "id": "ocr-1",
                                 "driver": "ocr-frames",
                                 "views": [camera.url],
+                                "plate_views": [plate_camera.url],
                                 "pre_trigger_seconds": 0.5,
                                 "post_trigger_seconds": 1.0,
                                 "frames_per_view": 2,
@@ -201,7 +221,7 @@ def run_demo(
                             },
                         ],
                     }
-                    for index, (lane, camera) in enumerate(zip(devices, cameras, strict=True))
+                    for index, (lane, (camera, plate_camera)) in enumerate(zip(devices, cameras, strict=True))
                 ],
             },
             source="demo",

@@ -23,6 +23,7 @@ from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.camera_frames import PAINTS, FrameSpec
 from simulators.lane_camera import LaneCamera, TruckFrames
 from simulators.ocr_camera import SmartCameraSimulator
+from simulators.plate_frames import PlateSpec
 from simulators.printer_escpos import EscposPrinterSimulator
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
@@ -63,6 +64,8 @@ class Truck:
     containers: tuple[ContainerSighting, ...]
     radiation: Radiation = "clear"
     background_cps: float = 250.0
+    plate: str | None = None
+    """The licence plate as painted on the truck's front (``plate_frames`` us-style: ABC 1234)."""
 
 
 @dataclass
@@ -72,6 +75,8 @@ class LaneDevices:
     camera: SmartCameraSimulator | LaneCamera
     barrier: BarrierPlcSimulator | None = None
     printer: EscposPrinterSimulator | None = None
+    plate_camera: LaneCamera | None = None
+    """A frames camera aimed at the trucks' fronts, for their licence plates."""
 
     def start(self) -> None:
         for device in self.all():
@@ -87,10 +92,12 @@ class LaneDevices:
             devices.append(self.barrier)
         if self.printer is not None:
             devices.append(self.printer)
+        if self.plate_camera is not None:
+            devices.append(self.plate_camera)
         return devices
 
 
-def truck_frames(truck: Truck) -> TruckFrames:
+def truck_frames(truck: Truck) -> tuple[FrameSpec, ...]:
     """What a frames camera sees of ``truck``: one frame on the move, then the truck standing at the
     gate (the same truck always looks the same). Two boxes are filmed from the side."""
     sightings = truck.containers[:2]
@@ -115,6 +122,16 @@ def truck_frames(truck: Truck) -> TruckFrames:
     if not readable:
         spec = replace(spec, blur=6.0, dirt=1.0)
     moving = replace(spec, motion_blur_px=10, position=(spec.position[0] - 0.15, spec.position[1]))
+    return moving, spec
+
+
+def truck_front_frames(truck: Truck) -> tuple[PlateSpec, ...]:
+    """What a plate camera sees of ``truck``: its front pulling up, then standing at the gate."""
+    if truck.plate is None:
+        return ()
+    look = zlib.crc32(truck.plate.encode())
+    spec = PlateSpec(text=truck.plate, char_height_px=30.0, yaw_deg=8.0, texture_seed=look)
+    moving = replace(spec, motion_blur_px=8, position=(spec.position[0] - 0.1, spec.position[1]))
     return moving, spec
 
 
@@ -148,11 +165,15 @@ class ScriptedLane:
             self.decided.clear()
         if isinstance(camera, LaneCamera):
             camera.arrive(truck_frames(truck))
+        if devices.plate_camera is not None:
+            devices.plate_camera.arrive(truck_front_frames(truck))
         try:
             return self._drive(truck, stop, pass_through)
         finally:
             if isinstance(camera, LaneCamera):
                 camera.depart()
+            if devices.plate_camera is not None:
+                devices.plate_camera.depart()
 
     def _drive(self, truck: Truck, stop: threading.Event | None, pass_through: bool) -> bool:
         devices = self.devices

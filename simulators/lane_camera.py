@@ -1,6 +1,7 @@
-"""The frames camera of a scripted lane: an MJPEG camera (``camera_frames.MjpegCameraSimulator``) that
-shows the truck at the gate, with its container number painted on the doors, and the empty lane
-between trucks. gated reads the number itself (``drivers.ocr_frames``).
+"""The frames cameras of a scripted lane: an MJPEG camera (``camera_frames.MjpegCameraSimulator``) that
+shows the truck at the gate, with its container number painted on the doors (or, aimed at the
+truck's front, its licence plate), and the empty lane between trucks. gated reads the number and
+the plate itself (``drivers.ocr_frames``).
 
 Painting one 1280x720 frame takes 0.15-0.3 s on the 2-core gate PC, too slow to start when the truck
 pulls up: ``prepare`` paints every truck's frames ahead on a background thread, and ``arrive`` then
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from simulators import plate_frames
 from simulators.camera_frames import (
     FrameSpec,
     MjpegCameraSimulator,
@@ -22,11 +24,13 @@ from simulators.camera_frames import (
     render_empty_lane,
     render_frame,
 )
+from simulators.plate_frames import PlateSpec
 
 log = logging.getLogger(__name__)
 
-TruckFrames = tuple[FrameSpec, ...]
-"""What the camera sees while one truck pulls up: one spec per frame, the last one stays in view."""
+TruckFrames = tuple[FrameSpec, ...] | tuple[PlateSpec, ...]
+"""What the camera sees while one truck pulls up: one spec per frame, the last one stays in view
+(container doors for a container view, the truck's front for a plate view)."""
 
 
 class LaneCamera:
@@ -118,7 +122,14 @@ class LaneCamera:
                 self._lock.notify_all()
 
 
-def _render(frames: Sequence[FrameSpec], seed: int) -> list[bytes]:
+def _render(frames: Sequence[FrameSpec | PlateSpec], seed: int) -> list[bytes]:
     # The same truck paints the same pixels every time, whatever was painted before it.
     rng = np.random.default_rng([seed, *(spec.texture_seed for spec in frames)])
-    return [encode_jpeg(render_frame(spec, rng)[0]) for spec in frames]
+    return [
+        encode_jpeg(
+            render_frame(spec, rng)[0]
+            if isinstance(spec, FrameSpec)
+            else plate_frames.render_frame(spec, rng)[0]
+        )
+        for spec in frames
+    ]

@@ -54,10 +54,10 @@ def test_demo_with_embedded_broker_shows_the_four_outcomes(tmp_path: Path) -> No
     try:
         head = wait_for_line(demo, "mosquitto_sub")
         watcher = subprocess.run(
-            [mosquitto_sub, "-h", "127.0.0.1", "-p", str(port), "-t", "gated/#", "-v", "-W", "12"],
+            [mosquitto_sub, "-h", "127.0.0.1", "-p", str(port), "-t", "gated/#", "-v", "-W", "20"],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=40,
             check=False,
         )
         lines = head[:]
@@ -75,6 +75,9 @@ def test_demo_with_embedded_broker_shows_the_four_outcomes(tmp_path: Path) -> No
         assert f" {outcome} " in output, output
     assert "gated/v1/demo/lane-1/decision" in watcher.stdout
     assert "gated/v1/demo/lane-1/reading/rfid/rfid-1" in watcher.stdout
+    # The first truck's plate, read by gated from the lane's plate camera.
+    plates = [line for line in watcher.stdout.splitlines() if '"licence_plate"' in line]
+    assert any('"GTA1001"' in line for line in plates), watcher.stdout[-3000:]
     assert "gated/v1/demo/node/demo-gate/status" in watcher.stdout
 
 
