@@ -69,6 +69,11 @@ class Driver(ABC):
     def close(self) -> None:
         """Close the transport; safe to call twice and after a failed connect."""
 
+    def degraded(self) -> str | None:
+        """Why the connected device works with less than all of its parts (a camera with one of its
+        views down), or None when it works in full. Asked after every step."""
+        return None
+
     def run(self, sink: DriverSink, stop: threading.Event) -> None:
         """The driver's thread: connect, step, reconnect with backoff, until ``stop`` is set."""
         backoff = self.backoff_initial
@@ -80,6 +85,13 @@ class Driver(ABC):
             if new != state:
                 state = new
                 sink.device_status(self.lane, self.device, new, detail)
+
+        def connected() -> None:
+            reason = self.degraded()
+            if reason is None:
+                set_state(DeviceState.ONLINE, "connected")
+            else:
+                set_state(DeviceState.DEGRADED, reason)
 
         while not stop.is_set():
             try:
@@ -97,7 +109,7 @@ class Driver(ABC):
                 log.info("%s/%s: connected again", self.lane, self.device)
                 failing_since_logged = False
             backoff = self.backoff_initial
-            set_state(DeviceState.ONLINE, "connected")
+            connected()
             try:
                 while not stop.is_set():
                     try:
@@ -108,6 +120,7 @@ class Driver(ABC):
                         continue
                     for reading in readings:
                         sink.reading(reading)
+                    connected()
             except DeviceUnavailable as error:
                 log.warning("%s/%s: connection lost: %s", self.lane, self.device, error)
                 failing_since_logged = True

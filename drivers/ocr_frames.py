@@ -37,12 +37,14 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
    plate-shaped was read. The plate is informational: it joins the visit, it never completes or
    decides one.
 
-The device is online while every view delivers frames. A view that fails, or a live stream that
-sends no frame for ``silence_timeout`` seconds, makes the driver reconnect (``drivers.base`` reports
-it offline meanwhile); triggers and reads in progress are kept across a reconnect. A plate view is
-the exception: it is opened again on its own every ``backoff_max`` seconds, the device stays online,
-and a visit read meanwhile gets a BAD plate reading. A part that does
-not decode is counted as a protocol error and skipped.
+The device is online while every container view delivers frames. A view that fails, or a live
+stream that sends no frame for ``silence_timeout`` seconds, is opened again on its own every
+``backoff_max`` seconds; meanwhile the device is degraded (its visits are read from the views that
+still deliver, which a lane with views on the doors and both sides can afford) and, when no
+container view delivers, offline: the driver then reconnects (``drivers.base``). Triggers and reads
+in progress are kept across a reconnect. A plate view that is down never changes the device's state:
+a visit read meanwhile gets a BAD plate reading. A part that does not decode is counted as a
+protocol error and skipped.
 
 Frame and trigger times are wall-clock seconds (``time.time()``), the clock the frame sources stamp
 frames with.
@@ -127,8 +129,8 @@ class _Read(Generic[R]):
 class _View:
     """One camera view: its frame source, read by a thread that keeps the recent frames.
 
-    With ``retry_seconds`` the view is optional (a plate view): it never fails the device, its
-    thread opens the source again that long after it was lost or could not be opened."""
+    Its thread opens the source again ``retry_seconds`` after it was lost or could not be opened;
+    ``failure`` says why it is down meanwhile (the driver decides what that means for the device)."""
 
     def __init__(
         self,
@@ -139,7 +141,7 @@ class _View:
         silence_timeout: float,
         errors: deque[ProtocolError],
         wake: threading.Event,
-        retry_seconds: float | None = None,
+        retry_seconds: float,
     ) -> None:
         self.url = url
         self._retry_seconds = retry_seconds
@@ -158,22 +160,14 @@ class _View:
         self._source: FrameSource | None = None
         self._thread: threading.Thread | None = None
 
-    def open(self) -> None:
-        """Connect to the source and start reading; ``DeviceUnavailable`` when it cannot be reached
-        (an optional view connects in its own thread and never raises)."""
-        if self._retry_seconds is not None:
-            self._thread = threading.Thread(target=self._keep_open, name=f"view {self.shown}")
-            self._thread.daemon = True
-            self._thread.start()
-            return
-        try:
-            source = open_source(self.url)
-        except DeviceUnavailable:
-            raise
-        except GatedError as error:  # a ConfigError too: a view that cannot be opened is unavailable
-            raise DeviceUnavailable(f"view {self.shown}: {error}") from error
-        self._source = source
-        self._thread = threading.Thread(target=self._run, args=(source,), name=f"view {source.source}")
+    def open(self, *, source: FrameSource | None = None, failure: DeviceUnavailable | None = None) -> None:
+        """Start reading.
+
+        Never raises: the view reads in its own thread and opens its source again whenever it is
+        lost, starting with ``source`` when the caller has just opened it, or waiting first when
+        ``failure`` says the caller's attempt just failed."""
+        self.failure = failure
+        self._thread = threading.Thread(target=self._keep_open, args=(source,), name=f"view {self.shown}")
         self._thread.daemon = True
         self._thread.start()
 
@@ -212,30 +206,36 @@ class _View:
             log.exception("view %s: reader failed", self.shown)
             self._fail(DeviceUnavailable(f"view {source.source}: reader failed: {error}"))
 
-    def _keep_open(self) -> None:
-        """An optional view's thread: read, and open the source again whenever it is lost. Logs the
-        first failure and the recovery, not every retry."""
-        assert self._retry_seconds is not None
+    def _keep_open(self, source: FrameSource | None) -> None:
+        """A retrying view's thread: read, and open the source again whenever it is lost. Logs the
+        first failure and the recovery, not every retry. ``failure`` stays set from the moment the
+        view is lost until it delivers again (not cleared for each attempt, so the device's state
+        does not flicker with every retry)."""
         failing = False
         while not self._stop.is_set():
-            self.failure = None
-            try:
-                source = open_source(self.url)
-            except GatedError as error:
-                self.failure = DeviceUnavailable(f"view {self.shown}: {error}")
-            else:
-                self._source = source
-                if failing:
-                    log.info("view %s: delivering frames again", self.shown)
-                    failing = False
-                self._run(source)  # until the view fails or is closed
-                source.close()
-            if self.failure is not None and not failing and not self._stop.is_set():
+            if self.failure is not None and not failing:
                 log.warning(
                     "view %s: %s (retrying every %g s)", self.shown, self.failure, self._retry_seconds
                 )
                 failing = True
-            self._stop.wait(self._retry_seconds)
+            if failing:
+                self._stop.wait(self._retry_seconds)
+                if self._stop.is_set():
+                    return
+            if source is None:
+                try:
+                    source = open_source(self.url)
+                except GatedError as error:
+                    self.failure = DeviceUnavailable(f"view {self.shown}: {error}")
+                    continue
+            self._source = source
+            self.failure = None
+            if failing:
+                log.info("view %s: delivering frames again", self.shown)
+                failing = False
+            self._run(source)  # until the view fails or is closed
+            source.close()
+            source = None
 
     def _keep(self, frame: Frame) -> None:
         with self._lock:
@@ -250,6 +250,16 @@ class _View:
         if not self._stop.is_set():
             self.failure = error
             self._wake.set()
+
+
+def _open(view: _View) -> FrameSource:
+    """``view``'s source, opened; ``DeviceUnavailable`` when it cannot be."""
+    try:
+        return open_source(view.url)
+    except DeviceUnavailable:
+        raise
+    except GatedError as error:  # a ConfigError too: a view that cannot be opened is unavailable
+        raise DeviceUnavailable(f"view {view.shown}: {error}") from error
 
 
 def _without_credentials(url: str) -> str:
@@ -347,20 +357,36 @@ class FramesCameraDriver(Driver):
     # -- the driver's thread --------------------------------------------------------------------
     def connect(self) -> None:
         self.close()
+        # Every container view is opened now; the device connects when at least one delivers, and
+        # a view that is down is opened again on its own meanwhile (the device is degraded).
         views = [self._view(url) for url in self.views]
-        # The plate is informational: a plate camera that is down must not take the container
-        # views (and with them the lane's releases) offline, so plate views reconnect on their own.
-        plate_views = [self._view(url, retry_seconds=self.backoff_max) for url in self.plate_views]
-        try:
-            for view in [*views, *plate_views]:
-                view.open()
-        except DeviceUnavailable:
-            for view in [*views, *plate_views]:
+        failures: list[DeviceUnavailable] = []
+        for view in views:
+            try:
+                source = _open(view)
+            except DeviceUnavailable as error:
+                failures.append(error)
+                view.open(failure=error)
+            else:
+                view.open(source=source)
+        if len(failures) == len(views):
+            for view in views:
                 view.close()
-            raise
+            raise DeviceUnavailable("; ".join(str(failure) for failure in failures))
+        # The plate is informational: a plate camera that is down must not take the container
+        # views (and with them the lane's releases) offline; plate views connect on their own.
+        plate_views = [self._view(url) for url in self.plate_views]
+        for view in plate_views:
+            view.open()
         self._open_views, self._open_plate_views = views, plate_views
 
-    def _view(self, url: str, *, retry_seconds: float | None = None) -> _View:
+    def degraded(self) -> str | None:
+        down = [str(view.failure) for view in self._open_views if view.failure is not None]
+        if not down or len(down) == len(self._open_views):
+            return None
+        return f"{len(down)} of {len(self._open_views)} views down: {'; '.join(down)}"
+
+    def _view(self, url: str) -> _View:
         return _View(
             url,
             keep_seconds=self.pre_trigger + self.post_trigger + KEEP_SLACK_SECONDS,
@@ -368,7 +394,7 @@ class FramesCameraDriver(Driver):
             silence_timeout=self.silence_timeout,
             errors=self._errors,
             wake=self._wake,
-            retry_seconds=retry_seconds,
+            retry_seconds=self.backoff_max,
         )
 
     def step(self) -> Sequence[Reading]:
@@ -381,9 +407,9 @@ class FramesCameraDriver(Driver):
             readings.extend(self._finish_plate(plate_read))
         if readings:
             return readings
-        for view in self._open_views:
-            if view.failure is not None:
-                raise view.failure
+        failures = [view.failure for view in self._open_views if view.failure is not None]
+        if failures and len(failures) == len(self._open_views):
+            raise DeviceUnavailable("; ".join(str(failure) for failure in failures))
         if self._errors:
             raise self._errors.popleft()
         return []

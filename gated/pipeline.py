@@ -57,6 +57,9 @@ from gated.store import AuditRecord, Batch, Message, Store
 
 log = logging.getLogger(__name__)
 
+_WORSE = {DeviceState.ONLINE: 0, DeviceState.DEGRADED: 1, DeviceState.OFFLINE: 2}
+"""A device going down this scale raises a device_fault alarm."""
+
 STORAGE_RETRY_SECONDS = 1.0  # how often a failing database is tried again
 
 DecisionListener = Callable[[Visit, list[Decision]], None]
@@ -270,7 +273,7 @@ class Pipeline:
             self._decide(visit, batch, decided)
         if opened is not None:
             batch.visits.append(opened)
-            self._offline_seen[reading.lane] = set(self._not_online(reading.lane))
+            self._offline_seen[reading.lane] = set(self._offline(reading.lane))
             self._tamper_seen[reading.lane] = set(self._tampered[reading.lane])
             for visit_listener in self.visit_listeners:
                 try:
@@ -333,7 +336,7 @@ class Pipeline:
             return
         previous = self.device_states.get(key)
         self.device_states[key] = (event.state, event.detail)
-        if event.state is not DeviceState.ONLINE:
+        if event.state is DeviceState.OFFLINE:
             self._offline_seen[event.lane].add(event.device)
         if previous is not None and previous[0] == event.state:
             return
@@ -343,24 +346,27 @@ class Pipeline:
             device_status_message(self.topics, event.lane, event.device, kind, event.state, event.detail, now)
         )
         batch.messages.append(self._lane_status(event.lane))
-        if event.state is DeviceState.OFFLINE and previous is not None and previous[0] is DeviceState.ONLINE:
+        if previous is not None and _WORSE[event.state] > _WORSE[previous[0]]:
+            went = "offline" if event.state is DeviceState.OFFLINE else "degraded"
             batch.messages.append(
                 alarm_message(
                     self.topics,
                     lane=event.lane,
                     alarm="device_fault",
-                    text=f"{event.device} went offline: {event.detail}",
+                    text=f"{event.device} went {went}: {event.detail}",
                     ts=now,
                     device=event.device,
                     severity="medium",
                 )
             )
 
-    def _not_online(self, lane: str) -> list[str]:
+    def _offline(self, lane: str) -> list[str]:
+        """The lane's devices that are offline. A degraded device (a camera with one of its views
+        down) still reports what it sees, each reading with its own quality, so it is not one."""
         return sorted(
             device
             for (lane_id, device), (state, _) in self.device_states.items()
-            if lane_id == lane and state is not DeviceState.ONLINE
+            if lane_id == lane and state is DeviceState.OFFLINE
         )
 
     def _lane_status(self, lane: str) -> Message:
@@ -470,7 +476,7 @@ class Pipeline:
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
         holds = {number: [h.to_json() for h in self.holds.active_holds_for(number)] for number in numbers}
         now = self.clock.now()
-        offline = self._offline_seen.get(visit.lane, set()) | set(self._not_online(visit.lane))
+        offline = self._offline_seen.get(visit.lane, set()) | set(self._offline(visit.lane))
         decisions = decide(
             visit,
             holds,

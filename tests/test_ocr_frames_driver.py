@@ -103,11 +103,13 @@ def running(driver: FramesCameraDriver, sink: Sink) -> Iterator[None]:
         thread.join(10)
 
 
-def make_driver(camera: MjpegCameraSimulator, pool: OcrPool, evidence: EvidenceStore) -> FramesCameraDriver:
+def make_driver(
+    camera: MjpegCameraSimulator, pool: OcrPool, evidence: EvidenceStore, *more_views: str
+) -> FramesCameraDriver:
     return FramesCameraDriver(
         "lane-1",
         "ocr-1",
-        views=[camera.url],
+        views=[camera.url, *more_views],
         pool=pool,
         evidence=evidence,
         pre_trigger=0.5,
@@ -277,6 +279,28 @@ def test_garbage_parts_are_counted_and_a_dropped_stream_comes_back(
     [number] = [r for r in readings if r.source == Source.CONTAINER_NUMBER]
     assert number.value == VALID and number.quality is Quality.GOOD
     assert sink.states == [DeviceState.ONLINE, DeviceState.OFFLINE, DeviceState.ONLINE]
+
+
+def test_a_view_that_is_down_degrades_the_device_and_the_other_views_still_read(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    with MjpegCameraSimulator(fps=10, seed=8) as side:
+        driver = make_driver(camera, pool, evidence, side.url)
+        with running(driver, sink):
+            side.stop()  # the side camera goes away: the doors' camera still reads
+            sink.wait(lambda: sink.states[-1] is DeviceState.DEGRADED, timeout=10)
+            assert "1 of 2 views down" in str(driver.degraded())
+            readings = read_visit(driver, sink, camera, VALID, "side-down")
+            side.start()  # back on the same address: opened again on its own
+            sink.wait(lambda: sink.states[-1] is DeviceState.ONLINE, timeout=10)
+            side.stop()
+            camera.stop()  # no view left: offline
+            sink.wait(lambda: sink.states[-1] is DeviceState.OFFLINE, timeout=10)
+    [number] = [r for r in readings if r.source == Source.CONTAINER_NUMBER]
+    assert number.value == VALID and number.quality is Quality.GOOD
+    assert sink.states[:3] == [DeviceState.ONLINE, DeviceState.DEGRADED, DeviceState.ONLINE]
 
 
 def test_a_killed_ocr_worker_is_replaced_and_the_visit_still_read(
