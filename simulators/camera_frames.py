@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +41,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from gated.iso6346 import check_digit
+from simulators.lifecycle import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -1015,7 +1015,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
 
 
-class MjpegCameraSimulator:
+class MjpegCameraSimulator(Simulator):
     """An IP camera on 127.0.0.1 serving MJPEG at ``/video`` and JPEG at ``/snapshot``.
 
     ``show(spec)`` sets what the camera keeps seeing (``None``: the empty lane); ``play(specs)``
@@ -1079,17 +1079,6 @@ class MjpegCameraSimulator:
         for thread in self._threads:
             thread.join(timeout=2.0)
         self._threads = []
-
-    def __enter__(self) -> MjpegCameraSimulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def show(self, spec: FrameSpec | None) -> GroundTruth | None:
         """From the next frame on, the camera sees ``spec`` (``None``: an empty lane)."""

@@ -21,21 +21,14 @@ from typing import Literal
 
 from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.camera_frames import PAINTS, FrameSpec
-from simulators.lane_camera import LaneCamera, TruckFrames
+from simulators.lane_camera import LaneCamera
+from simulators.lifecycle import Simulator
 from simulators.ocr_camera import SmartCameraSimulator
 from simulators.plate_frames import PlateSpec
 from simulators.printer_escpos import EscposPrinterSimulator
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
 
-Simulator = (
-    SerialRfidSimulator
-    | ModbusRpmSimulator
-    | SmartCameraSimulator
-    | LaneCamera
-    | BarrierPlcSimulator
-    | EscposPrinterSimulator
-)
 BARRIER_OPEN = 2  # the PLC's state register value for "open"
 
 Radiation = Literal["clear", "gamma", "neutron", "fault"]

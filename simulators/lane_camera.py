@@ -24,6 +24,7 @@ from simulators.camera_frames import (
     render_empty_lane,
     render_frame,
 )
+from simulators.lifecycle import Simulator
 from simulators.plate_frames import PlateSpec
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ TruckFrames = tuple[FrameSpec, ...] | tuple[PlateSpec, ...]
 (container doors for a container view, the truck's front for a plate view)."""
 
 
-class LaneCamera:
+class LaneCamera(Simulator):
     """An MJPEG camera over HTTP on 127.0.0.1 that films the trucks of a scripted lane."""
 
     def __init__(self, port: int = 0, fps: float = 5.0, seed: int = 0) -> None:

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import socket
 import threading
-from abc import ABC, abstractmethod
-from types import TracebackType
-from typing import Self
+from abc import abstractmethod
 
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
+
+from simulators.lifecycle import Simulator
 
 READ_HOLDING_REGISTERS = 3
 
@@ -28,7 +28,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class ModbusTcpSimulator(ABC):
+class ModbusTcpSimulator(Simulator):
     """A simulated device on ``host:port`` answering as Modbus unit ``unit``.
 
     Port 0 picks a free port at construction; ``.port`` keeps it across stop/start. The server
@@ -90,18 +90,6 @@ class ModbusTcpSimulator(ABC):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stopping.set)
         thread.join(timeout=30)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()

@@ -22,10 +22,10 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 from gated.clock import rfc3339
+from simulators.lifecycle import Simulator, listening_socket
 
 HOST = "127.0.0.1"
 VIEWS = ("rear", "side", "top", "front")
@@ -34,7 +34,7 @@ _SEND_TIMEOUT = 2.0
 _ACCEPT_POLL = 0.1
 
 
-class SmartCameraSimulator:
+class SmartCameraSimulator(Simulator):
     """A threaded TCP server speaking the smart OCR camera protocol on 127.0.0.1."""
 
     def __init__(self, camera: str = "cam-1", port: int = 0, *, heartbeat_interval: float = 1.0) -> None:
@@ -54,18 +54,6 @@ class SmartCameraSimulator:
         self._passage: str | None = None
         self._passage_numbers = itertools.count(1)
 
-    def __enter__(self) -> SmartCameraSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     @property
     def running(self) -> bool:
         return self._server is not None
@@ -80,15 +68,7 @@ class SmartCameraSimulator:
         """Listen and serve; a second call does nothing. After ``stop()`` it listens on the same port."""
         if self._server is not None:
             return
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            server.bind((HOST, self.port))
-            server.listen(8)
-        except OSError:
-            server.close()
-            raise
-        server.settimeout(_ACCEPT_POLL)
+        server = listening_socket(HOST, self.port, timeout=_ACCEPT_POLL)
         self.port = server.getsockname()[1]
         self._server = server
         self._stop.clear()

@@ -25,8 +25,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Final
+
+from simulators.lifecycle import Simulator, listening_socket
 
 HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9100
@@ -447,7 +448,7 @@ def parse_escpos(data: bytes) -> list[PrintJob]:
     return jobs + parser.finish()
 
 
-class EscposPrinterSimulator:
+class EscposPrinterSimulator(Simulator):
     """A network thermal printer on 127.0.0.1: accepts raw ESC/POS on TCP and keeps decoded jobs."""
 
     def __init__(
@@ -467,18 +468,6 @@ class EscposPrinterSimulator:
         self._accept_thread: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._connections = 0
-
-    def __enter__(self) -> EscposPrinterSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:
@@ -511,15 +500,7 @@ class EscposPrinterSimulator:
         """Listen and serve; a second call does nothing. After ``stop()`` it listens on the same port."""
         if self._server is not None:
             return
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            server.bind((self.host, self.port))
-            server.listen(8)
-        except OSError:
-            server.close()
-            raise
-        server.settimeout(0.1)
+        server = listening_socket(self.host, self.port, timeout=0.1)
         self.port = server.getsockname()[1]
         self._server = server
         self._stop.clear()

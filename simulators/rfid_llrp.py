@@ -37,8 +37,9 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
+
+from simulators.lifecycle import Simulator, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class _ROSpec:
     state: int = _DISABLED
 
 
-class LlrpReaderSimulator:
+class LlrpReaderSimulator(Simulator):
     """One LLRP reader on ``host``:``port`` (``port=0`` picks a free port, kept across restarts).
 
     ``keepalive_interval`` (seconds) overrides what the client asks for; ``keepalives=False`` makes
@@ -339,14 +340,7 @@ class LlrpReaderSimulator:
         with self._lock:
             if self._thread is not None:
                 return self
-            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                server.bind((self.host, self._port))
-                server.listen(4)
-            except OSError:
-                server.close()
-                raise
+            server = listening_socket(self.host, self._port, backlog=4)
             self._server = server
             self._port = server.getsockname()[1]
             self._stop.clear()
@@ -366,17 +360,6 @@ class LlrpReaderSimulator:
             if self._server is not None:
                 self._server.close()
                 self._server = None
-
-    def __enter__(self) -> LlrpReaderSimulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # State, for tests and the command line
 

@@ -48,8 +48,9 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
+
+from simulators.lifecycle import Simulator, listening_socket
 
 TICK_S = 0.2
 TICKS_PER_SECOND = 5
@@ -185,7 +186,7 @@ class PlayedPass:
     neutron_alarm: bool
 
 
-class RapiscanRpmSimulator:
+class RapiscanRpmSimulator(Simulator):
     """A portal monitor serving the line protocol on ``host:port`` to every connected client.
 
     Port 0 picks a free port when started; ``.port`` keeps it across stop/start."""
@@ -234,17 +235,12 @@ class RapiscanRpmSimulator:
         with self._lock:
             if self._server is not None:
                 return
-            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                server.bind((self.host, self.port))
+                server = listening_socket(self.host, self.port, timeout=0.1)
             except OSError as error:
-                server.close()
                 raise RuntimeError(
                     f"RPM simulator cannot listen on {self.host}:{self.port}: {error}"
                 ) from error
-            server.listen(8)
-            server.settimeout(0.1)
             self.port = server.getsockname()[1]
             self._server = server
             self._stop = threading.Event()
@@ -269,18 +265,6 @@ class RapiscanRpmSimulator:
             server.close()
         for client in clients:
             _close(client)
-
-    def __enter__(self) -> RapiscanRpmSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def clients(self) -> int:

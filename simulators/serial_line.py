@@ -23,8 +23,9 @@ import threading
 import time
 import tty
 from collections.abc import Callable
-from types import TracebackType
 from typing import ClassVar, Self
+
+from simulators.lifecycle import Simulator, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _WRITE_PATIENCE = 0.5
 _SEND_TIMEOUT = 1.0
 
 
-class SerialLineSimulator:
+class SerialLineSimulator(Simulator):
     """One reader on one line. With neither ``path`` nor ``tcp_port`` it makes its own pty.
 
     ``heartbeat_interval=None`` turns heartbeats off (a reader that has gone quiet)."""
@@ -72,11 +73,7 @@ class SerialLineSimulator:
             if self._thread is not None:
                 return self
             if self._want_tcp_port is not None:
-                server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                server.bind(("127.0.0.1", self._want_tcp_port))
-                server.listen(4)
-                self._server = server
+                self._server = listening_socket("127.0.0.1", self._want_tcp_port, backlog=4)
             elif self._path is not None:
                 fd = os.open(self._path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
                 if os.isatty(fd):
@@ -113,17 +110,6 @@ class SerialLineSimulator:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self._fd = self._pty_slave = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # Where it listens
 
