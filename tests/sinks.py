@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from drivers.base import Driver, DriverSink
 from gated.errors import ProtocolError
 from gated.model import DeviceState, Reading, ReadingValue
 
@@ -25,6 +27,20 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float = WAIT) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(POLL)
+
+
+@contextmanager
+def driver_running(driver: Driver, sink: DriverSink, *, join_timeout: float = 15.0) -> Iterator[None]:
+    """``driver``'s own loop in a thread handing ``sink`` what it gets, stopped and joined at the end."""
+    stop = threading.Event()
+    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=join_timeout)
+        assert not thread.is_alive(), "the driver thread did not stop"
 
 
 class RecordingSink:

@@ -48,7 +48,7 @@ from gated.db import metadata, open_engine
 from gated.errors import DeviceUnavailable, ProtocolError, StorageError
 from gated.model import DeviceState, Kind, Quality
 from simulators.credential_serial import SerialCredentialSimulator, card_frame, heartbeat_frame, register_cli
-from tests.sinks import RecordingSink, wait_until
+from tests.sinks import RecordingSink, driver_running, wait_until
 from tests.system import free_port, require_tool
 
 CARD1 = "4F2A19C0D3E7B85A"
@@ -92,15 +92,8 @@ def make_driver(url: str, **options: object) -> SerialCredentialDriver:
 def running(driver: SerialCredentialDriver) -> Iterator[RecordingSink]:
     """The driver's own loop in a thread, stopped and joined at the end."""
     sink = RecordingSink("lane-1", "card-1", timeout=WAIT)
-    stop = threading.Event()
-    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
-    thread.start()
-    try:
+    with driver_running(driver, sink):
         yield sink
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the driver thread did not stop"
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import os
 import struct
 import tempfile
-import threading
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from gated.errors import DeviceUnavailable, ProtocolError, StorageError
 from gated.evidence import EvidenceRejected, EvidenceStore, sha256_from_uri
 from gated.model import DeviceState, Kind, Quality
 from simulators.nii_scanner import NiiScannerSimulator, register_cli
-from tests.sinks import RecordingSink, wait_until
+from tests.sinks import RecordingSink, driver_running, wait_until
 
 WAIT = 15.0
 LANE, DEVICE = "lane-1", "nii-1"
@@ -36,15 +35,8 @@ LANE, DEVICE = "lane-1", "nii-1"
 @contextmanager
 def running(driver: NiiFolderDriver) -> Iterator[RecordingSink]:
     sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
-    stop = threading.Event()
-    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
-    thread.start()
-    try:
+    with driver_running(driver, sink):
         yield sink
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the driver thread did not stop"
 
 
 def make_driver(inbox: Path, store: EvidenceStore, **options: Any) -> NiiFolderDriver:

@@ -33,6 +33,7 @@ from gated.errors import DeviceUnavailable, ProtocolError
 from gated.iso6346 import check_digit, is_valid, normalise
 from gated.model import DeviceState, Kind, Quality, Reading, Source
 from simulators.ocr_camera import SmartCameraSimulator, register_cli
+from tests.sinks import driver_running
 from tests.system import free_port
 
 LANE = "lane-1"
@@ -106,15 +107,8 @@ def make_driver(port: int, **options: Any) -> SmartCameraDriver:
 @contextmanager
 def running(driver: SmartCameraDriver) -> Iterator[RecordingSink]:
     sink = RecordingSink()
-    stop = threading.Event()
-    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
-    thread.start()
-    try:
+    with driver_running(driver, sink):
         yield sink
-    finally:
-        stop.set()
-        thread.join(timeout=WAIT)
-        assert not thread.is_alive(), "driver thread did not stop"
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from ocr.plate import PlateRead
 from ocr.pool import OcrPool
 from simulators.camera_frames import FrameSpec, MjpegCameraSimulator, encode_jpeg
 from simulators.plate_frames import PlateSpec, PlateTruth, render_frame
+from tests.sinks import driver_running
 
 pytest.importorskip("rapidocr")
 pytestmark = pytest.mark.timeout(90)
@@ -92,15 +93,9 @@ def camera() -> Iterator[MjpegCameraSimulator]:
 
 @contextmanager
 def running(driver: FramesCameraDriver, sink: Sink) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
-    thread.start()
-    try:
+    with driver_running(driver, sink):
         sink.wait(lambda: DeviceState.ONLINE in sink.states)
         yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def make_driver(

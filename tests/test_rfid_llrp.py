@@ -40,7 +40,7 @@ from simulators.rfid_llrp import (
     tag_report_data,
     tlv,
 )
-from tests.sinks import RecordingSink, wait_until
+from tests.sinks import RecordingSink, driver_running, wait_until
 from tests.system import free_port
 
 EPC1 = "E2801160600002084C6F1D12"
@@ -65,15 +65,8 @@ def make_driver(port: int, **options: Any) -> LlrpRfidDriver:
 def running(driver: LlrpRfidDriver) -> Iterator[RecordingSink]:
     """The driver's own loop in a thread, stopped and joined at the end."""
     sink = RecordingSink("lane-1", "rfid-1", timeout=WAIT)
-    stop = threading.Event()
-    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
-    thread.start()
-    try:
+    with driver_running(driver, sink):
         yield sink
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "the driver thread did not stop"
 
 
 def online_and_inventorying(simulator: LlrpReaderSimulator, sink: RecordingSink) -> None:

@@ -24,7 +24,7 @@ from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import DeviceState, Kind, Quality, Source
 from simulators.rfid_serial import SerialRfidSimulator, heartbeat_frame, register_cli, tag_frame
-from tests.sinks import RecordingSink, wait_until
+from tests.sinks import RecordingSink, driver_running, wait_until
 from tests.system import free_port, require_tool
 
 EPC1 = "E2801160600002084C6F1D12"
@@ -57,15 +57,8 @@ def make_driver(url: str, **options: object) -> SerialRfidDriver:
 def running(driver: SerialRfidDriver) -> Iterator[RecordingSink]:
     """The driver's own loop in a thread, stopped and joined at the end."""
     sink = RecordingSink("lane-1", "rfid-1", timeout=WAIT)
-    stop = threading.Event()
-    thread = threading.Thread(target=driver.run, args=(sink, stop), daemon=True)
-    thread.start()
-    try:
+    with driver_running(driver, sink):
         yield sink
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the driver thread did not stop"
 
 
 @pytest.fixture
