@@ -19,6 +19,8 @@ reported as not fitting."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ocr.assemble import (
     DEFAULT_MIN_CONFIDENCE,
     Candidate,
@@ -36,9 +38,11 @@ from ocr.reread import check_digit_after, equalized, reread_boxes, reread_column
 from ocr.rods import without_rods
 
 MAX_PARTIALS = 3
+"""Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""
 MAX_SECOND_LOOKS = 12
 """Boxes re-read in the last step (one recogniser call each, on frames nothing else could read)."""
-"""Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""
+CONTRADICTED = 0.5
+"""What is left of a number's confidence when a second look reads one of its boxes differently."""
 
 
 def read_image(engine: OcrEngine, image: Image) -> Candidate:
@@ -100,9 +104,11 @@ def read_all(engine: OcrEngine, image: Image, *, quick_only: bool = False) -> li
     if not any(_settled(candidate) for candidate in found):
         # A door's locking rod across the marks closes a 3 into a B or runs on from a check digit's
         # box; the frame with its rods taken out is looked at in full once more, and its readings
-        # replace the others in the same place.
+        # replace the others in the same place. Taking a rod out can also take part of a character
+        # with it (a 7's stem read as 1), and a read that changed one character fits by chance one
+        # time in ten, so every number read there must survive a second look, as a swap must.
         clean = without_rods(frame)
-        unrodded, _ = _numbers(engine, clean, engine.read(clean))
+        unrodded, _ = _numbers(engine, clean, engine.read(clean), confirm_all=True)
         kept = [first for first in found if not any(same_place(first, other) for other in unrodded)]
         found = marks([*unrodded, *kept])
     return found
@@ -122,11 +128,17 @@ def _settled(candidate: Candidate) -> bool:
     return candidate.check_digit_valid and candidate.confidence >= DEFAULT_MIN_CONFIDENCE
 
 
-def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> tuple[list[Candidate], int]:
+def _numbers(
+    engine: OcrEngine, frame: Image, boxes: list[TextBox], *, confirm_all: bool = False
+) -> tuple[list[Candidate], int]:
     """The containers in ``boxes``, and how many owner code + serial pieces were left without a
-    check digit (neither part of a number read nor completed from a boxed digit)."""
+    check digit (neither part of a number read nor completed from a boxed digit). With
+    ``confirm_all`` every fitting number must survive a second look (``_confirmed``), not only
+    one made with look-alike swaps."""
     found = [
-        _confirmed(engine, frame, boxes, candidate) if candidate.check_digit_valid else candidate
+        _confirmed(engine, frame, boxes, candidate, always=confirm_all)
+        if candidate.check_digit_valid
+        else candidate
         for candidate in assemble_all(boxes)
     ]
     settled = {
@@ -148,25 +160,42 @@ def _numbers(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> tuple[lis
                 for candidate in found
                 if candidate.number is None or candidate.number[:10] != partial.prefix
             ]
-        found.append(_confirmed(engine, frame, boxes, number) if number.check_digit_valid else number)
+        found.append(
+            _confirmed(engine, frame, boxes, number, always=confirm_all)
+            if number.check_digit_valid
+            else number
+        )
     return marks(found), unsettled
 
 
-def _confirmed(engine: OcrEngine, frame: Image, boxes: list[TextBox], candidate: Candidate) -> Candidate:
-    """``candidate`` as it is when it was read as painted; when it needed look-alike swaps, only if a
-    second look at its boxes does not read a different number.
+def _confirmed(
+    engine: OcrEngine, frame: Image, boxes: list[TextBox], candidate: Candidate, *, always: bool = False
+) -> Candidate:
+    """``candidate`` as it is when it was read as painted; when it needed look-alike swaps (or with
+    ``always``), only if a second look at its boxes does not read a different number.
 
     A swap is where misreads hide (a 3 read as B and swapped to 8 still makes a number, and one in
     ten of those has a fitting check digit), so a swapped number must survive a second look: the same
     boxes re-cut and re-read. If that look reads another number, the two readings stand against each
     other and the confidence is split between them; if it reads nothing usable, the first reading
     stands as it was."""
-    if candidate.swaps == 0:
+    if candidate.swaps == 0 and not always:
         return candidate
     again = reread_boxes(engine, frame, candidate.boxes)
     if not again:
         return candidate
     second = assemble([again.get(box, box) for box in boxes])
-    if second.number is None or second.number == candidate.number:
-        return candidate
-    return combine([candidate, second])
+    if second.number is not None and second.number != candidate.number:
+        return combine([candidate, second])
+    if always and any(_contradicts(box.text, again[box].text) for box in candidate.boxes if box in again):
+        # The second look read a box differently, not only less of it (7804 where 1804 was read):
+        # too little to make a number of its own, enough to leave this one unsure.
+        return replace(candidate, confidence=candidate.confidence * CONTRADICTED)
+    return candidate
+
+
+def _contradicts(first: str, second: str) -> bool:
+    """True when ``second`` (a box read again) is not ``first`` or a part of it, letters and digits
+    only."""
+    kept = "".join(char for char in second.upper() if char.isascii() and char.isalnum())
+    return bool(kept) and kept not in "".join(char for char in first.upper() if char.isalnum())

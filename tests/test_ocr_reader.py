@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from ocr import reread
+from ocr import reader, reread
 from ocr.assemble import Candidate, assemble, assemble_all, decide, partials, vote_containers
 from ocr.engine import OcrEngine, TextBox, load_engine
 from ocr.reader import read_all, read_image
@@ -374,3 +374,22 @@ def test_a_number_whose_boxed_3_a_rod_closes_into_a_b_is_read_without_the_rod(
     monkeypatch.setattr("ocr.reader.without_rods", lambda image: image)
     unchanged = decide(read_image(engine, frame))
     assert unchanged.container is None and unchanged.raw == "GESU7275288"
+
+
+def test_a_second_look_that_reads_a_box_differently_leaves_a_number_unsure() -> None:
+    assert reader._contradicts("1804035", "'780403[")  # the 7 its stem was taken from
+    assert not reader._contradicts("1804035", "180403")  # less of the same box
+    assert not reader._contradicts("TCNU 180403", "TCNU180403")
+    assert not reader._contradicts("1804035", "")
+
+
+def test_a_number_read_without_rods_must_survive_a_second_look(engine: OcrEngine) -> None:
+    # A read that changed a character (7 read as 1 once a rod was taken out of it) and fits by
+    # chance: the second look at the same paint reads the 7, and the number is left unsure.
+    frame, serial = _door("TCNU 780403", None)
+    misread = TextBox("TCNU 180403", 0.9, serial.quad)
+    candidate = Candidate("TCNU1804035", True, 0.9, None, (misread,), 0)
+    assert reader._confirmed(engine, frame, [misread], candidate) == candidate
+    unsure = reader._confirmed(engine, frame, [misread], candidate, always=True)
+    assert unsure.number == "TCNU1804035" and unsure.confidence < 0.5
+    assert decide(unsure).container is None
