@@ -10,7 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.util.exc import CommandError
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, inspect
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -70,11 +74,35 @@ def open_engine(path_or_url: str | Path, *, create: bool = True) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True)
         if create:
-            # Import the modules that define tables so create_all sees them all.
-            import gated.holds
-            import gated.store  # noqa: F401
-
-            metadata.create_all(engine)
-    except (SQLAlchemyError, OSError) as error:
+            migrate(engine)
+    except (SQLAlchemyError, OSError, CommandError) as error:
         raise StorageError(f"cannot open database {url}: {error}") from error
     return engine
+
+
+def schema_tables() -> MetaData:
+    """``metadata`` with every table gated defines (importing the modules that define them)."""
+    import gated.credentials
+    import gated.holds
+    import gated.preadvice
+    import gated.store  # noqa: F401
+
+    return metadata
+
+
+BASELINE = "0001"
+"""The first revision: the schema as databases made before migrations existed already have it."""
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database's schema up to the newest revision (``gated/migrations``), in one
+    transaction. A database made before migrations existed (gated's tables, no revision) is taken
+    to be at ``BASELINE`` first."""
+    config = Config()
+    config.set_main_option("script_location", "gated:migrations")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        current = MigrationContext.configure(connection).get_current_revision()
+        if current is None and inspect(connection).has_table("outbox"):
+            command.stamp(config, BASELINE)
+        command.upgrade(config, "head")

@@ -1,0 +1,76 @@
+"""The schema's history (Alembic, ``gated/migrations``) on real SQLite files: a new database is
+brought to the newest revision, and the tables the code defines are exactly what the migrations
+make, so a table changed without a migration fails here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, insert, select
+
+from gated.db import BASELINE, open_engine, schema_tables
+from gated.store import audit
+
+
+def _head() -> str:
+    config = Config()
+    config.set_main_option("script_location", "gated:migrations")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def _revision(path: Path) -> str | None:
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        revision = MigrationContext.configure(connection).get_current_revision()
+    engine.dispose()
+    return revision
+
+
+def test_a_new_database_is_at_the_newest_revision_and_matches_the_code(tmp_path: Path) -> None:
+    engine = open_engine(tmp_path / "gated.db")
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), schema_tables())
+    engine.dispose()
+    assert differences == []
+    assert _revision(tmp_path / "gated.db") == _head()
+
+
+def test_opening_again_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "gated.db"
+    engine = open_engine(path)
+    row = {"id": "a1", "ts": datetime(2026, 12, 3, tzinfo=UTC), "actor": "op", "action": "x", "detail": "{}"}
+    with engine.begin() as connection:
+        connection.execute(insert(audit).values(**row))
+    engine.dispose()
+    again = open_engine(path)
+    with again.connect() as connection:
+        assert connection.execute(select(audit.c.id)).scalars().all() == ["a1"]
+    again.dispose()
+    assert _revision(path) == _head()
+
+
+def test_a_database_made_before_migrations_is_taken_as_the_baseline_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = create_engine(f"sqlite:///{path}")
+    schema_tables().create_all(old)
+    with old.begin() as connection:
+        connection.execute(
+            insert(audit).values(
+                id="old-1", ts=datetime(2026, 1, 1, tzinfo=UTC), actor="op", action="x", detail="{}"
+            )
+        )
+    old.dispose()
+    assert _revision(path) is None
+    engine = open_engine(path)
+    with engine.connect() as connection:
+        assert connection.execute(select(audit.c.id)).scalars().all() == ["old-1"]
+    engine.dispose()
+    assert _revision(path) == _head()
+    assert _head() >= BASELINE
