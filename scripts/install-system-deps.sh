@@ -8,6 +8,7 @@ declare -A binary_of=(
   [mosquitto-clients]=/usr/bin/mosquitto_sub
   [socat]=/usr/bin/socat
   [mbpoll]=/usr/bin/mbpoll
+  [postgresql]=/usr/bin/pg_ctlcluster
 )
 missing=()
 for package in "${!binary_of[@]}"; do
@@ -21,7 +22,8 @@ fi
 echo "install-system-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# policy-rc.d keeps Debian from starting a system mosquitto on port 1883 behind our back.
+# policy-rc.d keeps Debian from starting a system mosquitto on port 1883 (or a PostgreSQL cluster)
+# behind our back: the tests start their own.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
   chmod +x /usr/sbin/policy-rc.d
