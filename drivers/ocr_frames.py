@@ -224,9 +224,9 @@ class _View:
                     return
             if source is None:
                 try:
-                    source = open_source(self.url)
-                except GatedError as error:
-                    self.failure = DeviceUnavailable(f"view {self.shown}: {error}")
+                    source = self.open_source()
+                except DeviceUnavailable as error:
+                    self.failure = error
                     continue
             self._source = source
             self.failure = None
@@ -236,6 +236,15 @@ class _View:
             self._run(source)  # until the view fails or is closed
             source.close()
             source = None
+
+    def open_source(self) -> FrameSource:
+        """The view's source, opened; ``DeviceUnavailable`` when it cannot be."""
+        try:
+            return open_source(self.url)
+        except DeviceUnavailable:
+            raise
+        except GatedError as error:  # a ConfigError too: a view that cannot be opened is unavailable
+            raise DeviceUnavailable(f"view {self.shown}: {error}") from error
 
     def _keep(self, frame: Frame) -> None:
         with self._lock:
@@ -252,14 +261,9 @@ class _View:
             self._wake.set()
 
 
-def _open(view: _View) -> FrameSource:
-    """``view``'s source, opened; ``DeviceUnavailable`` when it cannot be."""
-    try:
-        return open_source(view.url)
-    except DeviceUnavailable:
-        raise
-    except GatedError as error:  # a ConfigError too: a view that cannot be opened is unavailable
-        raise DeviceUnavailable(f"view {view.shown}: {error}") from error
+def _all_down(failures: Sequence[DeviceUnavailable]) -> DeviceUnavailable:
+    """The device is offline: every container view is down, for these reasons."""
+    return DeviceUnavailable("; ".join(map(str, failures)))
 
 
 def _without_credentials(url: str) -> str:
@@ -363,7 +367,7 @@ class FramesCameraDriver(Driver):
         failures: list[DeviceUnavailable] = []
         for view in views:
             try:
-                source = _open(view)
+                source = view.open_source()
             except DeviceUnavailable as error:
                 failures.append(error)
                 view.open(failure=error)
@@ -372,7 +376,7 @@ class FramesCameraDriver(Driver):
         if len(failures) == len(views):
             for view in views:
                 view.close()
-            raise DeviceUnavailable("; ".join(str(failure) for failure in failures))
+            raise _all_down(failures)
         # The plate is informational: a plate camera that is down must not take the container
         # views (and with them the lane's releases) offline; plate views connect on their own.
         plate_views = [self._view(url) for url in self.plate_views]
@@ -381,10 +385,14 @@ class FramesCameraDriver(Driver):
         self._open_views, self._open_plate_views = views, plate_views
 
     def degraded(self) -> str | None:
-        down = [str(view.failure) for view in self._open_views if view.failure is not None]
+        down = self._down()
         if not down or len(down) == len(self._open_views):
             return None
-        return f"{len(down)} of {len(self._open_views)} views down: {'; '.join(down)}"
+        return f"{len(down)} of {len(self._open_views)} views down: {'; '.join(map(str, down))}"
+
+    def _down(self) -> list[DeviceUnavailable]:
+        """Why each container view that is down is down."""
+        return [view.failure for view in self._open_views if view.failure is not None]
 
     def _view(self, url: str) -> _View:
         return _View(
@@ -407,9 +415,9 @@ class FramesCameraDriver(Driver):
             readings.extend(self._finish_plate(plate_read))
         if readings:
             return readings
-        failures = [view.failure for view in self._open_views if view.failure is not None]
-        if failures and len(failures) == len(self._open_views):
-            raise DeviceUnavailable("; ".join(str(failure) for failure in failures))
+        down = self._down()
+        if down and len(down) == len(self._open_views):
+            raise _all_down(down)
         if self._errors:
             raise self._errors.popleft()
         return []

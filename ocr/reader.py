@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from ocr.assemble import (
     DEFAULT_MIN_CONFIDENCE,
+    SLASHED_ZEROS,
     Candidate,
     assemble,
     assemble_all,
@@ -197,5 +198,11 @@ def _confirmed(
 def _contradicts(first: str, second: str) -> bool:
     """True when ``second`` (a box read again) is not ``first`` or a part of it, letters and digits
     only."""
-    kept = "".join(char for char in second.upper() if char.isascii() and char.isalnum())
-    return bool(kept) and kept not in "".join(char for char in first.upper() if char.isalnum())
+
+    def plain(text: str) -> str:
+        return "".join(
+            char for char in text.translate(SLASHED_ZEROS).upper() if char.isascii() and char.isalnum()
+        )
+
+    kept = plain(second)
+    return bool(kept) and kept not in plain(first)
