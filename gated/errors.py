@@ -42,3 +42,13 @@ class HoldListError(GatedError):
 
 class PublishError(GatedError):
     """The MQTT broker could not be reached or refused a message."""
+
+
+class PayloadError(GatedError):
+    """Bytes from outside (an MQTT payload, a file line) that are not acceptable JSON: too large,
+    too deep, not UTF-8, NaN/Infinity, lone surrogates, duplicate keys."""
+
+
+class SignatureError(GatedError):
+    """A signed command whose signature is missing, malformed, or does not verify, or a key that
+    cannot be used (unknown, wrong type, unreadable, too widely readable)."""
