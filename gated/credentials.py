@@ -9,7 +9,9 @@ that is missing or too old refuses every card, because "not on the list" then pr
 The list keeps no history: an import replaces the whole list and its state row in one transaction,
 so a reader sees either the old list or the new one, never a mix. The list's date is the
 publisher's date of the list (when it was true), not when gated imported it: freshness is measured
-from the publisher's date.
+from the publisher's date. An import that looks like a truncated download or a replayed old list
+(no cards, fewer than half the cards it replaces, a date older than the current list's or than 7
+days) is refused, because it would let cancelled cards through again; a flag overrides each check.
 
 File format (UTF-8)::
 
@@ -38,6 +40,8 @@ from typing import Any, Literal
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    ColumnElement,
+    Connection,
     Engine,
     Integer,
     String,
@@ -60,6 +64,9 @@ MAX_AGE = {"normal": timedelta(days=7), "raised": timedelta(days=1)}
 
 MAX_FUTURE_LIST_DATE = timedelta(minutes=10)
 """How far ahead of gated's clock a list's date may be (clock skew), before the file is refused."""
+
+SHRINK_CHECK_MIN_CARDS = 10
+"""A list of at least this many cards may only be replaced by one with at least half as many."""
 
 CARD_ID_MIN_DIGITS = 8
 CARD_ID_MAX_DIGITS = 32
@@ -320,6 +327,71 @@ class CancelledListState:
         }
 
 
+def _read_state(conn: Connection) -> CancelledListState | None:
+    row = conn.execute(select(cancelled_list_state).where(cancelled_list_state.c.id == _STATE_ID)).first()
+    if row is None:
+        return None
+    return CancelledListState(
+        list_date=row.list_date,
+        imported_at=row.imported_at,
+        count=int(row._mapping["count"]),
+        source=row.source,
+    )
+
+
+def _same_state(current: CancelledListState | None) -> list[ColumnElement[bool]]:
+    """The conditions that match the state row only while it is still ``current``."""
+    if current is None:
+        return [cancelled_list_state.c.id == _STATE_ID]
+    return [
+        cancelled_list_state.c.id == _STATE_ID,
+        cancelled_list_state.c.list_date == current.list_date,
+        cancelled_list_state.c.imported_at == current.imported_at,
+        cancelled_list_state.c["count"] == current.count,
+    ]
+
+
+def _refuse_unsafe(
+    file: Path,
+    new: CancelledListState,
+    current: CancelledListState | None,
+    allow_empty: bool,
+    allow_shrink: bool,
+    allow_old: bool,
+) -> None:
+    """Raise ``CancelledListError`` naming every check ``new`` fails and the flag that allows it."""
+    problems: list[str] = []
+    if new.count == 0:
+        if not allow_empty:
+            problems.append(
+                "it has no cards, so every cancelled card would be accepted (--allow-empty imports it anyway)"
+            )
+    elif (
+        not allow_shrink
+        and current is not None
+        and current.count >= SHRINK_CHECK_MIN_CARDS
+        and new.count * 2 < current.count
+    ):
+        problems.append(
+            f"it has {new.count} cards, fewer than half the current list's {current.count}"
+            " (--allow-shrink imports it anyway)"
+        )
+    if not allow_old:
+        age, max_age = new.imported_at - new.list_date, MAX_AGE["normal"]
+        if current is not None and new.list_date < current.list_date:
+            problems.append(
+                f"its date {rfc3339(new.list_date)} is older than the current list's,"
+                f" {rfc3339(current.list_date)} (--allow-old imports it anyway)"
+            )
+        elif age > max_age:
+            problems.append(
+                f"its date {rfc3339(new.list_date)} is {_days(age)} old, more than the"
+                f" {_days(max_age)} allowed (--allow-old imports it anyway)"
+            )
+    if problems:
+        raise CancelledListError(f"{file}: refused, nothing imported: " + "; ".join(problems))
+
+
 @contextmanager
 def _storage(what: str) -> Iterator[None]:
     try:
@@ -337,10 +409,23 @@ class CancelledCardList:
         with _storage("create its tables"):
             metadata.create_all(engine, tables=[cancelled_cards, cancelled_list_state])
 
-    def import_file(self, path: str | Path, *, list_date: datetime | None = None) -> CancelledListState:
+    def import_file(
+        self,
+        path: str | Path,
+        *,
+        list_date: datetime | None = None,
+        allow_empty: bool = False,
+        allow_shrink: bool = False,
+        allow_old: bool = False,
+    ) -> CancelledListState:
         """Replace the whole list with the file's, in one transaction. The list's date comes from the
-        file's ``# list-date:`` line or ``list_date`` (if both are given they must agree). Raises
-        ``CancelledListError`` for a bad file (nothing changes) and ``StorageError``."""
+        file's ``# list-date:`` line or ``list_date`` (if both are given they must agree).
+
+        Refused unless allowed: a list with no cards (``allow_empty``, which also covers replacing a
+        long list with nothing); fewer than half the cards of a current list of at least
+        ``SHRINK_CHECK_MIN_CARDS`` (``allow_shrink``); a date older than the current list's or older
+        than ``MAX_AGE["normal"]`` (``allow_old``). Raises ``CancelledListError`` for a bad or refused
+        file (nothing changes) and ``StorageError``."""
         file = Path(path)
         entries, file_date = _read_list(file)
         if list_date is not None and list_date.tzinfo is None:
@@ -363,7 +448,13 @@ class CancelledCardList:
             list_date=effective, imported_at=now, count=len(entries), source=str(file)[:MAX_SOURCE]
         )
         with _storage(f"import {file}"), self._engine.begin() as conn:
-            conn.execute(delete(cancelled_list_state))
+            # Read in the import's own transaction, so the checks judge the list this one replaces.
+            current = _read_state(conn)
+            _refuse_unsafe(file, state, current, allow_empty, allow_shrink, allow_old)
+            replaced = conn.execute(delete(cancelled_list_state).where(*_same_state(current)))
+            if replaced.rowcount != (0 if current is None else 1):
+                # Another import committed since the read: its list was never checked against ours.
+                raise CancelledListError(f"{file}: the list changed during the import, nothing imported")
             conn.execute(delete(cancelled_cards))
             if entries:
                 conn.execute(
@@ -384,17 +475,7 @@ class CancelledCardList:
     def state(self) -> CancelledListState | None:
         """The current list's state; ``None`` when no list was ever imported."""
         with _storage("read the list state"), self._engine.connect() as conn:
-            row = conn.execute(
-                select(cancelled_list_state).where(cancelled_list_state.c.id == _STATE_ID)
-            ).first()
-        if row is None:
-            return None
-        return CancelledListState(
-            list_date=row.list_date,
-            imported_at=row.imported_at,
-            count=int(row._mapping["count"]),
-            source=row.source,
-        )
+            return _read_state(conn)
 
     def is_cancelled(self, card_id: str) -> bool:
         """Whether ``card_id`` is on the current list (``ValueError`` for a malformed id)."""

@@ -1,5 +1,6 @@
 """Driver credentials: the card reader's frame decoder, the driver against its simulator over a socat
-pty pair and TCP, the cancelled-card list on a real SQLite file, and the credential check."""
+pty pair and TCP, the cancelled-card list on a real SQLite file (and the refusal of an import that
+would let cancelled cards through, by the API and the command line), and the credential check."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import argparse
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,8 @@ from drivers.credential_serial import (
     parse_frame,
 )
 from drivers.serial_frames import RepeatFilter
-from gated.clock import ManualClock
+from gated import credentials
+from gated.clock import ManualClock, rfc3339
 from gated.credentials import (
     CANCELLED_LIST_MISSING,
     CANCELLED_LIST_STALE,
@@ -38,6 +42,7 @@ from gated.credentials import (
     CARD_READ_INVALID,
     CancelledCardList,
     CancelledListError,
+    CancelledListState,
     CredentialCheck,
     cancelled_cards,
     cancelled_list_state,
@@ -748,6 +753,207 @@ def test_a_database_failure_mid_import_keeps_the_old_list(
         cards.import_file(write(tmp_path / "new.csv", content))
     assert cards.state() == before
     assert cards.cancelled_ids() == sorted([CARD2.lower(), CARD3.lower()])
+
+
+# Refusing an import that would let cancelled cards through
+
+
+def listing(path: Path, count: int, list_date: datetime) -> Path:
+    """A list file of ``count`` made-up cards dated ``list_date``."""
+    ids = "".join(f"{n:016x}\n" for n in range(1, count + 1))
+    return write(path, f"# list-date: {rfc3339(list_date)}\n{ids}")
+
+
+HOURS_AGO_12 = NOW - timedelta(hours=12)
+
+# name, the current list's size (None: no list yet), the new list's size and age, the override, the complaint.
+REFUSALS = [
+    ("empty", 20, 0, timedelta(hours=1), "allow_empty", "it has no cards"),
+    ("empty-first", None, 0, timedelta(hours=1), "allow_empty", "it has no cards"),
+    ("shrink", 20, 9, timedelta(hours=1), "allow_shrink", "9 cards, fewer than half the current list's 20"),
+    ("older", 20, 20, timedelta(hours=13), "allow_old", "older than the current list's"),
+    ("stale", None, 20, timedelta(days=7, seconds=1), "allow_old", "7.0 days old, more than the 7.0 days"),
+    ("older-and-stale", 20, 20, timedelta(days=8), "allow_old", "older than the current list's"),
+]
+
+
+@pytest.mark.parametrize(
+    ("current", "count", "age", "flag", "complaint"),
+    [case[1:] for case in REFUSALS],
+    ids=[c[0] for c in REFUSALS],
+)
+def test_a_risky_list_is_refused_unless_allowed(
+    engine: Engine,
+    clock: ManualClock,
+    tmp_path: Path,
+    current: int | None,
+    count: int,
+    age: timedelta,
+    flag: str,
+    complaint: str,
+) -> None:
+    cards = CancelledCardList(engine, clock)
+    if current is not None:
+        cards.import_file(listing(tmp_path / "current.csv", current, HOURS_AGO_12))
+    before, ids_before = cards.state(), cards.cancelled_ids()
+    new = listing(tmp_path / "new.csv", count, NOW - age)
+    with pytest.raises(CancelledListError) as raised:
+        cards.import_file(new)
+    message = str(raised.value)
+    assert message.startswith(f"{new}: refused, nothing imported: ")
+    assert complaint in message
+    assert f"--{flag.replace('_', '-')} imports it anyway" in message
+    assert "\n" not in message
+    assert (cards.state(), cards.cancelled_ids()) == (before, ids_before)
+    # The other overrides do not stand in for this one.
+    with pytest.raises(CancelledListError, match=flag.replace("_", "-")):
+        cards.import_file(
+            new,
+            allow_empty=flag != "allow_empty",
+            allow_shrink=flag != "allow_shrink",
+            allow_old=flag != "allow_old",
+        )
+    assert (cards.state(), cards.cancelled_ids()) == (before, ids_before)
+    state = cards.import_file(
+        new,
+        allow_empty=flag == "allow_empty",
+        allow_shrink=flag == "allow_shrink",
+        allow_old=flag == "allow_old",
+    )
+    assert (state.count, state.list_date) == (count, NOW - age)
+    assert cards.state() == state
+    assert len(cards.cancelled_ids()) == count
+
+
+def test_lists_at_the_limits_are_imported(engine: Engine, clock: ManualClock, tmp_path: Path) -> None:
+    cards = CancelledCardList(engine, clock)
+    week_ago = NOW - timedelta(days=7)
+
+    def imported(name: str, count: int, list_date: datetime) -> CancelledListState:
+        state = cards.import_file(listing(tmp_path / name, count, list_date))
+        assert (state.count, state.list_date) == (count, list_date)
+        return state
+
+    imported("a.csv", 9, week_ago)  # exactly the 7 days a list may be old
+    imported("b.csv", 1, week_ago)  # same date; 9 cards are too few to judge a shrink by
+    imported("c.csv", 20, NOW - timedelta(days=6))
+    imported("d.csv", 10, NOW - timedelta(days=6))  # exactly half
+    with pytest.raises(CancelledListError, match="4 cards, fewer than half the current list's 10"):
+        cards.import_file(listing(tmp_path / "e.csv", 4, NOW))
+    last = cards.state()
+    assert last is not None and last.count == 10
+
+
+def test_every_problem_and_its_flag_are_named_at_once(
+    engine: Engine, clock: ManualClock, tmp_path: Path
+) -> None:
+    cards = CancelledCardList(engine, clock)
+    before = cards.import_file(listing(tmp_path / "current.csv", 20, HOURS_AGO_12))
+    old_and_short = listing(tmp_path / "new.csv", 1, NOW - timedelta(days=8))
+    with pytest.raises(CancelledListError) as raised:
+        cards.import_file(old_and_short)
+    assert "--allow-shrink" in str(raised.value) and "--allow-old" in str(raised.value)
+    with pytest.raises(CancelledListError) as raised:
+        cards.import_file(old_and_short, allow_shrink=True)
+    assert "--allow-shrink" not in str(raised.value) and "--allow-old" in str(raised.value)
+    assert cards.state() == before
+    assert cards.import_file(old_and_short, allow_shrink=True, allow_old=True).count == 1
+    # Allowing an empty list allows replacing a long one with it: no second flag for the same intent.
+    empty = cards.import_file(listing(tmp_path / "empty.csv", 0, NOW), allow_empty=True)
+    assert (empty.count, cards.cancelled_ids()) == (0, [])
+    # No override lets a list dated in the future in.
+    with pytest.raises(CancelledListError, match="in the future"):
+        cards.import_file(
+            listing(tmp_path / "future.csv", 20, NOW + timedelta(days=1)),
+            allow_empty=True,
+            allow_shrink=True,
+            allow_old=True,
+        )
+    assert cards.state() == empty
+
+
+def test_an_import_that_raced_another_changes_nothing(
+    engine: Engine, clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cards = CancelledCardList(engine, clock)
+    before = cards.import_file(listing(tmp_path / "current.csv", 20, HOURS_AGO_12))
+    # What the import read is no longer the list: another import committed in between (PostgreSQL).
+    seen = replace(before, list_date=before.list_date - timedelta(days=1), count=40)
+    monkeypatch.setattr(credentials, "_read_state", lambda _conn: seen)
+    with pytest.raises(CancelledListError, match="the list changed during the import"):
+        cards.import_file(listing(tmp_path / "new.csv", 20, NOW))
+    monkeypatch.undo()
+    assert cards.state() == before
+    assert len(cards.cancelled_ids()) == 20
+
+
+def gated_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # WARNING: opening a database logs alembic's INFO lines on stderr, which would hide the one error line.
+    return subprocess.run(
+        [sys.executable, "-m", "gated", "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def list_state(db: Path) -> tuple[CancelledListState | None, list[str]]:
+    engine = open_engine(db)
+    try:
+        cards = CancelledCardList(engine)
+        return cards.state(), list(cards.cancelled_ids())
+    finally:
+        engine.dispose()
+
+
+# name, the current list's size (None: no list yet), the new list's size and age, the flag, the complaint.
+CLI_REFUSALS = [
+    ("empty", 20, 0, timedelta(hours=1), "--allow-empty", "it has no cards"),
+    ("shrink", 20, 9, timedelta(hours=1), "--allow-shrink", "9 cards, fewer than half the current list's 20"),
+    ("older", 20, 20, timedelta(hours=13), "--allow-old", "older than the current list's"),
+    ("stale", None, 20, timedelta(days=8), "--allow-old", "8.0 days old, more than the 7.0 days allowed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("current", "count", "age", "option", "complaint"),
+    [case[1:] for case in CLI_REFUSALS],
+    ids=[case[0] for case in CLI_REFUSALS],
+)
+def test_the_import_command_refuses_a_risky_list_unless_allowed(
+    tmp_path: Path, current: int | None, count: int, age: timedelta, option: str, complaint: str
+) -> None:
+    db = tmp_path / "g.db"
+    now = datetime.now(UTC).replace(microsecond=0)  # a list file's date has milliseconds at most
+    was = "no list before"
+    if current is not None:
+        current_date = now - timedelta(hours=12)
+        current_file = listing(tmp_path / "current.csv", current, current_date)
+        first = gated_cli("credentials", "import", "--db", str(db), str(current_file))
+        assert first.returncode == 0, first.stderr
+        assert first.stdout == (
+            f"{current_file}: {current} cancelled cards, list of {current_date.isoformat()} (no list before)\n"
+        )
+        was = f"was {current}"
+    before = list_state(db)
+    assert len(before[1]) == (current or 0)
+
+    new_date = now - age
+    new = listing(tmp_path / "new.csv", count, new_date)
+    refused = gated_cli("credentials", "import", "--db", str(db), str(new))
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"gated: {new}: refused, nothing imported: ")
+    assert complaint in line and f"{option} imports it anyway" in line
+    assert list_state(db) == before
+
+    allowed = gated_cli("credentials", "import", "--db", str(db), str(new), option)
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout == f"{new}: {count} cancelled cards, list of {new_date.isoformat()} ({was})\n"
+    state, ids = list_state(db)
+    assert state is not None and (state.count, state.list_date, len(ids)) == (count, new_date, count)
 
 
 def test_database_errors_are_storage_errors(tmp_path: Path, clock: ManualClock) -> None:
