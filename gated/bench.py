@@ -57,7 +57,7 @@ def _visit(index: int) -> Visit:
 def bench_policy(quick: bool) -> dict[str, Any]:
     count = 2_000 if quick else 50_000
     visits = [_visit(i) for i in range(count)]
-    status = HoldListStatus(loaded=True, updated_at=datetime.now(UTC), version=1)
+    status = HoldListStatus(loaded=True, confirmed_at=datetime.now(UTC), version=1)
     settings = PolicySettings(hold_list_max_age_seconds=3600)
     _progress(f"deciding {count} visits")
     start = time.perf_counter()
@@ -325,8 +325,8 @@ def _gated_once(
         config.mqtt,
         prefix=topics.prefix,
         boot=store.next_boot(),
-        subscriptions=[topics.holds_cmd],
-        on_message=pipeline.inbound,
+        subscriptions=[],
+        on_message=lambda _topic, _payload: None,
         status_snapshot=pipeline.status_snapshot,
     )
     pipeline.on_stored = publisher.wake

@@ -93,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     cr_import.add_argument(
         "--list-date", default=None, help="the list's date (RFC 3339) unless the file has '# list-date:'"
     )
+    cr_import.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="import a list with no cards (refused by default: a truncated file would accept every card)",
+    )
+    cr_import.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="import a list with fewer than half the cards of the current one (if that has 10 or more)",
+    )
+    cr_import.add_argument(
+        "--allow-old",
+        action="store_true",
+        help="import a list dated before the current list or more than 7 days ago",
+    )
     cr_import.set_defaults(handler=_credentials_import)
     cr_status = credential_commands.add_parser("status", parents=[database], help="the list's date and size")
     cr_status.set_defaults(handler=_credentials_status)
@@ -121,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # pymodbus logs every server start and client retry at INFO; ours says what matters.
     logging.getLogger("pymodbus").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if hasattr(args, "func"):  # the holds sub-commands
             return int(args.func(args, _engine(args)))
@@ -151,8 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     from gated.config import load_config
     from gated.daemon import Daemon
 
-    Daemon(load_config(args.config)).run_forever()
-    return EX_OK
+    return Daemon(load_config(args.config)).run_forever()
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -223,8 +238,18 @@ def _credentials_import(args: argparse.Namespace) -> int:
             list_date = datetime.fromisoformat(args.list_date.replace("Z", "+00:00"))
         except ValueError:
             raise ConfigError([f"--list-date: {args.list_date!r} is not an RFC 3339 time"]) from None
-    state = CancelledCardList(_engine(args)).import_file(args.file, list_date=list_date)
-    print(f"{args.file}: {state.count} cancelled cards, list of {state.list_date.isoformat()}")
+    cards = CancelledCardList(_engine(args))
+    # Read only for the message: the import checks against the list in its own transaction.
+    before = cards.state()
+    state = cards.import_file(
+        args.file,
+        list_date=list_date,
+        allow_empty=args.allow_empty,
+        allow_shrink=args.allow_shrink,
+        allow_old=args.allow_old,
+    )
+    was = "no list before" if before is None else f"was {before.count}"
+    print(f"{args.file}: {state.count} cancelled cards, list of {state.list_date.isoformat()} ({was})")
     return EX_OK
 
 

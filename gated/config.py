@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gated.errors import ConfigError
+from gated.errors import ConfigError, GatedError
 from gated.model import IDENTIFIER, RESERVED_LANE_IDS
 from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, PlateFormat
 
@@ -65,12 +65,58 @@ class CredentialsConfig(_Strict):
     )
 
 
-class HoldsConfig(_Strict):
-    max_age_seconds: int | None = Field(
-        None,
-        ge=1,
-        description="A hold list not updated for longer than this is stale: no automatic release.",
+KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class CustomsKeyConfig(_Strict):
+    """A customs signing key whose hold commands gated trusts (``gated holds keygen`` prints one)."""
+
+    id: str = Field(pattern=KEY_ID_PATTERN, max_length=64, description="The key id commands name in 'key'.")
+    public_key: str = Field(description="The Ed25519 public key: base64 of its 32 bytes.")
+    agencies: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, description="The agencies this key may place and release holds for, e.g. CBP."
     )
+
+    @field_validator("public_key")
+    @classmethod
+    def _usable_key(cls, value: str) -> str:
+        from gated.signing import public_key_from_text  # the cryptography import only when keys are given
+
+        try:
+            public_key_from_text(value)
+        except GatedError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
+class HoldsConfig(_Strict):
+    max_age_seconds: int = Field(
+        ge=1,
+        description="Required. A hold list not confirmed by an authenticated full view (customs' signed "
+        "sync, or an operator's import) for longer than this is stale: no automatic release.",
+    )
+    customs_keys: list[CustomsKeyConfig] = Field(
+        default_factory=list,
+        description="The keys customs signs hold commands with. None: every command on holds/cmd is "
+        "rejected.",
+    )
+    command_max_age_seconds: int = Field(
+        300, ge=10, le=3600, description="A signed command made longer ago than this is refused (replay)."
+    )
+    command_queue: int = Field(
+        5000, ge=10, le=100_000, description="Hold commands waiting at most; more are dropped and alarmed."
+    )
+    commands_per_second: float = Field(
+        20.0, gt=0, le=10_000, description="Authentic hold commands applied per second at most."
+    )
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> HoldsConfig:
+        ids = [key.id for key in self.customs_keys]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"customs key ids must be unique: {', '.join(duplicates)}")
+        return self
 
 
 class RfidSerialDevice(_Strict):
@@ -261,7 +307,18 @@ class BarrierModbusDevice(_Strict):
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=247)
     lease_seconds: float = Field(
-        60.0, gt=0, le=600, description="How long a permit to open lasts if no vehicle passes."
+        10.0,
+        gt=0,
+        le=30,
+        description="How long a permit to open lasts if no vehicle passes: seconds, for the truck "
+        "at the barrier, never long enough for the next one to use it.",
+    )
+    release_window_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="A RELEASE opens the barrier only if the truck's newest reading is at most this "
+        "old: a decision that comes after its truck has gone grants nothing.",
     )
     heartbeat_interval_seconds: float = Field(
         0.25, gt=0, le=2, description="Keep well below the PLC's watchdog timeout."
@@ -369,7 +426,7 @@ class GateConfig(_Strict):
     node: Identifier = "gate-1"
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig())
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
-    holds: HoldsConfig = Field(default_factory=lambda: HoldsConfig())
+    holds: HoldsConfig
     credentials: CredentialsConfig = Field(default_factory=lambda: CredentialsConfig())
     ocr: OcrConfig = Field(default_factory=lambda: OcrConfig())
     lanes: list[LaneConfig] = Field(min_length=1)

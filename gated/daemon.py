@@ -1,8 +1,9 @@
 """The daemon: builds the pipeline, the drivers and the publisher from a config and runs them.
 
-Threads: one per driver, the pipeline thread, and the publisher (plus paho's network thread).
-Stopping is orderly: drivers stop, the pipeline decides what is still open and stores it, the
-publisher flushes the outbox and announces the node offline.
+Threads: one per driver, the pipeline thread, the hold commands' thread, and the publisher (plus
+paho's network thread). Stopping is orderly: drivers stop, the pipeline decides what is still open
+and stores it, the publisher flushes the outbox and announces the node offline. An unexpected error
+in the pipeline or the hold commands' thread closes every lane and ends ``gated run`` with exit 1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -26,6 +28,7 @@ from gated.devices import build_barrier, build_driver, build_printer, check_devi
 from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
 from gated.gate import GateControl, PassPrinter
+from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
 from gated.messages import Topics, alarm_message, lane_status_message
 from gated.model import Decision, Visit
@@ -36,6 +39,9 @@ from gated.store import Store
 from ocr.pool import OcrPool
 
 log = logging.getLogger(__name__)
+
+STALL_SECONDS = 15.0
+"""A loop that has not turned for this long is stuck: the watchdog is no longer pinged."""
 
 
 class Daemon:
@@ -57,14 +63,17 @@ class Daemon:
             preadvice=PreadviceStore(self.engine),
             credentials=CancelledCardList(self.engine, self.clock),
         )
-        topics = Topics(config.site)
+        self.topics = topics = Topics(config.site)
+        self.commands = HoldCommandWorker(
+            self.holds, self.store, config.holds, topics, [lane.id for lane in config.lanes], self.clock
+        )
         self.publisher = MqttPublisher(
             self.store,
             config.mqtt,
             prefix=topics.prefix,
             boot=self.boot,
             subscriptions=[topics.holds_cmd],
-            on_message=self.pipeline.inbound,
+            on_message=self._inbound,
             status_snapshot=self.pipeline.status_snapshot,
             max_pending_readings=config.storage.max_pending_readings,
             on_backlog_warning=lambda waiting, cap: self.pipeline.node_alarm(
@@ -73,6 +82,8 @@ class Daemon:
             ),
         )
         self.pipeline.on_stored = self.publisher.wake
+        self.commands.on_stored = self.publisher.wake
+        self.pipeline.on_fatal = self.fatal
         self.pipeline.storage_listeners.append(self._on_storage)
         self.evidence = EvidenceStore(Path(config.storage.evidence))
         # OCR worker processes, one pool per engine, shared by every frames camera.
@@ -108,7 +119,10 @@ class Daemon:
         self._driver_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pipeline_thread: threading.Thread | None = None
+        self._commands_thread: threading.Thread | None = None
         self._stopped = False
+        self.failed: str | None = None  # why the daemon must exit (an unexpected error), once set
+        self._done = threading.Event()
 
     def _ocr_pool(self, engine: str) -> OcrPool:
         if engine not in self.ocr_pools:
@@ -117,8 +131,72 @@ class Daemon:
 
     def _pipeline_alive(self) -> bool:
         return (
-            self._pipeline_thread is not None and self._pipeline_thread.is_alive() and not self._stop.is_set()
+            self._pipeline_thread is not None
+            and self._pipeline_thread.is_alive()
+            and not self._stop.is_set()
+            and self.failed is None
         )
+
+    def _inbound(self, topic: str, payload: bytes) -> None:
+        """An MQTT message for the node (on paho's thread: hand over and return)."""
+        if topic == self.topics.holds_cmd:
+            self.commands.offer(payload)
+
+    def healthy(self) -> bool:
+        """What the systemd watchdog is told: every part of the daemon works and keeps turning."""
+        now = time.monotonic()
+        return (
+            self._pipeline_alive()
+            and now - self.pipeline.beat < STALL_SECONDS
+            and self._commands_thread is not None
+            and self._commands_thread.is_alive()
+            and now - self.commands.beat < STALL_SECONDS
+            and self.publisher.alive(STALL_SECONDS)
+            and all(thread.is_alive() for thread in self._threads)
+        )
+
+    def fatal(self, detail: str) -> None:
+        """An unexpected error in a part the gate cannot decide without: close every lane (its
+        retained status says so, an alarm goes out, the barriers lose their heartbeat and permits)
+        and make ``run_forever`` exit non-zero, so the supervisor starts a fresh daemon."""
+        if self.failed is not None:
+            return
+        self.failed = detail
+        log.critical("closing every lane and exiting: %s", detail)
+        for entry in self.gate.lanes.values():
+            entry.barrier.revoke(detail)
+        now = self.clock.now()
+        messages = []
+        for lane in self.config.lanes:
+            messages.append(
+                lane_status_message(
+                    self.topics, lane.id, "closed", {}, f"gated failed: no automatic release ({detail})", now
+                )
+            )
+            messages.append(
+                alarm_message(
+                    self.topics,
+                    lane=lane.id,
+                    alarm="node_failure",
+                    text=f"gated failed and restarts: lane closed to automatic release: {detail}",
+                    ts=now,
+                    severity="high",
+                )
+            )
+        self.publisher.publish_volatile(messages)
+        self._done.set()
+
+    def _supervised(self, name: str, target: Callable[[threading.Event], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                target(self._stop)
+            except Exception as error:
+                log.critical("%s failed: %r", name, error, exc_info=True)
+                self.fatal(f"{name} failed: {error!r}")
+
+        supervised = threading.Thread(target=run, name=name, daemon=True)
+        supervised.start()
+        return supervised
 
     def on_decision(self, listener: Callable[[Visit, list[Decision]], None]) -> None:
         self.pipeline.listeners.append(listener)
@@ -161,10 +239,8 @@ class Daemon:
             pool.start()  # the workers load their engine while the rest starts
         self.pipeline.recover()
         self.publisher.start()
-        self._pipeline_thread = threading.Thread(
-            target=self.pipeline.run, args=(self._stop,), name="gated-pipeline", daemon=True
-        )
-        self._pipeline_thread.start()
+        self._pipeline_thread = self._supervised("gated-pipeline", self.pipeline.run)
+        self._commands_thread = self._supervised("gated-hold-commands", self.commands.run)
         for driver in self.drivers:
             thread = threading.Thread(
                 target=driver.run,
@@ -192,27 +268,45 @@ class Daemon:
         for pool in self.ocr_pools.values():
             pool.close()
         self._stop.set()
-        if self._pipeline_thread is not None:
-            self._pipeline_thread.join(timeout)
+        for worker in (self._pipeline_thread, self._commands_thread):
+            if worker is not None:
+                worker.join(timeout)
         self.publisher.stop(graceful_offline=True, timeout=timeout)
         self.engine.dispose()
 
-    def run_forever(self) -> None:
-        """``gated run``: until SIGTERM or SIGINT; tells systemd when ready (Type=notify)."""
-        done = threading.Event()
+    def run_forever(self) -> int:
+        """``gated run``: until SIGTERM or SIGINT (exit 0) or an unexpected error (exit 1); tells
+        systemd when ready (Type=notify) and pings its watchdog only while ``healthy``."""
 
         def _signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %d: stopping", signum)
-            done.set()
+            self._done.set()
 
         signal.signal(signal.SIGTERM, _signal)
         signal.signal(signal.SIGINT, _signal)
         self.start()
         self.publisher.wait_connected(10.0)
         sd_notify("READY=1")
-        done.wait()
+        interval = watchdog_interval()
+        while not self._done.wait(interval or None):
+            if self.healthy():
+                sd_notify("WATCHDOG=1")
+            else:
+                log.error("not healthy: the systemd watchdog is not pinged")
         sd_notify("STOPPING=1")
+        if self.failed is not None:
+            time.sleep(1.0)  # the closed lanes and the alarm leave before the connection does
         self.stop()
+        return 1 if self.failed is not None else 0
+
+
+def watchdog_interval() -> float:
+    """Half the systemd watchdog's timeout (``WATCHDOG_USEC``), or 0 when there is none."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        return 0.0
+    return usec / 2e6 if usec > 0 else 0.0
 
 
 def sd_notify(state: str) -> None:

@@ -2,8 +2,14 @@
 
 A container is gate-eligible only when no active hold exists on it or on any bill of lading (B/L) the
 manifest says it carries. History is kept: a release stamps ``released_at`` on the hold, nothing is
-deleted or overwritten. Holds arrive three ways: imported files (CSV or JSON lines), MQTT commands
-(``gated.hold/1`` on ``holds/cmd``) and the operator's ``gated holds`` commands.
+deleted or overwritten. Holds arrive three ways: an operator's imported files (CSV or JSON lines),
+customs' signed MQTT commands (``gated.hold/1`` on ``holds/cmd``, verified in
+``gated.hold_commands``) and the operator's ``gated holds`` commands; every change names its actor.
+
+The list counts as loaded and fresh only from an authenticated full view: an operator's import or
+customs' signed ``sync`` statement (so many active holds of that agency, as of then) that matches
+what gated holds. A single command never makes it so: anyone who could forge one could otherwise
+switch the freshness guard off.
 
 Every change bumps ``holdlist_state.version``. Every write transaction starts by writing that one
 row, so writers (the daemon and a CLI at the same time) take turns and each check-then-write is
@@ -13,13 +19,14 @@ atomic, on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +56,7 @@ from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import ContainerNumberError, HoldListError, StorageError
 from gated.iso6346 import ContainerNumber, normalise
+from gated.store import AuditRecord, insert_audit
 
 SCHEMA = "gated.hold/1"
 MAX_BILL_OF_LADING = 35
@@ -58,11 +66,23 @@ MAX_CODE = 16
 MAX_REFERENCE = 128
 MAX_NOTE = 1000
 MAX_MESSAGE_ID = 128
+MAX_KEY_ID = 64
+MAX_SOURCE_ID = MAX_KEY_ID + 1 + MAX_MESSAGE_ID  # "key:command id": ids are unique per key
+MAX_ACTOR = 64
+MAX_DIGEST = 80
+MAX_REASON = 512
+SHRINK_FLOOR = 10
+"""A full list replacing one of at least this many holds may not shrink below half of it unasked."""
+MAX_IMPORT_AGE = timedelta(days=1)
+"""An imported list dated longer ago than this is refused unless the operator says so."""
+MAX_FUTURE = timedelta(minutes=10)
+"""How far ahead of gated's clock a list's date may be (clock skew)."""
 MAX_REPORTED_PROBLEMS = 20
 _HOLD_TYPE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _STATE_ID = 1
 
 ImportKind = Literal["holds", "manifest"]
+CommandAction = Literal["place", "release", "sync"]
 
 holds = Table(
     "holds",
@@ -75,12 +95,12 @@ holds = Table(
     Column("code", String(MAX_CODE), nullable=True),
     Column("reference", String(MAX_REFERENCE), nullable=True),
     Column("note", String(MAX_NOTE), nullable=True),
-    Column("source_message_id", String(MAX_MESSAGE_ID), nullable=True, unique=True),
+    Column("source_message_id", String(MAX_SOURCE_ID), nullable=True, unique=True),
     Column("placed_at", UTCDateTime(), nullable=False),
     Column("released_at", UTCDateTime(), nullable=True),
     Column("release_code", String(MAX_CODE), nullable=True),
     Column("release_reference", String(MAX_REFERENCE), nullable=True),
-    Column("release_source_message_id", String(MAX_MESSAGE_ID), nullable=True),
+    Column("release_source_message_id", String(MAX_SOURCE_ID), nullable=True),
     CheckConstraint("container IS NOT NULL OR bill_of_lading IS NOT NULL", name="ck_holds_container_or_bill"),
     Index("ix_holds_container", "container"),
     Index("ix_holds_bill_of_lading", "bill_of_lading"),
@@ -108,7 +128,24 @@ holdlist_state = Table(
     Column("updated_at", UTCDateTime(), nullable=True),
     Column("loaded", Boolean(), nullable=False),
     Column("loaded_at", UTCDateTime(), nullable=True),
+    # The as-of time of the last authenticated full view (operator import or customs' sync), and who.
+    Column("confirmed_at", UTCDateTime(), nullable=True),
+    Column("confirmed_by", String(MAX_ACTOR + 16), nullable=True),
     CheckConstraint(f"id = {_STATE_ID}", name="ck_holdlist_state_single_row"),
+)
+
+# Every signed command gated accepted as authentic, applied or not: its id is spent for that key, so
+# a replay (or a second command with the same id) is answered as a duplicate and changes nothing.
+hold_commands = Table(
+    "hold_commands",
+    metadata,
+    Column("key_id", String(MAX_KEY_ID), primary_key=True),
+    Column("command_id", String(MAX_MESSAGE_ID), primary_key=True),
+    Column("action", String(16), nullable=True),
+    Column("issued_at", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("applied", Boolean(), nullable=False),
+    Column("reason", String(MAX_REASON), nullable=False),
 )
 
 
@@ -155,25 +192,42 @@ class HoldRecord:
 
 @dataclass(frozen=True, slots=True)
 class HoldListState:
-    """How current the hold list is. ``version`` counts changes. ``updated_at`` is the last change
-    or confirmation (any import or hold command, even one that changed nothing); ``loaded_at`` the
-    last import or hold command. ``loaded`` is False until one has arrived: an empty list that was
-    never loaded must not release anything."""
+    """How current the hold list is. ``version`` counts changes; ``updated_at`` is the last change.
+    ``loaded`` is False until an authenticated full view arrived (an operator's import or customs'
+    matching sync): an empty list that was never loaded must not release anything. ``confirmed_at``
+    is that view's as-of time (freshness is measured from it), None once customs said the list is
+    out of step; ``confirmed_by`` says who (``key:ID`` or ``operator:USER``)."""
 
     version: int
     active: int
     updated_at: datetime | None
     loaded: bool
     loaded_at: datetime | None
+    confirmed_at: datetime | None = None
+    confirmed_by: str | None = None
+
+    def fresh(self, now: datetime, max_age_seconds: float) -> bool:
+        """Loaded, and confirmed no longer than ``max_age_seconds`` before ``now``."""
+        return (
+            self.loaded
+            and self.confirmed_at is not None
+            and (now - self.confirmed_at).total_seconds() <= max_age_seconds
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "active": self.active,
-            "updated_at": rfc3339(self.updated_at) if self.updated_at is not None else None,
+            "updated_at": _time(self.updated_at),
             "loaded": self.loaded,
-            "loaded_at": rfc3339(self.loaded_at) if self.loaded_at is not None else None,
+            "loaded_at": _time(self.loaded_at),
+            "confirmed_at": _time(self.confirmed_at),
+            "confirmed_by": self.confirmed_by,
         }
+
+
+def _time(value: datetime | None) -> str | None:
+    return rfc3339(value) if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +259,8 @@ class ImportResult:
 
 @dataclass(frozen=True, slots=True)
 class HoldCommandResult:
-    """The answer to one ``gated.hold/1`` command (the body of a ``holds/ack`` message)."""
+    """The answer to one ``gated.hold/1`` command (the body of a ``holds/ack`` message). ``key`` is
+    the id of the key whose signature verified, None when none did."""
 
     command_id: str | None
     action: str | None
@@ -213,16 +268,30 @@ class HoldCommandResult:
     duplicate: bool
     reason: str
     holds: tuple[HoldRecord, ...] = ()
+    key: str | None = None
+    out_of_step: bool = False  # a sync that did not match: the list is stale until one does
 
     def to_json(self) -> dict[str, Any]:
         return {
             "command": self.command_id,
+            "key": self.key,
             "action": self.action,
             "applied": self.applied,
             "duplicate": self.duplicate,
             "reason": self.reason,
             "holds": [hold.to_json() for hold in self.holds],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCommand:
+    """A hold command whose signature verified with the key ``key_id`` (which may act for
+    ``agencies``), made at ``issued_at``; ``payload`` is the command as received."""
+
+    key_id: str
+    agencies: frozenset[str]
+    issued_at: datetime
+    payload: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +314,16 @@ class _Release:
     hold_type: str | None
     code: str | None
     reference: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sync:
+    """Customs' signed statement: ``agency`` has exactly ``count`` active holds (and, with
+    ``digest``, exactly these: see ``holds_digest``)."""
+
+    agency: str
+    count: int
+    digest: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +642,13 @@ class HoldStore:
             with self._engine.begin() as conn:
                 conn.execute(
                     insert(holdlist_state).values(
-                        id=_STATE_ID, version=0, updated_at=None, loaded=False, loaded_at=None
+                        id=_STATE_ID,
+                        version=0,
+                        updated_at=None,
+                        loaded=False,
+                        loaded_at=None,
+                        confirmed_at=None,
+                        confirmed_by=None,
                     )
                 )
         except IntegrityError:
@@ -573,29 +658,52 @@ class HoldStore:
     def _writing(self, what: str) -> Iterator[Connection]:
         """A write transaction that first takes the hold-list lock (a write to the state row)."""
         with _storage(what), self._engine.begin() as conn:
+            self.lock(conn)
+            yield conn
+
+    @staticmethod
+    def lock(conn: Connection) -> None:
+        """Take the hold-list lock inside ``conn``'s transaction (writers take turns on this row)."""
+        conn.execute(
+            update(holdlist_state)
+            .where(holdlist_state.c.id == _STATE_ID)
+            .values(version=holdlist_state.c.version)
+        )
+
+    def _changed(self, conn: Connection, *, changed: bool) -> int:
+        if changed:
             conn.execute(
                 update(holdlist_state)
                 .where(holdlist_state.c.id == _STATE_ID)
-                .values(version=holdlist_state.c.version)
+                .values(version=holdlist_state.c.version + 1, updated_at=self._clock.now())
             )
-            yield conn
-
-    def _changed(self, conn: Connection, *, changed: bool, loaded: bool) -> int:
-        now = self._clock.now()
-        values: dict[str, Any] = {}
-        if changed:
-            values["version"] = holdlist_state.c.version + 1
-        if changed or loaded:
-            values["updated_at"] = now
-        if loaded:
-            values["loaded"] = True
-            values["loaded_at"] = now
-        if values:
-            conn.execute(update(holdlist_state).where(holdlist_state.c.id == _STATE_ID).values(**values))
         version = conn.execute(
             select(holdlist_state.c.version).where(holdlist_state.c.id == _STATE_ID)
         ).scalar_one()
         return int(version)
+
+    def _confirm(self, conn: Connection, as_of: datetime | None, by: str) -> None:
+        """Record an authenticated full view as of ``as_of`` (None: customs says we are out of step)."""
+        values: dict[str, Any] = {"confirmed_at": as_of, "confirmed_by": by[: MAX_ACTOR + 16]}
+        if as_of is not None:
+            values.update(loaded=True, loaded_at=self._clock.now())
+        conn.execute(update(holdlist_state).where(holdlist_state.c.id == _STATE_ID).values(**values))
+
+    def _audit(
+        self, conn: Connection, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        insert_audit(
+            conn,
+            [
+                AuditRecord(
+                    actor=actor[:MAX_ACTOR],
+                    action=action,
+                    subject=subject,
+                    detail=detail,
+                    ts=self._clock.now(),
+                )
+            ],
+        )
 
     # -- placing and releasing
 
@@ -610,9 +718,12 @@ class HoldStore:
         reference: str | None = None,
         note: str | None = None,
         source_message_id: str | None = None,
+        actor: str = "operator",
+        reason: str | None = None,
     ) -> HoldRecord:
-        """Place a hold on a container and/or a B/L. With ``source_message_id``, placing again with
-        the same id returns the hold already placed and changes nothing."""
+        """Place a hold on a container and/or a B/L, audited with ``actor`` and ``reason``. With
+        ``source_message_id``, placing again with the same id returns the hold already placed and
+        changes nothing. A single hold never makes the list loaded or fresh."""
         spec = _check_place(
             container=container,
             bill_of_lading=bill_of_lading,
@@ -622,7 +733,8 @@ class HoldStore:
             reference=reference,
             note=note,
         )
-        message_id = None if source_message_id is None else _message_id(source_message_id)
+        message_id = None if source_message_id is None else _source_id(source_message_id)
+        why = _optional_text("reason", reason, MAX_NOTE)
         with self._writing("place a hold") as conn:
             if message_id is not None:
                 existing = self._placed_by(conn, message_id)
@@ -631,7 +743,8 @@ class HoldStore:
                 if self._released_by(conn, message_id):
                     raise HoldListError(f"message id {message_id!r} was already used by a release")
             record = self._insert(conn, spec, message_id)
-            self._changed(conn, changed=True, loaded=False)
+            self._changed(conn, changed=True)
+            self._audit(conn, actor, "hold_place", str(record.id), {"hold": record.to_json(), "reason": why})
             return record
 
     def release(
@@ -645,11 +758,14 @@ class HoldStore:
         code: str | None = None,
         reference: str | None = None,
         source_message_id: str | None = None,
+        actor: str = "operator",
+        reason: str | None = None,
     ) -> list[HoldRecord]:
         """Release the active holds that match every field given: a hold id, or all holds placed on
         that container and/or B/L, optionally only those of one agency and hold type. ``code`` and
         ``reference`` are the release's own (e.g. 1I). Raises ``HoldListError`` when nothing matches.
-        With ``source_message_id``, releasing again with the same id returns the holds it released."""
+        With ``source_message_id``, releasing again with the same id returns the holds it released.
+        Audited with ``actor`` and ``reason``."""
         spec = _check_release(
             hold_id=hold_id,
             container=container,
@@ -659,7 +775,8 @@ class HoldStore:
             code=code,
             reference=reference,
         )
-        message_id = None if source_message_id is None else _message_id(source_message_id)
+        message_id = None if source_message_id is None else _source_id(source_message_id)
+        why = _optional_text("reason", reason, MAX_NOTE)
         with self._writing("release holds") as conn:
             if message_id is not None:
                 earlier = self._released_by(conn, message_id)
@@ -670,7 +787,14 @@ class HoldStore:
             released = self._release(conn, spec, message_id)
             if not released:
                 raise HoldListError(f"no active hold matches ({_describe(spec)})")
-            self._changed(conn, changed=True, loaded=False)
+            self._changed(conn, changed=True)
+            self._audit(
+                conn,
+                actor,
+                "hold_release",
+                ",".join(str(record.id) for record in released)[:128],
+                {"holds": [record.to_json() for record in released], "reason": why},
+            )
             return released
 
     def _insert(self, conn: Connection, spec: _Place, message_id: str | None) -> HoldRecord:
@@ -779,10 +903,15 @@ class HoldStore:
 
     def state(self) -> HoldListState:
         with _storage("read the hold list state"), self._engine.connect() as conn:
-            row = conn.execute(select(holdlist_state).where(holdlist_state.c.id == _STATE_ID)).first()
-            active = conn.execute(
-                select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
-            ).scalar_one()
+            return self.state_in(conn)
+
+    @staticmethod
+    def state_in(conn: Connection) -> HoldListState:
+        """The state as ``conn``'s transaction sees it (with its own changes)."""
+        row = conn.execute(select(holdlist_state).where(holdlist_state.c.id == _STATE_ID)).first()
+        active = conn.execute(
+            select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
+        ).scalar_one()
         if row is None:
             return HoldListState(version=0, active=int(active), updated_at=None, loaded=False, loaded_at=None)
         return HoldListState(
@@ -791,31 +920,59 @@ class HoldStore:
             updated_at=row.updated_at,
             loaded=bool(row.loaded),
             loaded_at=row.loaded_at,
+            confirmed_at=row.confirmed_at,
+            confirmed_by=row.confirmed_by,
         )
 
     # -- files
 
-    def import_file(self, path: str | Path, kind: ImportKind | None = None) -> ImportResult:
-        """Import a hold list or a manifest (CSV with a header, or JSON lines). Without ``kind``, a
-        file whose only columns are container and bill_of_lading is a manifest. All or nothing: any
-        bad line rejects the whole file with one "file:line: problem" per problem."""
+    def import_file(
+        self,
+        path: str | Path,
+        kind: ImportKind | None = None,
+        *,
+        actor: str = "operator",
+        reason: str | None = None,
+        replace: bool = False,
+        list_date: datetime | None = None,
+        allow_empty: bool = False,
+        allow_shrink: bool = False,
+        allow_old: bool = False,
+    ) -> ImportResult:
+        """Import a hold list or a manifest (CSV with a header, or JSON lines), audited with
+        ``actor`` and ``reason``. Without ``kind``, a file whose only columns are container and
+        bill_of_lading is a manifest. All or nothing: any bad line rejects the whole file with one
+        "file:line: problem" per problem.
+
+        A hold list is the operator's authenticated view: it makes the list loaded and fresh as of
+        ``list_date`` (default now). With ``replace`` it is the complete list of active holds, and
+        active holds it does not name are released. Refused unless the operator says so: a list
+        without holds (``allow_empty``: a truncated download must not clear every container), a
+        full list less than half the size of the one it replaces (``allow_shrink``), a list dated
+        before the one it replaces or more than a day ago (``allow_old``)."""
         if kind not in (None, "holds", "manifest"):
             raise HoldListError(f"unknown import kind {kind!r}: use holds or manifest")
         file = Path(path)
         rows, columns = _read_rows(file)
         if kind is None:
             kind = _detect_kind(file, columns)
+        why = _optional_text("reason", reason, MAX_NOTE)
         if kind == "manifest":
-            return self._import_manifest(file, rows, columns)
-        return self._import_holds(file, rows, columns)
+            if replace:
+                raise HoldListError(f"{file}: a manifest only adds links; --replace is for hold lists")
+            return self._import_manifest(file, rows, columns, actor, why)
+        checks = _ImportChecks(allow_empty=allow_empty, allow_shrink=allow_shrink, allow_old=allow_old)
+        return self._import_holds(file, rows, columns, actor, why, replace, list_date, checks)
 
-    def import_holds(self, path: str | Path) -> ImportResult:
-        return self.import_file(path, "holds")
+    def import_holds(self, path: str | Path, **options: Any) -> ImportResult:
+        return self.import_file(path, "holds", **options)
 
-    def import_manifest(self, path: str | Path) -> ImportResult:
-        return self.import_file(path, "manifest")
+    def import_manifest(self, path: str | Path, **options: Any) -> ImportResult:
+        return self.import_file(path, "manifest", **options)
 
-    def _import_manifest(self, file: Path, rows: list[_FileRow], columns: set[str]) -> ImportResult:
+    def _import_manifest(
+        self, file: Path, rows: list[_FileRow], columns: set[str], actor: str, reason: str | None
+    ) -> ImportResult:
         extra = columns - _MANIFEST_COLUMNS
         if extra or (rows and columns != _MANIFEST_COLUMNS):
             missing = _MANIFEST_COLUMNS - columns
@@ -862,19 +1019,33 @@ class HoldStore:
                         )
                     )
                     added += 1
-            version = self._changed(conn, changed=added > 0, loaded=True)
-        return ImportResult(
-            path=str(file),
-            kind="manifest",
-            rows=len(lines),
-            placed=0,
-            released=0,
-            manifest_added=added,
-            unchanged=len(lines) - added,
-            version=version,
-        )
+            version = self._changed(conn, changed=added > 0)
+            result = ImportResult(
+                path=str(file),
+                kind="manifest",
+                rows=len(lines),
+                placed=0,
+                released=0,
+                manifest_added=added,
+                unchanged=len(lines) - added,
+                version=version,
+            )
+            self._audit(
+                conn, actor, "manifest_import", file.name[:128], {**result.to_json(), "reason": reason}
+            )
+        return result
 
-    def _import_holds(self, file: Path, rows: list[_FileRow], columns: set[str]) -> ImportResult:
+    def _import_holds(
+        self,
+        file: Path,
+        rows: list[_FileRow],
+        columns: set[str],
+        actor: str,
+        reason: str | None,
+        replace: bool,
+        list_date: datetime | None,
+        checks: _ImportChecks,
+    ) -> ImportResult:
         if not columns & {"container", "bill_of_lading"} and rows:
             raise HoldListError(f"{file}: a hold list needs a container or bill_of_lading column")
         problems: list[str] = []
@@ -894,6 +1065,8 @@ class HoldStore:
                         reference=values.get("reference"),
                         note=values.get("note"),
                     )
+                elif action == "release" and replace:
+                    raise HoldListError("a full list (--replace) names the active holds only, not releases")
                 elif action == "release":
                     spec = _check_release(
                         hold_id=None,
@@ -910,8 +1083,19 @@ class HoldStore:
             except HoldListError as error:
                 problems.append(f"{file}:{row.line}: {error}")
         _raise_problems(file, problems)
+        if not specs and not checks.allow_empty:
+            raise HoldListError(
+                f"{file}: no holds in the file: refused, since an empty or truncated list would clear "
+                "every container; give --allow-empty if the hold list really is empty"
+            )
+        now = self._clock.now()
+        as_of = list_date or now
         placed = released = unchanged = 0
         with self._writing("import holds") as conn:
+            self._check_list_date(conn, file, as_of, now, checks.allow_old)
+            if replace:
+                self._check_shrink(conn, file, specs, checks.allow_shrink)
+                released += self._release_absent(conn, file, [s for _, s in specs if isinstance(s, _Place)])
             for line, spec in specs:
                 if isinstance(spec, _Place):
                     if self._same_active_hold(conn, spec):
@@ -925,17 +1109,80 @@ class HoldStore:
                         problems.append(f"{file}:{line}: no active hold matches ({_describe(spec)})")
                     released += count
             _raise_problems(file, problems)
-            version = self._changed(conn, changed=placed + released > 0, loaded=True)
-        return ImportResult(
-            path=str(file),
-            kind="holds",
-            rows=len(specs),
-            placed=placed,
-            released=released,
-            manifest_added=0,
-            unchanged=unchanged,
-            version=version,
+            version = self._changed(conn, changed=placed + released > 0)
+            self._confirm(conn, as_of, actor)
+            result = ImportResult(
+                path=str(file),
+                kind="holds",
+                rows=len(specs),
+                placed=placed,
+                released=released,
+                manifest_added=0,
+                unchanged=unchanged,
+                version=version,
+            )
+            detail = {**result.to_json(), "replace": replace, "list_date": rfc3339(as_of), "reason": reason}
+            self._audit(conn, actor, "holds_import", file.name[:128], detail)
+        return result
+
+    def _check_list_date(
+        self, conn: Connection, file: Path, as_of: datetime, now: datetime, allow_old: bool
+    ) -> None:
+        if as_of - now > MAX_FUTURE:
+            raise HoldListError(f"{file}: the list is dated {rfc3339(as_of)}, in the future: refused")
+        if allow_old:
+            return
+        if now - as_of > MAX_IMPORT_AGE:
+            raise HoldListError(
+                f"{file}: the list is dated {rfc3339(as_of)}, more than a day ago: refused "
+                "(give --allow-old to import it anyway)"
+            )
+        confirmed = conn.execute(
+            select(holdlist_state.c.confirmed_at).where(holdlist_state.c.id == _STATE_ID)
+        ).scalar()
+        if confirmed is not None and as_of < confirmed:
+            raise HoldListError(
+                f"{file}: the list is dated {rfc3339(as_of)}, before the one it replaces "
+                f"({rfc3339(confirmed)}): refused (give --allow-old to import it anyway)"
+            )
+
+    def _check_shrink(
+        self, conn: Connection, file: Path, specs: list[tuple[int, _Place | _Release]], allow_shrink: bool
+    ) -> None:
+        current = int(
+            conn.execute(
+                select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
+            ).scalar_one()
         )
+        wanted = len({_identity(spec) for _, spec in specs if isinstance(spec, _Place)})
+        if not allow_shrink and current >= SHRINK_FLOOR and wanted * 2 < current:
+            raise HoldListError(
+                f"{file}: the full list has {wanted} holds and would replace {current}: refused, since a "
+                "truncated list would clear containers; give --allow-shrink if customs really released them"
+            )
+
+    def _release_absent(self, conn: Connection, file: Path, wanted: list[_Place]) -> int:
+        """Release the active holds a full list does not name."""
+        keep = {_identity(spec) for spec in wanted}
+        rows = conn.execute(
+            select(
+                holds.c.id, holds.c.container, holds.c.bill_of_lading, holds.c.agency, holds.c.hold_type
+            ).where(holds.c.released_at.is_(None))
+        ).all()
+        gone = [
+            row.id
+            for row in rows
+            if (row.container, row.bill_of_lading, row.agency, row.hold_type) not in keep
+        ]
+        for chunk in range(0, len(gone), 500):
+            conn.execute(
+                update(holds)
+                .where(holds.c.id.in_(gone[chunk : chunk + 500]))
+                .values(
+                    released_at=self._clock.now(), release_reference=f"not in {file.name}"[:MAX_REFERENCE]
+                )
+            )
+        return len(gone)
 
     def _same_active_hold(self, conn: Connection, spec: _Place) -> bool:
         def same(column: Any, value: str | None) -> Any:
@@ -954,42 +1201,131 @@ class HoldStore:
         ).first()
         return row is not None
 
-    # -- MQTT commands
+    # -- customs' signed commands
 
-    def apply_command(self, payload: object) -> HoldCommandResult:
-        """Validate and apply one ``gated.hold/1`` command (any JSON value may arrive). Invalid
-        commands come back with ``applied=False`` and the reason; a command id seen before is
-        acknowledged as already applied. Only a storage failure raises (``StorageError``)."""
-        if not isinstance(payload, Mapping):
-            return _rejected(None, None, f"a hold command is a JSON object, got {_json_type(payload)}")
-        raw_id = payload.get("id")
-        command_id = raw_id if isinstance(raw_id, str) else None
+    def apply_command(self, command: VerifiedCommand) -> HoldCommandResult:
+        """``apply_command_in`` in a transaction of its own."""
+        with self._writing("apply a hold command") as conn:
+            return self.apply_command_in(conn, command)
+
+    def apply_command_in(self, conn: Connection, command: VerifiedCommand) -> HoldCommandResult:
+        """Validate and apply one command whose signature verified, inside ``conn``'s transaction
+        (the caller stores the acknowledgement and the audit record in the same one). Its id is
+        spent for its key whatever the outcome, so a replay changes nothing; invalid commands come
+        back with ``applied=False`` and the reason. Only a storage failure raises."""
+        payload = command.payload
+        key = command.key_id
         raw_action = payload.get("action")
-        action = raw_action if raw_action in ("place", "release") else None
+        action = raw_action if raw_action in ("place", "release", "sync") else None
         try:
-            command_id = _message_id(raw_id)
-            command = _parse_command(payload)
-        except (HoldListError, ContainerNumberError) as error:
-            return _rejected(command_id, action, str(error))
-        try:
-            with self._writing("apply a hold command") as conn:
-                earlier_place = self._placed_by(conn, command_id)
-                earlier_release = self._released_by(conn, command_id)
-                if earlier_place is not None or earlier_release:
-                    done = (earlier_place,) if earlier_place is not None else tuple(earlier_release)
-                    return HoldCommandResult(command_id, action, True, True, "already applied", done)
-                if isinstance(command, _Place):
-                    record = self._insert(conn, command, command_id)
-                    self._changed(conn, changed=True, loaded=True)
-                    return HoldCommandResult(command_id, action, True, False, "hold placed", (record,))
-                released = self._release(conn, command, command_id)
-                if not released:
-                    raise HoldListError(f"no active hold matches ({_describe(command)})")
-                self._changed(conn, changed=True, loaded=True)
-                reason = f"{len(released)} hold(s) released"
-                return HoldCommandResult(command_id, action, True, False, reason, tuple(released))
+            command_id = _message_id(payload.get("id"))
         except HoldListError as error:
-            return _rejected(command_id, action, str(error))
+            return HoldCommandResult(None, action, False, False, str(error), key=key)
+        self.lock(conn)
+        source = _source_id(f"{key}:{command_id}")
+        earlier = conn.execute(
+            select(hold_commands.c.applied, hold_commands.c.reason).where(
+                hold_commands.c.key_id == key, hold_commands.c.command_id == command_id
+            )
+        ).first()
+        if earlier is not None:
+            if earlier.applied:
+                placed = self._placed_by(conn, source)
+                done = (placed,) if placed is not None else tuple(self._released_by(conn, source))
+                return HoldCommandResult(
+                    command_id, action, True, True, f"already applied: {earlier.reason}", done, key
+                )
+            reason = f"command id {command_id!r} of key {key!r} was used before (rejected: {earlier.reason})"
+            return HoldCommandResult(command_id, action, False, False, reason[:MAX_REASON], key=key)
+        try:
+            spec = parse_command(payload)
+            if spec.agency not in command.agencies:
+                raise HoldListError(f"key {key!r} may not act for agency {spec.agency}")
+            result = self._apply(conn, spec, command, command_id, source)
+        except (HoldListError, ContainerNumberError) as error:
+            result = HoldCommandResult(command_id, action, False, False, str(error), key=key)
+        conn.execute(
+            insert(hold_commands).values(
+                key_id=key,
+                command_id=command_id,
+                action=action,
+                issued_at=command.issued_at,
+                received_at=self._clock.now(),
+                applied=result.applied,
+                reason=result.reason[:MAX_REASON],
+            )
+        )
+        return result
+
+    def _apply(
+        self,
+        conn: Connection,
+        spec: _Place | _Release | _Sync,
+        command: VerifiedCommand,
+        command_id: str,
+        source: str,
+    ) -> HoldCommandResult:
+        key = command.key_id
+        if isinstance(spec, _Place):
+            record = self._insert(conn, spec, source)
+            self._changed(conn, changed=True)
+            return HoldCommandResult(command_id, "place", True, False, "hold placed", (record,), key)
+        if isinstance(spec, _Release):
+            released = self._release(conn, spec, source)
+            if not released:
+                raise HoldListError(f"no active hold matches ({_describe(spec)})")
+            self._changed(conn, changed=True)
+            return HoldCommandResult(
+                command_id, "release", True, False, f"{len(released)} hold(s) released", tuple(released), key
+            )
+        active = conn.execute(
+            select(holds.c.container, holds.c.bill_of_lading, holds.c.hold_type).where(
+                holds.c.released_at.is_(None), holds.c.agency == spec.agency
+            )
+        ).all()
+        mine = [(row.container, row.bill_of_lading, row.hold_type) for row in active]
+        if len(mine) != spec.count or (spec.digest is not None and spec.digest != holds_digest(mine)):
+            # Customs' own word that the list is out of step: it is stale until a sync matches.
+            self._confirm(conn, None, f"key:{key}")
+            what = "count" if len(mine) != spec.count else "digest"
+            reason = (
+                f"out of step with customs ({what}): {spec.agency} has {spec.count} active holds, "
+                f"gated has {len(mine)}; the hold list is stale until a sync matches"
+            )
+            return HoldCommandResult(command_id, "sync", False, False, reason, key=key, out_of_step=True)
+        self._confirm(conn, min(command.issued_at, self._clock.now()), f"key:{key}")
+        return HoldCommandResult(
+            command_id,
+            "sync",
+            True,
+            False,
+            f"hold list confirmed: {len(mine)} active {spec.agency} holds",
+            (),
+            key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ImportChecks:
+    allow_empty: bool
+    allow_shrink: bool
+    allow_old: bool
+
+
+def _identity(spec: _Place) -> tuple[str | None, str | None, str, str]:
+    """What makes two holds the same hold in a full list."""
+    return (spec.container, spec.bill_of_lading, spec.agency, spec.hold_type)
+
+
+def holds_digest(active: Sequence[tuple[str | None, str | None, str]]) -> str:
+    """The digest a ``sync`` may carry: sha256 over the sorted lines "container|bill|hold_type" of
+    the agency's active holds (empty for a missing field), joined by newlines, in UTF-8."""
+    lines = sorted(f"{container or ''}|{bill or ''}|{hold_type}" for container, bill, hold_type in active)
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _source_id(value: object) -> str:
+    return _text("message id", value, MAX_SOURCE_ID)
 
 
 _COMMAND_KEYS = frozenset(
@@ -1004,6 +1340,11 @@ _COMMAND_KEYS = frozenset(
         "code",
         "reference",
         "note",
+        "count",
+        "digest",
+        # the signature and its key (checked before the command gets here)
+        "key",
+        "sig",
         # envelope fields a sender may add
         "site",
         "node",
@@ -1011,9 +1352,12 @@ _COMMAND_KEYS = frozenset(
         "ts",
     }
 )
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_SYNC_COUNT = 100_000_000
 
 
-def _parse_command(payload: Mapping[Any, Any]) -> _Place | _Release:
+def parse_command(payload: Mapping[Any, Any]) -> _Place | _Release | _Sync:
+    """The command's fields, checked (``HoldListError`` naming the first problem)."""
     unknown = sorted(str(key) for key in payload if key not in _COMMAND_KEYS)
     if unknown:
         shown = ", ".join(repr(key[:40]) for key in unknown[:5])
@@ -1032,7 +1376,7 @@ def _parse_command(payload: Mapping[Any, Any]) -> _Place | _Release:
             note=payload.get("note"),
         )
     if action == "release":
-        return _check_release(
+        release = _check_release(
             hold_id=None,
             container=payload.get("container"),
             bill_of_lading=payload.get("bill_of_lading"),
@@ -1041,17 +1385,28 @@ def _parse_command(payload: Mapping[Any, Any]) -> _Place | _Release:
             code=payload.get("code"),
             reference=payload.get("reference"),
         )
-    raise HoldListError("action must be 'place' or 'release'")
+        assert release.agency is not None  # required above
+        return release
+    if action == "sync":
+        count = payload.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SYNC_COUNT:
+            raise HoldListError("count must be a whole number of active holds, 0 or more")
+        digest = payload.get("digest")
+        if digest is not None and (not isinstance(digest, str) or not _DIGEST.fullmatch(digest)):
+            raise HoldListError("digest must be 'sha256:' and 64 lower-case hex digits")
+        extra = sorted(
+            {"container", "bill_of_lading", "hold_type", "code", "reference", "note"} & set(payload)
+        )
+        if extra:
+            raise HoldListError(f"a sync names an agency and a count, not {', '.join(extra)}")
+        return _Sync(agency=_agency(_required("agency", payload)), count=count, digest=digest)
+    raise HoldListError("action must be 'place', 'release' or 'sync'")
 
 
 def _required(key: str, payload: Mapping[Any, Any]) -> object:
     if payload.get(key) is None:
         raise HoldListError(f"{key} is required")
     return payload[key]
-
-
-def _rejected(command_id: str | None, action: str | None, reason: str) -> HoldCommandResult:
-    return HoldCommandResult(command_id, action, False, False, reason)
 
 
 def _json_type(value: object) -> str:

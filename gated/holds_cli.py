@@ -2,13 +2,18 @@
 
 Each sub-command's ``func(args, engine)`` returns the exit code: 0 ok, 1 when the hold list refused
 the request or the database failed (one line on stderr saying why). argparse exits 2 on usage errors.
+Every change is audited with the operator (the OS user, or the one behind sudo) and a reason.
+``keygen`` and ``send`` are customs' side (``gated.holds_send``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
+from datetime import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +21,8 @@ from sqlalchemy import Engine
 
 from gated.clock import rfc3339
 from gated.errors import ContainerNumberError, HoldListError, StorageError
-from gated.holds import HoldRecord, HoldStore, ImportKind, normalise_container
+from gated import holds_send
+from gated.holds import MAX_ACTOR, HoldRecord, HoldStore, ImportKind, normalise_container
 from gated.iso6346 import ContainerNumber
 
 Handler = Callable[[argparse.Namespace, Engine], int]
@@ -44,6 +50,22 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--kind", choices=["holds", "manifest"], help="default: told by the columns")
+    imp.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="the file is the complete list of active holds: holds it does not name are released",
+    )
+    imp.add_argument(
+        "--list-date", metavar="TIME", help="when the list was true (RFC 3339; default: now); freshness counts from it"
+    )
+    imp.add_argument("--allow-empty", action="store_true", help="accept a hold list without holds")
+    imp.add_argument(
+        "--allow-shrink", action="store_true", help="accept a full list less than half the size of the current one"
+    )
+    imp.add_argument(
+        "--allow-old", action="store_true", help="accept a list dated before the current one or over a day ago"
+    )
     imp.set_defaults(func=_guarded(_import))
 
     add = commands.add_parser(
@@ -57,6 +79,7 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     add.add_argument("--code", help="disposition code, e.g. 1H")
     add.add_argument("--reference")
     add.add_argument("--note")
+    add.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     add.set_defaults(func=_guarded(_add))
 
     release = commands.add_parser("release", parents=inherited, help="release active holds (history is kept)")
@@ -64,10 +87,15 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     which.add_argument("--id", type=int, dest="hold_id", metavar="N", help="one hold by its id")
     which.add_argument("--container", metavar="C", help="every active hold placed on the container")
     which.add_argument("--bl", metavar="B", dest="bill_of_lading", help="every active hold on the B/L")
-    release.add_argument("--agency", help="only this agency's holds")
+    agency = release.add_mutually_exclusive_group()
+    agency.add_argument("--agency", help="only this agency's holds")
+    agency.add_argument(
+        "--all-agencies", action="store_true", help="every agency's holds on the container or B/L (say so)"
+    )
     release.add_argument("--type", dest="hold_type", help="only holds of this type")
     release.add_argument("--code", help="release code, e.g. 1I")
     release.add_argument("--reference")
+    release.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     release.set_defaults(func=_guarded(_release))
 
     show = commands.add_parser(
@@ -90,6 +118,8 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     check.add_argument("--json", action="store_true", help="one JSON object on stdout")
     check.set_defaults(func=_guarded(_check))
 
+    holds_send.register(commands)
+
 
 def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace, engine: Engine) -> int:
@@ -102,9 +132,38 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
+def operator() -> str:
+    """Who runs the command: the OS user, or the one behind sudo."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    behind = os.environ.get("SUDO_USER")
+    who = f"{behind} (sudo as {user})" if behind and behind != user else user
+    return f"operator:{who}"[:MAX_ACTOR]
+
+
 def _import(args: argparse.Namespace, engine: Engine) -> int:
     kind: ImportKind | None = args.kind
-    result = HoldStore(engine).import_file(args.file, kind)
+    list_date = None
+    if args.list_date:
+        try:
+            list_date = datetime.fromisoformat(args.list_date)
+        except ValueError:
+            raise HoldListError(f"--list-date: {args.list_date!r} is not an RFC 3339 time") from None
+        if list_date.tzinfo is None:
+            raise HoldListError(f"--list-date: {args.list_date!r} needs its offset (e.g. Z)")
+    result = HoldStore(engine).import_file(
+        args.file,
+        kind,
+        actor=operator(),
+        reason=args.reason,
+        replace=args.replace,
+        list_date=list_date,
+        allow_empty=args.allow_empty,
+        allow_shrink=args.allow_shrink,
+        allow_old=args.allow_old,
+    )
     if result.kind == "manifest":
         print(
             f"imported manifest {result.path}: {result.rows} line(s), {result.manifest_added} new; "
@@ -128,12 +187,18 @@ def _add(args: argparse.Namespace, engine: Engine) -> int:
         code=args.code,
         reference=args.reference,
         note=args.note,
+        actor=operator(),
+        reason=args.reason,
     )
     print(f"placed {_line(record)}")
     return 0
 
 
 def _release(args: argparse.Namespace, engine: Engine) -> int:
+    if args.hold_id is None and args.agency is None and not args.all_agencies:
+        raise HoldListError(
+            "releasing by container or B/L needs --agency A, or --all-agencies to release every agency's holds"
+        )
     records = HoldStore(engine).release(
         hold_id=args.hold_id,
         container=args.container,
@@ -142,6 +207,8 @@ def _release(args: argparse.Namespace, engine: Engine) -> int:
         hold_type=args.hold_type,
         code=args.code,
         reference=args.reference,
+        actor=operator(),
+        reason=args.reason,
     )
     for record in records:
         print(f"released {_line(record)}")

@@ -13,10 +13,10 @@ lanes stop releasing until storage works again.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,13 +26,12 @@ from gated.clock import Clock, rfc3339
 from gated.config import DEVICE_KINDS, GateConfig
 from gated.correlator import LaneCorrelator, LaneRules
 from gated.credentials import CancelledCardList, max_age_for
-from gated.errors import ProtocolError, StorageError
+from gated.errors import ContainerNumberError, ProtocolError, StorageError
+from gated.hold_commands import holds_state_message
 from gated.holds import HoldStore
 from gated.messages import (
-    HOLD,
     SCAN,
     SCAN_HOLD_TYPES,
-    STATUS,
     Topics,
     alarm_message,
     decision_message,
@@ -71,7 +70,6 @@ class PipelineStats:
     readings: int = 0
     decisions: int = 0
     frame_errors: dict[str, int] = field(default_factory=dict)
-    rejected_commands: int = 0
     storage_failures: int = 0
 
 
@@ -81,12 +79,6 @@ class _Status:
     device: str
     state: DeviceState
     detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Inbound:
-    topic: str
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +95,7 @@ class _NodeAlarm:
     severity: str
 
 
-_Event = Reading | _Status | _Inbound | _FrameError | _NodeAlarm
+_Event = Reading | _Status | _FrameError | _NodeAlarm
 StorageListener = Callable[[bool, str], None]
 
 
@@ -166,6 +158,8 @@ class Pipeline:
         self.storage_ok = True
         self._retry_at = 0.0
         self.storage_listeners: list[StorageListener] = []
+        self.on_fatal: Callable[[str], None] = lambda _detail: None
+        self.beat = time.monotonic()  # last turn of the run loop (the watchdog looks at it)
         self.preadvice = preadvice
         self.credentials = credentials
         self.credential_max_age = max_age_for(config.credentials.security_level)
@@ -186,10 +180,6 @@ class Pipeline:
     def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
         self._queue.put(_FrameError(lane, device, str(error)))
 
-    def inbound(self, topic: str, payload: bytes) -> None:
-        """An MQTT message for the node (from paho's thread)."""
-        self._queue.put(_Inbound(topic, payload))
-
     def node_alarm(self, alarm: str, text: str, severity: str = "medium") -> None:
         """An alarm about the node itself, raised on every lane (from any thread)."""
         self._queue.put(_NodeAlarm(alarm, text, severity))
@@ -208,9 +198,16 @@ class Pipeline:
 
     # -- the pipeline thread -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.step(wait=0.1)
-        self.shutdown()
+        """Until ``stop``. An unexpected error is never survived quietly: ``on_fatal`` is told, and
+        the daemon closes every lane and exits non-zero so that its supervisor restarts it."""
+        try:
+            while not stop.is_set():
+                self.beat = time.monotonic()
+                self.step(wait=0.1)
+            self.shutdown()
+        except Exception as error:
+            log.critical("the pipeline failed: %r", error, exc_info=True)
+            self.on_fatal(f"the pipeline failed: {error!r}")
 
     def step(self, wait: float = 0.0) -> int:
         """Handle what is queued (waiting up to ``wait`` for the first event); returns events handled."""
@@ -230,7 +227,7 @@ class Pipeline:
                 self._on_status(event, batch)
             elif isinstance(event, _FrameError):
                 self._on_frame_error(event)
-            elif isinstance(event, _NodeAlarm):
+            else:
                 for lane in self.config.lanes:
                     batch.messages.append(
                         alarm_message(
@@ -242,8 +239,6 @@ class Pipeline:
                             severity=event.severity,
                         )
                     )
-            else:
-                self._on_inbound(event, batch)
         for correlator in self.correlators.values():
             for visit in correlator.tick():
                 self._decide(visit, batch, decided)
@@ -405,76 +400,21 @@ class Pipeline:
         if count <= 5 or count % 100 == 0:
             log.warning("%s: malformed frame #%d: %s", key, count, event.error)
 
-    # -- hold commands -------------------------------------------------------------------------
-    def _on_inbound(self, event: _Inbound, batch: Batch) -> None:
-        if event.topic != self.topics.holds_cmd:
-            return
-        try:
-            payload: Any = json.loads(event.payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
-            self.stats.rejected_commands += 1
-            log.warning("hold command rejected: not JSON: %s", error)
-            self._hold_ack(
-                batch,
-                {
-                    "command": None,
-                    "action": None,
-                    "applied": False,
-                    "duplicate": False,
-                    "reason": f"not a JSON document: {error}",
-                    "holds": [],
-                },
-            )
-            return
-        result = self.holds.apply_command(payload)
-        if not result.applied:
-            self.stats.rejected_commands += 1
-            log.warning("hold command %s rejected: %s", result.command_id, result.reason)
-        self._hold_ack(batch, result.to_json())
-        batch.audit.append(
-            AuditRecord(
-                actor="customs",
-                action="hold_command",
-                subject=result.command_id,
-                detail={"applied": result.applied, "reason": result.reason, "command": _bounded(payload)},
-                ts=self.clock.now(),
-            )
-        )
-        batch.messages.append(self.holds_state_message())
-
-    def _hold_ack(self, batch: Batch, result: dict[str, Any]) -> None:
-        body = {"id": new_id(), "ts": rfc3339(self.clock.now()), **result}
-        batch.messages.append(Message(self.topics.holds_ack, HOLD, body))
-
+    # -- the hold list ------------------------------------------------------------------------
     def hold_list_status(self) -> HoldListStatus:
         state = self.holds.state()
-        return HoldListStatus(loaded=state.loaded, updated_at=state.updated_at, version=state.version)
+        return HoldListStatus(loaded=state.loaded, confirmed_at=state.confirmed_at, version=state.version)
 
     def holds_state_message(self) -> Message:
-        state = self.holds.state()
-        max_age = self.config.holds.max_age_seconds
-        fresh = state.loaded and (
-            max_age is None
-            or (
-                state.updated_at is not None
-                and (self.clock.now() - state.updated_at).total_seconds() <= max_age
-            )
+        return holds_state_message(
+            self.topics, self.holds.state(), self.clock.now(), self.config.holds.max_age_seconds
         )
-        body = {
-            "id": new_id(),
-            "ts": rfc3339(self.clock.now()),
-            "version": state.version,
-            "count": state.active,
-            "updated_at": rfc3339(state.updated_at) if state.updated_at else None,
-            "loaded": state.loaded,
-            "fresh": fresh,
-        }
-        return Message(self.topics.holds_state, STATUS, body, retain=True)
 
     # -- deciding and committing ---------------------------------------------------------------
     def _decide(self, visit: Visit, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
+        expected = self._expected(visit)
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
-        holds = {number: [h.to_json() for h in self.holds.active_holds_for(number)] for number in numbers}
+        holds = self._holds_for(numbers | (expected or frozenset()))
         now = self.clock.now()
         offline = self._offline_seen.get(visit.lane, set()) | set(self._offline(visit.lane))
         decisions = decide(
@@ -484,7 +424,7 @@ class Pipeline:
             self.policy_settings[visit.lane],
             now=now,
             offline_devices=sorted(offline),
-            expected_containers=self._expected(visit),
+            expected_containers=expected,
             tampered_devices=sorted(
                 self._tamper_seen.get(visit.lane, set()) | self._tampered.get(visit.lane, set())
             ),
@@ -542,6 +482,17 @@ class Pipeline:
                         detail={"hold": record},
                     )
                 )
+
+    def _holds_for(self, numbers: set[str] | frozenset[str]) -> dict[str, list[dict[str, Any]]]:
+        """The active holds of every number the truck is known to carry, read or pre-advised. Text
+        that is no container number has none to find (and its read can never release)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for number in numbers:
+            try:
+                found[number] = [hold.to_json() for hold in self.holds.active_holds_for(number)]
+            except ContainerNumberError:
+                continue
+        return found
 
     def _credential_reasons(self, visit: Visit, now: datetime) -> list[Reason]:
         """Why the driver's credential stops the truck, if it does: each card shown is checked
@@ -659,9 +610,3 @@ def _merge(into: Batch, other: Batch) -> None:
     into.decisions.extend(other.decisions)
     into.audit.extend(other.audit)
     into.messages.extend(other.messages)
-
-
-def _bounded(payload: Any) -> Any:
-    """The command as received, cut down so a hostile payload cannot bloat the audit table."""
-    text = json.dumps(payload, default=str)
-    return payload if len(text) <= 4096 else {"truncated": text[:4096]}

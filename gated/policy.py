@@ -37,6 +37,7 @@ EVIDENCE_MISMATCH = "EVIDENCE_MISMATCH"
 STORAGE_FAILURE = "STORAGE_FAILURE"
 DEVICE_TAMPER = "DEVICE_TAMPER"
 CREDENTIAL_MISSING = "CREDENTIAL_MISSING"
+PREADVISED_NOT_READ = "PREADVISED_NOT_READ"
 
 _SEVERITY = {
     Outcome.HOLD: 3,
@@ -51,7 +52,7 @@ class HoldListStatus:
     """What the policy needs to know about the hold list as a whole."""
 
     loaded: bool
-    updated_at: datetime | None
+    confirmed_at: datetime | None  # the last authenticated full view (customs' sync, an import)
     version: int = 0
 
 
@@ -73,6 +74,7 @@ class ContainerSlot:
     quality: Quality | None
     confidence: float | None
     check_digit_valid: bool
+    preadvised_unread: bool = False  # the number is what the tag was pre-advised for; nobody read it
 
 
 def container_slots(visit: Visit) -> tuple[list[ContainerSlot], list[Reason]]:
@@ -112,6 +114,22 @@ def container_slots(visit: Visit) -> tuple[list[ContainerSlot], list[Reason]]:
     while len(slots) < wanted:
         slots.append(ContainerSlot(None, None, None, False))
     return slots, reasons
+
+
+def _with_preadvised(slots: list[ContainerSlot], expected: frozenset[str] | None) -> list[ContainerSlot]:
+    """Every pre-advised number no read matched takes an unread slot, or a slot of its own."""
+    if not expected:
+        return slots
+    read = {slot.number for slot in slots if slot.number is not None}
+    missing = sorted(expected - read)
+    result = []
+    for slot in slots:
+        if slot.number is None and missing:
+            result.append(ContainerSlot(missing.pop(0), None, None, False, preadvised_unread=True))
+        else:
+            result.append(slot)
+    result.extend(ContainerSlot(number, None, None, False, preadvised_unread=True) for number in missing)
+    return result
 
 
 def _check_digit_ok(number: str) -> bool:
@@ -166,7 +184,9 @@ def decide(
     ``holds`` maps each container number read in the visit to its active hold records (direct or
     through a bill of lading). ``offline_devices`` are the lane's devices that were not online at
     some point of the visit. ``expected_containers`` is what the truck's tag was pre-advised to
-    carry, when a pre-advice exists: a number outside it contradicts the tag."""
+    carry, when a pre-advice exists: a number outside it contradicts the tag, and a number in it
+    that nobody read gets a decision of its own (``PREADVISED_NOT_READ``: held if ``holds`` holds
+    it, at best a person's call), so a box the camera missed is still checked."""
     common: list[Reason] = list(extra_reasons)  # e.g. the driver's credential was refused
     if tampered_devices:
         common.append(
@@ -178,11 +198,14 @@ def decide(
         )
     if not hold_list.loaded:
         common.append(Reason(HOLD_LIST_NOT_LOADED, "no hold list loaded: no automatic release"))
-    elif settings.hold_list_max_age_seconds is not None:
-        age = None if hold_list.updated_at is None else (now - hold_list.updated_at).total_seconds()
-        if age is None or age > settings.hold_list_max_age_seconds:
-            shown = "never" if age is None else f"{age:.0f} s ago"
-            common.append(Reason(HOLD_LIST_STALE, f"hold list last updated {shown}: stale"))
+    else:
+        age = None if hold_list.confirmed_at is None else (now - hold_list.confirmed_at).total_seconds()
+        limit = settings.hold_list_max_age_seconds
+        if age is None or (limit is not None and age > limit):
+            shown = (
+                "not confirmed since customs said it is out of step" if age is None else f"{age:.0f} s ago"
+            )
+            common.append(Reason(HOLD_LIST_STALE, f"hold list last confirmed {shown}: stale"))
     screening, radiation_alarm = _screening_reasons(visit)
     common.extend(screening)
     if settings.require_rfid and not visit.of_source(Source.EPC):
@@ -193,12 +216,20 @@ def decide(
         )
 
     slots, slot_reasons = container_slots(visit)
+    slots = _with_preadvised(slots, expected_containers)
     inputs = tuple(reading.id for reading in visit.readings)
     decisions = []
     for slot in slots:
         reasons = list(common) + list(slot_reasons)
         matched: list[Mapping[str, Any]] = []
-        if slot.number is None:
+        if slot.preadvised_unread:
+            # Announced but never seen: it is on the truck as far as anyone knows, so its holds count.
+            matched = list(holds.get(slot.number or "", ()))
+            reasons.append(
+                Reason(PREADVISED_NOT_READ, f"{slot.number}: pre-advised for the truck's tag but not read")
+            )
+            reasons.extend(Reason(HOLD_ACTIVE, _hold_text(record)) for record in matched)
+        elif slot.number is None:
             reasons.append(Reason(OCR_UNREAD, "container number could not be read"))
         else:
             matched = list(holds.get(slot.number, ()))

@@ -108,6 +108,7 @@ class MqttPublisher:
         self._next_housekeeping = 0.0
         self._backlog_warned = False
         self._thread: threading.Thread | None = None
+        self._beat = time.monotonic()
         self.client = self._make_client()
 
     # -- paho set-up and callbacks (paho's network thread: never block here) ---------------
@@ -228,8 +229,14 @@ class MqttPublisher:
         self.client.loop_stop()
 
     # -- the drain loop ----------------------------------------------------------------------
+    def alive(self, stall_seconds: float) -> bool:
+        """The drain loop runs and has turned within ``stall_seconds``."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and time.monotonic() - self._beat < stall_seconds
+
     def _drain_loop(self) -> None:
         while not self._stop.is_set():
+            self._beat = time.monotonic()
             self._wake.wait(0.5)
             self._wake.clear()
             try:

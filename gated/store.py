@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -168,6 +168,25 @@ class Batch:
 READING_SCHEMA = "gated.reading/1"
 
 
+def insert_audit(conn: Connection, records: Sequence[AuditRecord]) -> None:
+    """Add audit records inside ``conn``'s transaction (the change they record is in the same one)."""
+    if records:
+        conn.execute(
+            insert(audit),
+            [
+                {
+                    "id": a.id,
+                    "ts": a.ts,
+                    "actor": a.actor,
+                    "action": a.action,
+                    "subject": a.subject,
+                    "detail": _dumps(a.detail),
+                }
+                for a in records
+            ],
+        )
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -221,15 +240,26 @@ class Store:
         payload.update((key, value) for key, value in body.items() if key not in payload)
         return payload
 
-    def write(self, batch: Batch) -> list[OutboxRow]:
-        """Store the whole batch in one transaction; return the outbox rows it queued.
+    def write(self, batch: Batch, *, prepare: Callable[[Connection], Batch] | None = None) -> list[OutboxRow]:
+        """Store the whole batch in one transaction; return the outbox rows it queued. ``prepare``
+        runs first in the same transaction and adds to the batch what it returns (a hold command
+        applied together with its acknowledgement and audit record).
 
         Raises ``StorageError`` when nothing could be stored; then nothing of the batch was."""
-        if not batch:
+        if not batch and prepare is None:
             return []
         now = self.clock.now()
         try:
             with self._write_lock, self.engine.begin() as conn:
+                if prepare is not None:
+                    extra = prepare(conn)
+                    batch = Batch(
+                        readings=[*batch.readings, *extra.readings],
+                        visits=[*batch.visits, *extra.visits],
+                        decisions=[*batch.decisions, *extra.decisions],
+                        audit=[*batch.audit, *extra.audit],
+                        messages=[*batch.messages, *extra.messages],
+                    )
                 rows: list[OutboxRow] = []
                 payloads: dict[str, str] = {}  # message id -> JSON, reused as the reading's record
                 if batch.messages:
@@ -294,21 +324,7 @@ class Store:
                             for d, slot in batch.decisions
                         ],
                     )
-                if batch.audit:
-                    conn.execute(
-                        insert(audit),
-                        [
-                            {
-                                "id": a.id,
-                                "ts": a.ts,
-                                "actor": a.actor,
-                                "action": a.action,
-                                "subject": a.subject,
-                                "detail": _dumps(a.detail),
-                            }
-                            for a in batch.audit
-                        ],
-                    )
+                insert_audit(conn, batch.audit)
                 return rows
         except SQLAlchemyError as error:
             raise StorageError(f"cannot store {self._describe(batch)}: {error}") from error

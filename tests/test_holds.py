@@ -19,6 +19,7 @@ from gated.db import metadata, open_engine
 from gated.errors import ContainerNumberError, HoldListError, StorageError
 from gated.holds import SCHEMA, HoldStore
 from gated.holds_cli import register
+from tests.customs import verified
 
 CLEAN = "ABCU1234560"
 HELD = "CSQU3054383"
@@ -327,20 +328,19 @@ def test_state_version_and_loaded(store: HoldStore, tmp_path: Path, clock: Manua
     assert (fresh.version, fresh.active, fresh.loaded, fresh.updated_at) == (0, 0, False, None)
 
     clock.advance(5)
-    store.import_file(write(tmp_path / "empty.csv", "container,agency,hold_type\n"), "holds")
-    state = store.state()
-    assert (state.version, state.loaded, state.loaded_at, state.updated_at) == (
-        0,
-        True,
-        clock.now(),
-        clock.now(),
+    store.import_file(
+        write(tmp_path / "empty.csv", "container,agency,hold_type\n"), "holds", allow_empty=True
     )
+    state = store.state()
+    assert (state.version, state.loaded, state.loaded_at, state.updated_at) == (0, True, clock.now(), None)
+    assert (state.confirmed_at, state.confirmed_by) == (clock.now(), "operator")
 
     store.place(container=HELD, agency="CBP", hold_type="customs")
     hold = store.place(container=OTHER, agency="CBP", hold_type="customs")
     store.release(hold_id=hold.id)
     state = store.state()
     assert (state.version, state.active, state.updated_at) == (3, 1, clock.now())
+    assert state.confirmed_at == clock.now()  # single changes do not confirm the list
     assert state.to_json()["updated_at"] == "2026-01-01T00:00:05.000Z"
 
 
@@ -348,9 +348,9 @@ def test_manual_hold_does_not_mark_the_list_loaded(store: HoldStore) -> None:
     store.place(container=HELD, agency="CBP", hold_type="customs")
     assert not store.state().loaded
     assert store.apply_command(
-        command(id="c1", action="place", container=OTHER, agency="CBP", hold_type="exam")
-    )
-    assert store.state().loaded
+        verified(command(id="c1", action="place", container=OTHER, agency="CBP", hold_type="exam"))
+    ).applied
+    assert not store.state().loaded  # a single command never makes the list loaded either
 
 
 def test_record_json(store: HoldStore) -> None:
@@ -377,13 +377,17 @@ def test_record_json(store: HoldStore) -> None:
 
 def test_commands_place_and_release(store: HoldStore) -> None:
     placed = store.apply_command(
-        command(id="c-1", action="place", container=HELD, agency="CBP", hold_type="customs", code="1H")
+        verified(
+            command(id="c-1", action="place", container=HELD, agency="CBP", hold_type="customs", code="1H")
+        )
     )
     assert (placed.applied, placed.duplicate, len(placed.holds)) == (True, False, 1)
-    assert placed.holds[0].source_message_id == "c-1"
+    assert placed.holds[0].source_message_id == "cbp-test:c-1"
 
     released = store.apply_command(
-        command(id="c-2", action="release", container=HELD, agency="CBP", hold_type="customs", code="1I")
+        verified(
+            command(id="c-2", action="release", container=HELD, agency="CBP", hold_type="customs", code="1I")
+        )
     )
     assert released.applied and [h.id for h in released.holds] == [placed.holds[0].id]
     assert released.holds[0].release_code == "1I"
@@ -394,17 +398,17 @@ def test_commands_place_and_release(store: HoldStore) -> None:
 
 def test_commands_are_idempotent_by_id(store: HoldStore) -> None:
     place = command(id="c-1", action="place", container=HELD, agency="CBP", hold_type="customs")
-    first = store.apply_command(place)
+    first = store.apply_command(verified(place))
     version = store.state().version
-    again = store.apply_command(place)
-    assert (again.applied, again.duplicate, again.reason) == (True, True, "already applied")
+    again = store.apply_command(verified(place))
+    assert (again.applied, again.duplicate, again.reason) == (True, True, "already applied: hold placed")
     assert again.holds == first.holds
     assert len(store.list_holds(active_only=False)) == 1
 
     release = command(id="c-2", action="release", container=HELD, agency="CBP", hold_type="customs")
-    assert store.apply_command(release).applied
+    assert store.apply_command(verified(release)).applied
     store.place(container=HELD, agency="CBP", hold_type="customs")
-    repeat = store.apply_command(release)
+    repeat = store.apply_command(verified(release))
     assert repeat.duplicate and repeat.applied
     assert len(store.active_holds_for(HELD)) == 1
     assert store.state().version == version + 2
@@ -413,14 +417,16 @@ def test_commands_are_idempotent_by_id(store: HoldStore) -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        ([], "JSON object"),
-        ("place", "JSON object"),
-        (None, "JSON object"),
         ({"id": "x", "action": "place", "container": HELD, "agency": "CBP", "hold_type": "c"}, "schema"),
         (command(action="place", container=HELD, agency="CBP", hold_type="c"), "message id"),
         (command(id="", action="place", container=HELD, agency="CBP", hold_type="c"), "message id"),
         (command(id=5, action="place", container=HELD, agency="CBP", hold_type="c"), "message id"),
         (command(id="x", action="delete", container=HELD, agency="CBP", hold_type="c"), "action"),
+        (command(id="x", action="place", container=HELD, agency="LINE", hold_type="c"), "may not act for"),
+        (command(id="x", action="sync", agency="CBP", count=-1), "count"),
+        (command(id="x", action="sync", agency="CBP", count=True), "count"),
+        (command(id="x", action="sync", agency="CBP", count=0, container=HELD), "not container"),
+        (command(id="x", action="sync", agency="CBP", count=0, digest="md5:1"), "digest"),
         (command(id="x", action="place", agency="CBP", hold_type="c"), "container or a bill"),
         (command(id="x", action="place", container="HELLO", agency="CBP", hold_type="c"), "ISO 6346"),
         (command(id="x", action="place", container=HELD, agency=["CBP"], hold_type="c"), "agency"),
@@ -432,8 +438,10 @@ def test_commands_are_idempotent_by_id(store: HoldStore) -> None:
         (command(id="x", action="release", container=HELD, agency="CBP", hold_type="c"), "no active hold"),
     ],
 )
-def test_invalid_commands_are_rejected_with_a_reason(store: HoldStore, payload: object, reason: str) -> None:
-    result = store.apply_command(payload)
+def test_invalid_commands_are_rejected_with_a_reason(
+    store: HoldStore, payload: dict[str, Any], reason: str
+) -> None:
+    result = store.apply_command(verified(payload))
     assert not result.applied
     assert reason in result.reason
     assert result.holds == ()
@@ -445,7 +453,7 @@ def test_release_command_must_name_the_agency_and_type_of_the_hold(store: HoldSt
     store.place(container=HELD, agency="CBP", hold_type="customs")
     store.place(container=HELD, agency="USDA", hold_type="usda")
     wrong = store.apply_command(
-        command(id="r", action="release", container=HELD, agency="CBP", hold_type="usda")
+        verified(command(id="r", action="release", container=HELD, agency="CBP", hold_type="usda"))
     )
     assert not wrong.applied
     assert len(store.active_holds_for(HELD)) == 2
@@ -484,20 +492,23 @@ def mutated_commands(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=json_values | mutated_commands())
-def test_hostile_commands_never_raise_and_only_valid_ones_apply(store: HoldStore, payload: object) -> None:
+@given(payload=mutated_commands())
+def test_hostile_commands_never_raise_and_only_valid_ones_apply(
+    store: HoldStore, payload: dict[str, Any]
+) -> None:
     before = len(store.list_holds(active_only=False))
-    result = store.apply_command(payload)
+    result = store.apply_command(verified(payload))
     after = store.list_holds(active_only=False)
     assert isinstance(result.reason, str) and result.reason
     json.dumps(result.to_json())
-    if not result.applied:
+    if not result.applied or result.duplicate:  # an id spent before changes nothing, whatever it carries
         assert len(after) == before
         return
     assert isinstance(payload, dict)
     assert payload.get("schema") == SCHEMA
     assert isinstance(payload.get("id"), str) and payload["id"].strip()
     assert payload.get("action") in ("place", "release")
+    assert payload.get("agency", "").upper() in ("CBP", "USDA")
     assert set(payload) <= {
         "schema",
         "id",
@@ -525,7 +536,9 @@ def test_two_stores_on_one_file_see_each_other(db_path: Path, tmp_path: Path) ->
     cli = HoldStore(make_engine(db_path))
     cli.place(container=HELD, agency="CBP", hold_type="customs")
     assert len(daemon.active_holds_for(HELD)) == 1
-    daemon.apply_command(command(id="c", action="release", container=HELD, agency="CBP", hold_type="customs"))
+    daemon.apply_command(
+        verified(command(id="c", action="release", container=HELD, agency="CBP", hold_type="customs"))
+    )
     assert cli.active_holds_for(HELD) == []
     cli.import_manifest(write(tmp_path / "m.csv", f"container,bill_of_lading\n{OTHER},B9\n"))
     daemon.place(bill_of_lading="B9", agency="CBP", hold_type="exam")
@@ -542,7 +555,11 @@ def test_concurrent_writers_take_turns(db_path: Path) -> None:
             for n in range(15):
                 message = f"w{n}"  # every worker sends the same ids: each must land once
                 store.apply_command(
-                    command(id=message, action="place", container=HELD, agency="CBP", hold_type=f"t{worker}")
+                    verified(
+                        command(
+                            id=message, action="place", container=HELD, agency="CBP", hold_type=f"t{worker}"
+                        )
+                    )
                 )
                 store.place(bill_of_lading=f"B{worker}-{n}", agency="CBP", hold_type="exam")
         except BaseException as error:
@@ -580,12 +597,24 @@ def test_cli_add_check_release_list(
     engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest = write(tmp_path / "manifest.csv", f"container,bill_of_lading\n{HELD},MAE-1\n")
-    assert run_cli(engine, "holds", "import", str(manifest)) == 0
+    assert run_cli(engine, "holds", "import", str(manifest), "--reason", "line's manifest") == 0
     assert "imported manifest" in capsys.readouterr().out
 
     assert (
         run_cli(
-            engine, "holds", "add", "--bl", "mae-1", "--agency", "CBP", "--type", "customs", "--code", "1H"
+            engine,
+            "holds",
+            "add",
+            "--bl",
+            "mae-1",
+            "--agency",
+            "CBP",
+            "--type",
+            "customs",
+            "--code",
+            "1H",
+            "--reason",
+            "phoned in by CBP",
         )
         == 0
     )
@@ -600,7 +629,14 @@ def test_cli_add_check_release_list(
     assert run_cli(engine, "holds", "check", "csqu 305438 3") == 0
     assert "HELD by 1 active hold" in capsys.readouterr().out
 
-    assert run_cli(engine, "holds", "release", "--bl", "MAE-1", "--code", "1I") == 0
+    assert run_cli(engine, "holds", "release", "--bl", "MAE-1", "--code", "1I", "--reason", "x") == 1
+    assert "--all-agencies" in capsys.readouterr().err
+    assert (
+        run_cli(
+            engine, "holds", "release", "--bl", "MAE-1", "--agency", "cbp", "--code", "1I", "--reason", "1I"
+        )
+        == 0
+    )
     assert "released hold 1" in capsys.readouterr().out
 
     assert run_cli(engine, "holds", "list", "--json") == 0
@@ -622,14 +658,10 @@ def test_cli_check_is_not_eligible_until_the_list_is_loaded(
     report = json.loads(capsys.readouterr().out)
     assert (report["held"], report["eligible"], report["hold_list"]["loaded"]) == (False, False, False)
 
-    run_cli(
-        engine,
-        "holds",
-        "import",
-        str(write(tmp_path / "h.csv", "container,agency,hold_type\n")),
-        "--kind",
-        "holds",
-    )
+    empty = str(write(tmp_path / "h.csv", "container,agency,hold_type\n"))
+    assert run_cli(engine, "holds", "import", empty, "--kind", "holds", "--reason", "r") == 1
+    assert "--allow-empty" in capsys.readouterr().err
+    assert run_cli(engine, "holds", "import", empty, "--kind", "holds", "--reason", "r", "--allow-empty") == 0
     capsys.readouterr()
     assert run_cli(engine, "holds", "check", CLEAN, "--json") == 0
     assert json.loads(capsys.readouterr().out)["eligible"] is True
@@ -643,7 +675,20 @@ def test_cli_sub_commands_take_the_parent_options(engine: Engine, capsys: pytest
     database.add_argument("--db")
     register(parser.add_subparsers(dest="command", required=True), parents=[database])
     args = parser.parse_args(
-        ["holds", "add", "--db", "x.db", "--container", HELD, "--agency", "CBP", "--type", "exam"]
+        [
+            "holds",
+            "add",
+            "--db",
+            "x.db",
+            "--container",
+            HELD,
+            "--agency",
+            "CBP",
+            "--type",
+            "exam",
+            "--reason",
+            "r",
+        ]
     )
     assert args.db == "x.db"
     assert args.func(args, engine) == 0
@@ -656,7 +701,7 @@ def test_cli_sub_commands_take_the_parent_options(engine: Engine, capsys: pytest
 def test_cli_errors_are_one_line_and_exit_1(
     engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_cli(engine, "holds", "release", "--container", HELD) == 1
+    assert run_cli(engine, "holds", "release", "--container", HELD, "--all-agencies", "--reason", "r") == 1
     err = capsys.readouterr().err
     assert err.startswith("gated holds release: no active hold matches") and err.count("\n") == 1
 
@@ -664,7 +709,7 @@ def test_cli_errors_are_one_line_and_exit_1(
     assert "ISO 6346" in capsys.readouterr().err
 
     bad = write(tmp_path / "bad.csv", "container,agency,hold_type\nNOPE,CBP,customs\n")
-    assert run_cli(engine, "holds", "import", str(bad)) == 1
+    assert run_cli(engine, "holds", "import", str(bad), "--reason", "r") == 1
     assert f"{bad}:2:" in capsys.readouterr().err
 
 
@@ -677,7 +722,10 @@ def test_cli_errors_are_one_line_and_exit_1(
         ["holds", "add", "--container", HELD, "--type", "customs"],
         ["holds", "release"],
         ["holds", "release", "--id", "one"],
-        ["holds", "import", "f.csv", "--kind", "other"],
+        ["holds", "import", "f.csv", "--kind", "other", "--reason", "r"],
+        ["holds", "import", "f.csv"],
+        ["holds", "add", "--container", HELD, "--agency", "CBP", "--type", "customs"],
+        ["holds", "release", "--container", HELD, "--agency", "CBP", "--all-agencies", "--reason", "r"],
     ],
 )
 def test_cli_usage_errors_exit_2(engine: Engine, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import create_engine, insert, select, text
 
 from gated.db import BASELINE, open_engine, schema_tables
 from gated.store import audit
@@ -59,7 +60,13 @@ def test_opening_again_changes_nothing(tmp_path: Path) -> None:
 def test_a_database_made_before_migrations_is_taken_as_the_baseline_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old = create_engine(f"sqlite:///{path}")
-    schema_tables().create_all(old)
+    # The schema as it was then: the baseline revision's tables, without Alembic's own table.
+    config = Config()
+    config.set_main_option("script_location", "gated:migrations")
+    with old.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, BASELINE)
+        connection.execute(text("DROP TABLE alembic_version"))
     with old.begin() as connection:
         connection.execute(
             insert(audit).values(

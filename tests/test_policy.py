@@ -13,7 +13,7 @@ from gated.model import Kind, Outcome, Quality, Reading, Reason, ScreeningVerdic
 from gated.policy import HoldListStatus, PolicySettings, decide
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-FRESH = HoldListStatus(loaded=True, updated_at=NOW - timedelta(minutes=5), version=3)
+FRESH = HoldListStatus(loaded=True, confirmed_at=NOW - timedelta(minutes=5), version=3)
 SETTINGS = PolicySettings(hold_list_max_age_seconds=3600)
 CLEAN = "MSKU4135329"
 OTHER = "CSQU3054383"
