@@ -1,6 +1,11 @@
 """The barrier side of a decision: a permit to open, granted as a lease, only for a truck whose
 every container was RELEASEd and whose decisions are stored.
 
+A permit belongs to one truck. It is withdrawn the moment another visit opens on the lane, and a
+RELEASE opens the barrier only while it is still about the lane's newest truck and that truck was
+seen moments ago (``release_window_seconds``): a truck that did not drive through, or a decision
+that came late, must not leave an open barrier for whoever comes next. Leases are seconds long.
+
 The PLC closes by itself when the heartbeat stops, so the daemon dying, hanging or losing the
 network leaves the barrier closed. ``healthy`` stops the heartbeat as soon as the pipeline thread
 is gone or storage has failed.
@@ -12,7 +17,8 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from drivers.barrier_modbus import BarrierState, ModbusBarrier
 from drivers.printer_escpos import EscposPrinter, GatePass, instructions_for, render_pass
@@ -24,57 +30,125 @@ from gated.policy import may_open, most_severe
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RELEASE_WINDOW_SECONDS = 5.0  # BarrierModbusDevice.release_window_seconds' default
+
+LaneBarrierSpec = tuple[ModbusBarrier, float] | tuple[ModbusBarrier, float, float]
+"""(barrier, lease seconds) or (barrier, lease seconds, release window seconds)."""
+
 
 def permit_token(visit_id: str) -> int:
     """A 16-bit token the PLC latches for the visit a permit was granted to."""
     return int(visit_id[:4], 16) if len(visit_id) >= 4 else 0
 
 
+@dataclass(frozen=True, slots=True)
+class LaneBarrier:
+    """A lane's barrier and how its permits are granted."""
+
+    barrier: ModbusBarrier
+    lease_seconds: float
+    release_window_seconds: float = DEFAULT_RELEASE_WINDOW_SECONDS
+
+
+def _lane_barrier(spec: LaneBarrierSpec) -> LaneBarrier:
+    if len(spec) == 2:
+        return LaneBarrier(spec[0], spec[1])
+    return LaneBarrier(spec[0], spec[1], spec[2])
+
+
 class GateControl:
     def __init__(
         self,
         pipeline: Pipeline,
-        barriers: dict[str, tuple[ModbusBarrier, float]],
+        barriers: Mapping[str, LaneBarrierSpec],
         clock: Clock,
         alive: Callable[[], bool],
     ) -> None:
         self.pipeline = pipeline
-        self.barriers = barriers  # lane -> (barrier, lease seconds)
+        self.lanes = {lane: _lane_barrier(spec) for lane, spec in barriers.items()}
         self.clock = clock
         self.alive = alive
-        for lane, (barrier, _) in barriers.items():
-            barrier.healthy = self.healthy
-            barrier.on_state = self._reporter(lane, barrier.device)
+        # lane -> id of the newest visit opened there, so a late RELEASE of an older one is known.
+        self._newest: dict[str, str] = {}
+        for lane, entry in self.lanes.items():
+            entry.barrier.healthy = self.healthy
+            entry.barrier.on_state = self._reporter(lane, entry.barrier.device)
         pipeline.listeners.append(self.on_decisions)
         pipeline.storage_listeners.append(self.on_storage)
+        pipeline.visit_listeners.append(self.on_visit_opened)
+
+    @property
+    def barriers(self) -> dict[str, tuple[ModbusBarrier, float]]:
+        """lane -> (barrier, lease seconds), the shape callers knew before ``lanes``."""
+        return {lane: (entry.barrier, entry.lease_seconds) for lane, entry in self.lanes.items()}
 
     def healthy(self) -> bool:
         return self.alive() and self.pipeline.storage_ok
 
     def start(self) -> None:
-        for barrier, _ in self.barriers.values():
-            barrier.start()
+        for entry in self.lanes.values():
+            entry.barrier.start()
 
     def stop(self) -> None:
-        for barrier, _ in self.barriers.values():
-            barrier.stop()
+        for entry in self.lanes.values():
+            entry.barrier.stop()
+
+    def on_visit_opened(self, visit: Visit) -> None:
+        """Another truck is at the lane: the previous truck's permit, used or not, ends now.
+
+        The correlator opens a visit on a tag, a camera read or the portal's occupancy, so a truck
+        that carries no tag still withdraws the permit as it enters the portal."""
+        self._newest[visit.lane] = visit.id
+        entry = self.lanes.get(visit.lane)
+        if entry is not None:
+            entry.barrier.revoke(f"visit {visit.id} opened: a permit belongs to one truck")
 
     def on_decisions(self, visit: Visit, decisions: list[Decision]) -> None:
         """Called after the decisions are stored: only then may the barrier open."""
-        entry = self.barriers.get(visit.lane)
+        entry = self.lanes.get(visit.lane)
         if entry is None:
             return
-        barrier, lease = entry
-        if may_open(decisions) and self.pipeline.storage_ok:
-            log.info("lane %s: permit to open for visit %s (lease %.0f s)", visit.lane, visit.id, lease)
-            barrier.grant(permit_token(visit.id), lease)
-        else:
-            barrier.revoke(f"visit {visit.id}: {', '.join(sorted({str(d.outcome) for d in decisions}))}")
+        if not may_open(decisions):
+            outcomes = ", ".join(sorted({str(d.outcome) for d in decisions}))
+            entry.barrier.revoke(f"visit {visit.id}: {outcomes}")
+            return
+        refusal = self._refusal(visit, entry)
+        if refusal is not None:
+            log.warning(
+                "lane %s: RELEASE of visit %s does not open the barrier: %s", visit.lane, visit.id, refusal
+            )
+            entry.barrier.revoke(f"visit {visit.id}: RELEASE refused: {refusal}")
+            return
+        log.info(
+            "lane %s: permit to open for visit %s (lease %.0f s)", visit.lane, visit.id, entry.lease_seconds
+        )
+        entry.barrier.grant(permit_token(visit.id), entry.lease_seconds)
+
+    def _refusal(self, visit: Visit, entry: LaneBarrier) -> str | None:
+        """Why a RELEASE must not open the barrier now, or None when it may."""
+        if not self.pipeline.storage_ok:
+            return "storage is failing"
+        correlator = self.pipeline.correlators.get(visit.lane)
+        current = correlator.visit if correlator is not None else None
+        if current is not None and current.id != visit.id:
+            return f"visit {current.id} is open on the lane: the permit would be the next truck's"
+        newest = self._newest.get(visit.lane)
+        if newest is not None and newest != visit.id:
+            return f"visit {newest} opened on the lane after it"
+        if not visit.readings:
+            return "the visit has no readings"
+        age = (self.clock.now() - max(reading.ts for reading in visit.readings)).total_seconds()
+        if age > entry.release_window_seconds:
+            return (
+                f"its newest reading is {age:.1f} s old (window {entry.release_window_seconds:g} s): "
+                "the truck may have gone"
+            )
+        return None
 
     def on_storage(self, ok: bool, _detail: str) -> None:
         if not ok:
-            for barrier, _ in self.barriers.values():
-                barrier.revoke("storage failure")
+            for entry in self.lanes.values():
+                entry.barrier.revoke("storage failure")
 
     def _reporter(self, lane: str, device: str) -> Callable[[BarrierState], None]:
         last_online: list[bool] = []
