@@ -77,11 +77,6 @@ class GateControl:
         pipeline.storage_listeners.append(self.on_storage)
         pipeline.visit_listeners.append(self.on_visit_opened)
 
-    @property
-    def barriers(self) -> dict[str, tuple[ModbusBarrier, float]]:
-        """lane -> (barrier, lease seconds), the shape callers knew before ``lanes``."""
-        return {lane: (entry.barrier, entry.lease_seconds) for lane, entry in self.lanes.items()}
-
     def healthy(self) -> bool:
         return self.alive() and self.pipeline.storage_ok
 
