@@ -302,6 +302,7 @@ def _gated_once(
                 "max_inflight": PIPELINE_MAX_INFLIGHT,
             },
             "storage": {"database": str(folder / f"{label}.db")},
+            "holds": {"max_age_seconds": 3600},
             "lanes": [
                 {
                     "id": "lane-1",

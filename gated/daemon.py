@@ -107,7 +107,11 @@ class Daemon:
         self.gate = GateControl(
             self.pipeline,
             {
-                lane.id: (build_barrier(lane.id, device, self.clock), device.lease_seconds)
+                lane.id: (
+                    build_barrier(lane.id, device, self.clock),
+                    device.lease_seconds,
+                    device.release_window_seconds,
+                )
                 for lane in config.lanes
                 for device in lane.devices
                 if isinstance(device, BarrierModbusDevice)

@@ -13,15 +13,15 @@ import json
 import os
 import pwd
 import sys
-from datetime import datetime
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
+from gated import holds_send
 from gated.clock import rfc3339
 from gated.errors import ContainerNumberError, HoldListError, StorageError
-from gated import holds_send
 from gated.holds import MAX_ACTOR, HoldRecord, HoldStore, ImportKind, normalise_container
 from gated.iso6346 import ContainerNumber
 
@@ -56,15 +56,13 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
         action="store_true",
         help="the file is the complete list of active holds: holds it does not name are released",
     )
-    imp.add_argument(
-        "--list-date", metavar="TIME", help="when the list was true (RFC 3339; default: now); freshness counts from it"
-    )
+    imp.add_argument("--list-date", metavar="TIME", help="when the list was true (RFC 3339; default: now)")
     imp.add_argument("--allow-empty", action="store_true", help="accept a hold list without holds")
     imp.add_argument(
-        "--allow-shrink", action="store_true", help="accept a full list less than half the size of the current one"
+        "--allow-shrink", action="store_true", help="accept a full list under half the current size"
     )
     imp.add_argument(
-        "--allow-old", action="store_true", help="accept a list dated before the current one or over a day ago"
+        "--allow-old", action="store_true", help="accept a list older than the current one or a day"
     )
     imp.set_defaults(func=_guarded(_import))
 
@@ -197,7 +195,7 @@ def _add(args: argparse.Namespace, engine: Engine) -> int:
 def _release(args: argparse.Namespace, engine: Engine) -> int:
     if args.hold_id is None and args.agency is None and not args.all_agencies:
         raise HoldListError(
-            "releasing by container or B/L needs --agency A, or --all-agencies to release every agency's holds"
+            "releasing by container or B/L needs --agency A, or --all-agencies for every agency's holds"
         )
     records = HoldStore(engine).release(
         hold_id=args.hold_id,

@@ -23,15 +23,20 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import urlparse
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.broker import EmbeddedBroker
 from gated.config import validate
 from gated.daemon import Daemon
-from gated.errors import ConfigError
+from gated.errors import ConfigError, GatedError
 from gated.holds import HoldStore
+from gated.holds_send import make_command, send_commands
 from gated.iso6346 import check_digit
 from gated.model import Decision, Visit
+from gated.signing import generate_private_key_file, load_private_key, public_key_text
 from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.lane import (
     ContainerSighting,
@@ -49,6 +54,8 @@ log = logging.getLogger(__name__)
 
 PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "rpm-modbus.toml"
 HELD_BL = "MAEU240512345"
+CUSTOMS_KEY_ID = "demo-customs"
+HEARTBEAT_SECONDS = 60.0
 
 
 def numbered(first_ten: str) -> str:
@@ -99,31 +106,77 @@ def demo_trucks(lane_index: int) -> list[Truck]:
     ]
 
 
-def _seed_holds(holds: HoldStore, lanes: int, data_dir: Path) -> None:
+def _import_manifest(holds: HoldStore, lanes: int, data_dir: Path) -> None:
+    """The shipping line's manifest, imported by the operator: which box carries the held B/L."""
     manifest = data_dir / "manifest.csv"
     rows = ["container,bill_of_lading"]
-    for index in range(lanes):
-        trucks = demo_trucks(index)
-        held = trucks[1].containers[0].code
-        holds.place(
-            container=held,
+    rows.extend(f"{demo_trucks(index)[4].containers[1].code},{HELD_BL}" for index in range(lanes))
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    holds.import_manifest(manifest, actor="operator:demo", reason="the demo line's manifest")
+
+
+def _customs_key(data_dir: Path) -> tuple[Ed25519PrivateKey, str]:
+    """The demo customs system's signing key (made once per data folder) and its public half."""
+    path = data_dir / f"{CUSTOMS_KEY_ID}.key"
+    if not path.exists():
+        generate_private_key_file(path)
+    key = load_private_key(path)
+    return key, public_key_text(key.public_key())
+
+
+def _customs_holds(lanes: int) -> list[dict[str, Any]]:
+    """What the demo's customs holds: a box per lane for a VACIS exam, and one bill of lading.
+    Fixed command ids, so a demo run again on the same data folder places nothing twice."""
+    commands = [
+        make_command(
+            "place",
+            container=demo_trucks(index)[1].containers[0].code,
             agency="CBP",
             hold_type="vacis",
             code="1H",
             reference="DEMO-EXAM-1",
             note="selected for a VACIS exam",
+            command_id=f"demo-exam-lane-{index + 1}",
         )
-        rows.append(f"{trucks[4].containers[1].code},{HELD_BL}")
-    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    holds.import_manifest(manifest)
-    holds.place(
-        bill_of_lading=HELD_BL,
-        agency="CBP",
-        hold_type="customs",
-        code="1H",
-        reference="DEMO-BL-1",
-        note="B/L held pending documents",
+        for index in range(lanes)
+    ]
+    commands.append(
+        make_command(
+            "place",
+            bill_of_lading=HELD_BL,
+            agency="CBP",
+            hold_type="customs",
+            code="1H",
+            reference="DEMO-BL-1",
+            note="B/L held pending documents",
+            command_id="demo-bl-hold",
+        )
     )
+    return commands
+
+
+class _Customs:
+    """The demo's customs system: signs its holds and a sync (its heartbeat) and sends them."""
+
+    def __init__(self, host: str, port: int, lanes: int, key: Ed25519PrivateKey) -> None:
+        self.host, self.port, self.key = host, port, key
+        self.holds = _customs_holds(lanes)
+
+    def send(self, commands: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        return send_commands(self.host, self.port, "demo", commands, self.key, CUSTOMS_KEY_ID, timeout=20.0)
+
+    def sync(self) -> dict[str, Any] | None:
+        return self.send([make_command("sync", agency="CBP", count=len(self.holds))])[0]
+
+    def heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                ack = self.sync()
+            except GatedError as error:
+                log.warning("demo customs: sync not sent: %s", error)
+                continue
+            if ack is None or not ack.get("applied"):
+                print(f"customs: sync not applied: {ack and ack.get('reason')}", flush=True)
 
 
 def _print_decision(visit: Visit, decisions: list[Decision]) -> None:
@@ -164,6 +217,7 @@ def run_demo(
     stop = threading.Event()
     devices: list[LaneDevices] = []
     daemon: Daemon | None = None
+    customs_key, customs_public_key = _customs_key(folder)
     try:
         cameras: list[tuple[LaneCamera, LaneCamera]] = []
         for index in range(lanes):
@@ -187,7 +241,12 @@ def run_demo(
                 "mqtt": {"host": host, "port": port, "keepalive": 15},
                 "storage": {"database": str(folder / "gated.db"), "evidence": str(folder / "evidence")},
                 "ocr": {"workers": 1},
-                "holds": {"max_age_seconds": 86_400},
+                "holds": {
+                    "max_age_seconds": 300,
+                    "customs_keys": [
+                        {"id": CUSTOMS_KEY_ID, "public_key": customs_public_key, "agencies": ["CBP"]}
+                    ],
+                },
                 "lanes": [
                     {
                         "id": f"lane-{index + 1}",
@@ -217,7 +276,9 @@ def run_demo(
                                 "driver": "barrier-modbus",
                                 "host": "127.0.0.1",
                                 "port": lane.barrier.port if lane.barrier else 0,
-                                "lease_seconds": 20.0,
+                                "lease_seconds": 10.0,
+                                # OCR on a busy 2-core PC may take several seconds after the frames.
+                                "release_window_seconds": 20.0,
                             },
                         ],
                     }
@@ -227,7 +288,7 @@ def run_demo(
             source="demo",
         )
         daemon = Daemon(config)
-        _seed_holds(daemon.holds, lanes, folder)
+        _import_manifest(daemon.holds, lanes, folder)
         daemon.on_decision(_print_decision)
         # Each lane's trucks wait at the barrier until the lane's decision is out (OCR takes time).
         decided = {f"lane-{index + 1}": threading.Event() for index in range(lanes)}
@@ -246,6 +307,22 @@ def run_demo(
             "  (no operator console in this version yet; `gated --log-level DEBUG demo` shows the log)",
             flush=True,
         )
+        # Customs places its holds and confirms the list with signed commands, as a real one would.
+        customs = _Customs(host, port, lanes, customs_key)
+        acks = [*customs.send(customs.holds), customs.sync()]
+        refused = [
+            ack.get("reason") if ack else "no answer" for ack in acks if not (ack and ack.get("applied"))
+        ]
+        if refused:
+            print(f"gated demo: customs' signed commands were not applied: {refused}", file=sys.stderr)
+            return 1
+        print(
+            f"  customs: {len(customs.holds)} holds placed and the hold list confirmed by commands signed "
+            f"with key {CUSTOMS_KEY_ID} ({folder / (CUSTOMS_KEY_ID + '.key')}); a signed sync every "
+            f"{HEARTBEAT_SECONDS:.0f} s keeps it fresh",
+            flush=True,
+        )
+        threading.Thread(target=customs.heartbeat, args=(stop,), name="demo-customs", daemon=True).start()
         print(f"{'time':<8} {'lane':<7} {'container':<12} {'outcome':<21} reasons", flush=True)
 
         def _signal(_signum: int, _frame: FrameType | None) -> None:
@@ -270,7 +347,13 @@ def run_demo(
         ]
         for thread in drivers:
             thread.start()
-        stop.wait(duration)
+        deadline = None if duration is None else time.monotonic() + duration
+        while not stop.wait(0.5):
+            if daemon.failed is not None:
+                print(f"gated demo: gated failed: {daemon.failed}", file=sys.stderr)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         stop.set()
         for thread in drivers:
             thread.join(10)
@@ -279,7 +362,7 @@ def run_demo(
         outcomes = Counter(str(outcome) for outcome in _outcomes(daemon))
         summary = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items()))
         print(f"gated demo: done; decisions: {summary}", flush=True)
-        return 0
+        return 1 if daemon.failed is not None else 0
     finally:
         if daemon is not None:
             daemon.stop()

@@ -117,6 +117,11 @@ port = {mqtt_port}
 [storage]
 database = "{database}"
 
+[holds]
+# Nothing is released until the hold list is confirmed: `gated holds import` (the operator) or a
+# signed sync from customs (`gated holds send --action sync`, with its key under [[holds.customs_keys]]).
+max_age_seconds = 3600
+
 [[lanes]]
 id = "{lane}"
 require = ["rfid", "ocr", "rpm"]

@@ -16,6 +16,7 @@ from simulators.ocr_camera import SmartCameraSimulator
 from simulators.printer_escpos import EscposPrinterSimulator
 from simulators.rfid_serial import SerialRfidSimulator
 from simulators.rpm_modbus import ModbusRpmSimulator
+from tests.customs import keys_toml
 
 if TYPE_CHECKING:
     from tests.conftest import Mosquitto
@@ -82,7 +83,7 @@ keepalive = 5
 database = "{database}"
 [holds]
 max_age_seconds = {max_age_seconds}
-[[lanes]]
+{keys_toml()}[[lanes]]
 id = "lane-1"
 require = ["rfid", "ocr", "rpm"]
 settle_seconds = 0.5

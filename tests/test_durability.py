@@ -38,6 +38,7 @@ def daemon_config(tmp_path: Path, mqtt_port: int, *, keepalive: int = 10) -> Gat
             "node": "gate-1",
             "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive": keepalive, "replay_seconds": 10},
             "storage": {"database": str(tmp_path / "gated.db")},
+            "holds": {"max_age_seconds": 3600},
             "lanes": [
                 {
                     "id": "lane-1",

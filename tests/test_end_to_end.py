@@ -67,22 +67,13 @@ def test_one_lane_end_to_end(
     # Customs' hold list and the manifest, through the command line as an operator would.
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"container,bill_of_lading\n{ON_HELD_BL},{HELD_BL}\n", encoding="utf-8")
-    gated("holds", "import", str(manifest), "--config", str(config))
-    gated(
-        "holds",
-        "add",
-        "--container",
-        HELD,
-        "--agency",
-        "CBP",
-        "--type",
-        "vacis",
-        "--code",
-        "1H",
-        "--config",
-        str(config),
+    gated("holds", "import", str(manifest), "--reason", "the line's manifest", "--config", str(config))
+    hold_list = tmp_path / "holds.csv"
+    hold_list.write_text(
+        f"container,bill_of_lading,agency,hold_type,code\n{HELD},,CBP,vacis,1H\n,{HELD_BL},CBP,customs,\n",
+        encoding="utf-8",
     )
-    gated("holds", "add", "--bl", HELD_BL, "--agency", "CBP", "--type", "customs", "--config", str(config))
+    gated("holds", "import", str(hold_list), "--reason", "CBP's list of today", "--config", str(config))
 
     customs = subscriber_factory(mosquitto.port)
     log = tmp_path / "daemon.log"
@@ -226,9 +217,11 @@ def test_killing_the_daemon_leaves_the_barrier_closed(
     tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any, lane_devices: LaneDevices
 ) -> None:
     config = write_config(tmp_path, mosquitto, lane_devices)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
-    gated("holds", "import", str(manifest), "--config", str(config))
+    empty = tmp_path / "holds.csv"
+    empty.write_text("container,agency,hold_type\n", encoding="utf-8")
+    gated(
+        "holds", "import", str(empty), "--allow-empty", "--reason", "no holds today", "--config", str(config)
+    )
     customs = subscriber_factory(mosquitto.port)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     barrier = lane_devices.barrier

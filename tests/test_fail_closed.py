@@ -17,6 +17,7 @@ from gated.config import load_config
 from gated.daemon import Daemon
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto, Subscriber
+from tests.customs import confirm_hold_list
 from tests.gate import number, write_config
 
 PREFIX = "gated/v1/e2e"
@@ -41,9 +42,7 @@ def start_and_wait_open(daemon: Daemon, customs: Subscriber) -> None:
 
 
 def loaded(daemon: Daemon, tmp_path: Path) -> None:
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
-    daemon.holds.import_manifest(manifest)
+    confirm_hold_list(daemon.holds, tmp_path)
 
 
 def decision_of(customs: Subscriber, container: str, timeout: float = 40) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from gated.model import Decision, DeviceState, Kind, Quality, Reading, Source, V
 from gated.pipeline import Pipeline
 from gated.policy import may_open
 from gated.store import Batch, OutboxRow, Store
+from tests.customs import confirm_hold_list
 
 BOXES = [f"MSKU{n:06d}{check_digit(f'MSKU{n:06d}')}" for n in range(100001, 100005)]
 MAX_AGE = 600
@@ -90,9 +91,9 @@ class GateMachine(RuleBasedStateMachine):
             return
         self.permits.append((visit, decisions))
         state = self.holds.state()
-        if not state.loaded or state.updated_at is None:
+        if not state.loaded or state.confirmed_at is None:
             self.violations.append("permit on a hold list never loaded")
-        elif (self.clock.now() - state.updated_at).total_seconds() > MAX_AGE:
+        elif (self.clock.now() - state.confirmed_at).total_seconds() > MAX_AGE:
             self.violations.append("permit on a stale hold list")
         verdicts = [r.value for r in visit.of_source(Source.SCREENING)]
         if not verdicts or any(v != "clear" for v in verdicts):
@@ -117,13 +118,11 @@ class GateMachine(RuleBasedStateMachine):
     @rule(box=st.sampled_from(BOXES))
     def release_holds(self, box: str) -> None:
         if self.holds.list_holds(container=box):
-            self.holds.release(container=box, code="1I")
+            self.holds.release(container=box, agency="CBP", code="1I")
 
     @rule()
     def refresh_hold_list(self) -> None:
-        manifest = self.folder / "manifest.csv"
-        manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
-        self.holds.import_manifest(manifest)
+        confirm_hold_list(self.holds, self.folder)
 
     @rule(seconds=st.sampled_from([1.0, 30.0, 400.0, 700.0]))
     def time_passes(self, seconds: float) -> None:

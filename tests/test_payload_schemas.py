@@ -21,13 +21,16 @@ from jsonschema import Draft202012Validator
 from gated.clock import ManualClock
 from gated.config import GateConfig, MqttConfig, validate
 from gated.db import open_engine
+from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
+from gated.messages import Topics
 from gated.model import DeviceState, Evidence, Kind, Quality, Reading, ScreeningVerdict, Source
 from gated.payload_schemas import SCHEMA_NAMES, load_schema, validate_payload, validator_for
 from gated.pipeline import Pipeline
 from gated.publisher import MqttPublisher
 from gated.store import Batch, Message, OutboxRow, Store
 from tests.conftest import Mosquitto, Received
+from tests.customs import keys_config, signed, verified
 
 ROOT = Path(__file__).resolve().parent.parent
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
@@ -59,7 +62,8 @@ def gate_config(*, max_age_seconds: int | None = 3600) -> GateConfig:
         {
             "site": SITE,
             "node": "gate-1",
-            "holds": {} if max_age_seconds is None else {"max_age_seconds": max_age_seconds},
+            "holds": {"customs_keys": keys_config()}
+            | ({} if max_age_seconds is None else {"max_age_seconds": max_age_seconds}),
             "lanes": [
                 {
                     "id": LANE,
@@ -89,10 +93,12 @@ class Gate:
     store: Store
     holds: HoldStore
     pipeline: Pipeline
+    commands: HoldCommandWorker
 
     def command(self, body: dict[str, Any]) -> None:
-        self.pipeline.inbound(f"{PREFIX}/holds/cmd", json.dumps(body).encode())
-        self.pipeline.step()
+        """Customs signs ``body`` and sends it; the daemon handles it."""
+        self.commands.offer(json.dumps(signed(body, ts=self.clock.now())).encode())
+        self.commands.drain()
 
     def reading(
         self,
@@ -140,7 +146,8 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
     engine = open_engine(tmp_path / "g.db")
     store = Store(engine, site=config.site, node=config.node, clock=clock)
     holds = HoldStore(engine, clock)
-    yield Gate(config, clock, store, holds, Pipeline(config, store, holds, clock))
+    commands = HoldCommandWorker(holds, store, config.holds, Topics(SITE), [LANE], clock)
+    yield Gate(config, clock, store, holds, Pipeline(config, store, holds, clock), commands)
     engine.dispose()
 
 
@@ -170,6 +177,10 @@ def release_command(command_id: str, container: str = HELD) -> dict[str, Any]:
     }
 
 
+def sync_command(command_id: str, count: int) -> dict[str, Any]:
+    return {"schema": "gated.hold/1", "id": command_id, "action": "sync", "agency": "CBP", "count": count}
+
+
 def payload_of(row: OutboxRow) -> dict[str, Any]:
     payload: dict[str, Any] = json.loads(row.payload)
     return payload
@@ -181,6 +192,7 @@ def run_a_shift(gate: Gate) -> list[OutboxRow]:
         gate.pipeline.device_status(LANE, device, DeviceState.ONLINE, "connected")
     gate.pipeline.step()
     gate.command(place_command("cmd-1"))
+    gate.command(sync_command("cmd-s", 1))
     gate.truck("e2801100000000000000a001", HELD, ScreeningVerdict.CLEAR)
     gate.truck("e2801100000000000000a002", OTHER, ScreeningVerdict.GAMMA_ALARM)
     gate.truck("e2801100000000000000a003", None, ScreeningVerdict.CLEAR)
@@ -284,6 +296,7 @@ def test_every_payload_of_a_busy_gate_is_valid(gate: Gate) -> None:
     acks = by_schema["hold-ack"]
     assert [(a["command"], a["applied"], a["duplicate"]) for a in acks] == [
         ("cmd-1", True, False),
+        ("cmd-s", True, False),
         ("cmd-2", True, False),
         ("cmd-2", True, True),
         ("cmd-3", False, False),
@@ -314,7 +327,7 @@ def test_the_ack_of_a_hold_on_a_bill_of_lading_is_valid(gate: Gate) -> None:
     bill_command = place_command("cmd-bl")
     del bill_command["container"]
     bill_command["bill_of_lading"] = "MAEU240512345"
-    result = gate.holds.apply_command(bill_command)
+    result = gate.holds.apply_command(verified(bill_command))
     assert result.applied
     ack = gate.store.envelope(Message(f"{PREFIX}/holds/ack", "gated.hold/1", result.to_json()), 3)
     assert ack["holds"][0]["container"] is None
@@ -334,9 +347,12 @@ def test_hold_commands_the_schema_accepts_are_applied(gate: Gate) -> None:
         {**release_command("a-3"), "code": None, "reference": None},
     ]
     for command in commands:
-        assert validate_payload(f"{PREFIX}/holds/cmd", command) == []
-        result = gate.holds.apply_command(command)
+        assert validate_payload(f"{PREFIX}/holds/cmd", signed(command)) == []
+        result = gate.holds.apply_command(verified(command))
         assert result.applied, result.reason
+    assert validate_payload(f"{PREFIX}/holds/cmd", signed(sync_command("a-4", 2))) == []
+    assert gate.holds.apply_command(verified(sync_command("a-4", 2))).applied
+    assert validate_payload(f"{PREFIX}/holds/cmd", place_command("a-5"))  # unsigned
 
 
 @pytest.mark.parametrize(
@@ -356,10 +372,10 @@ def test_hold_commands_the_schema_refuses_are_rejected(
     gate: Gate, change: dict[str, Any], where: str
 ) -> None:
     command = {**place_command("r-1"), **change}
-    problems = validate_payload(f"{PREFIX}/holds/cmd", command)
+    problems = validate_payload(f"{PREFIX}/holds/cmd", signed(command))
     assert problems
     assert any(where in problem for problem in problems), problems
-    result = gate.holds.apply_command(command)
+    result = gate.holds.apply_command(verified(command))
     assert not result.applied
 
 
@@ -421,6 +437,7 @@ def test_node_birth_graceful_offline_and_will_are_valid(
 @pytest.fixture
 def decision(gate: Gate) -> tuple[str, dict[str, Any]]:
     gate.command(place_command("cmd-1"))
+    gate.command(sync_command("cmd-s", 1))
     gate.truck("e2801100000000000000a001", HELD, ScreeningVerdict.CLEAR)
     for row in gate.published():
         if validator_for(row.topic) == "decision":
@@ -541,8 +558,8 @@ def test_an_online_node_status_needs_a_seq_and_since(gate: Gate) -> None:
 
 
 def test_the_ack_of_a_command_that_is_not_json_is_valid(gate: Gate) -> None:
-    gate.pipeline.inbound(f"{PREFIX}/holds/cmd", b"{not json")
-    gate.pipeline.step()
+    gate.commands.offer(b"{not json")
+    gate.commands.drain()
     acks = [row for row in gate.published() if validator_for(row.topic) == "hold-ack"]
     assert len(acks) == 1
     assert validate_payload(acks[0].topic, acks[0].payload) == []
@@ -555,7 +572,7 @@ def test_a_stale_hold_list_state_is_valid(tmp_path: Path) -> None:
     store = Store(engine, site=config.site, node=config.node, clock=clock)
     holds = HoldStore(engine, clock)
     pipeline = Pipeline(config, store, holds, clock)
-    holds.apply_command(place_command("cmd-1"))
+    holds.apply_command(verified(sync_command("cmd-1", 0), issued_at=clock.now()))
     clock.advance(timedelta(minutes=5).total_seconds())
     message = pipeline.holds_state_message()
     payload = store.envelope(message, 1)

@@ -17,6 +17,7 @@ from gated.holds import HoldStore
 from gated.model import Decision, DeviceState, Kind, Reading, Source
 from gated.pipeline import Pipeline
 from gated.store import Store
+from tests.customs import confirm_hold_list
 
 BOX = "MSKU4135329"
 GOOD_CARD = {"card_id": "0123456789abcdef", "expires": "2030-01-01", "authenticated": True}
@@ -30,6 +31,7 @@ def gate(
         {
             "site": "cred",
             "credentials": {"security_level": "raised"},
+            "holds": {"max_age_seconds": 3600},
             "storage": {"database": str(tmp_path / "g.db")},
             "lanes": [
                 {
@@ -47,9 +49,7 @@ def gate(
     )
     engine = open_engine(tmp_path / "g.db")
     holds = HoldStore(engine, clock)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
-    holds.import_manifest(manifest)
+    confirm_hold_list(holds, tmp_path)
     cards = CancelledCardList(engine, clock)
     if list_age is not None:
         listing = tmp_path / "cancelled.csv"

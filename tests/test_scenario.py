@@ -13,6 +13,7 @@ from gated.config import load_config
 from gated.daemon import Daemon
 from simulators.scenario import ScenarioError, daemon_config, load_scenario, play, start_lane
 from tests.conftest import Mosquitto
+from tests.customs import confirm_hold_list
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "scenarios" / "lane-with-faults.toml"
@@ -52,9 +53,7 @@ def test_a_lane_with_faults_runs_through_the_daemon(
     )
     customs = subscriber_factory(mosquitto.port)
     daemon = Daemon(load_config(config))
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
-    daemon.holds.import_manifest(manifest)
+    confirm_hold_list(daemon.holds, tmp_path)
     lines: list[str] = []
     try:
         daemon.start()
