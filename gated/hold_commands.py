@@ -181,13 +181,9 @@ class HoldCommandWorker:
     # -- from paho's network thread: never block
     def offer(self, payload: bytes) -> None:
         self.stats.received += 1
-        if len(payload) > MAX_COMMAND_BYTES:
-            # Refused unread: answering it would mean parsing it (its rejection is counted).
-            self.stats.rejected += 1
-            self.stats.unanswered += 1
-            return
         try:
-            self._inbox.put_nowait(payload)
+            # An oversized payload is kept only as far as it takes to say so: one byte past the limit.
+            self._inbox.put_nowait(payload[: MAX_COMMAND_BYTES + 1])
         except queue.Full:
             self.stats.dropped += 1
 

@@ -100,6 +100,8 @@ def test_unreadable_and_non_toml_files(tmp_path: Path) -> None:
 def test_missing_profile_file_is_a_config_error(tmp_path: Path) -> None:
     text = """
 site = "s"
+[holds]
+max_age_seconds = 900
 [[lanes]]
 id = "lane-1"
 require = ["rpm"]
@@ -116,6 +118,8 @@ profile = "nowhere.toml"
 def test_required_kind_without_device_is_refused(tmp_path: Path) -> None:
     text = """
 site = "s"
+[holds]
+max_age_seconds = 900
 [[lanes]]
 id = "lane-1"
 require = ["rfid", "ocr"]
@@ -131,6 +135,8 @@ port = 5000
 
 FRAMES_LANE = """
 site = "s"
+[holds]
+max_age_seconds = 900
 [[lanes]]
 id = "lane-1"
 require = ["ocr"]

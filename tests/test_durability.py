@@ -176,10 +176,13 @@ def test_daemon_killed_at_random_points(
     tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any, lane_devices: LaneDevices
 ) -> None:
     config = write_config(tmp_path, mosquitto, lane_devices)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("container,bill_of_lading\n", encoding="utf-8")
+    hold_list = tmp_path / "holds.csv"
+    hold_list.write_text("container,agency,hold_type\n", encoding="utf-8")
     subprocess.run(
-        [sys.executable, "-m", "gated", "holds", "import", str(manifest), "--config", str(config)],
+        [
+            *(sys.executable, "-m", "gated", "holds", "import", str(hold_list), "--allow-empty"),
+            *("--reason", "no holds today", "--config", str(config)),
+        ],
         check=True,
         capture_output=True,
         timeout=60,

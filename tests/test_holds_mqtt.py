@@ -1,5 +1,6 @@
-"""Customs places and releases holds over MQTT; the daemon answers each command and the next truck
-is decided on the new hold list. Hostile payloads are rejected with a reason and change nothing."""
+"""Customs places and releases holds over MQTT with signed commands (``gated holds send``, as the
+README shows); the daemon answers each command and the next truck is decided on the new hold list.
+Malformed payloads are rejected with a reason and change nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gated.payload_schemas import validate_payload
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto, Subscriber
-from tests.gate import number, start_daemon, write_config
+from tests.customs import command, signed, write_private_key
+from tests.gate import gated, number, start_daemon, write_config
 
 PREFIX = "gated/v1/e2e"
 CONTAINER = number("OOLU812345")
@@ -76,44 +78,60 @@ def test_holds_over_mqtt(
         assert ack_for(customs, None, mark)["applied"] is False
         for hostile in (
             [1, 2, 3],
-            {"schema": "gated.hold/1", "id": "bad-1", "action": "explode", "container": CONTAINER},
-            {
-                "schema": "gated.hold/1",
-                "id": "bad-2",
-                "action": "place",
-                "container": "NOT A BOX",
-                "agency": "CBP",
-                "hold_type": "customs",
-            },
-            {"schema": "gated.hold/1", "id": "bad-3", "action": "place", "container": CONTAINER},
+            signed(command("explode", id="bad-1", container=CONTAINER)),
+            signed(command("place", id="bad-2", container="NOT A BOX", agency="CBP", hold_type="customs")),
+            signed(command("place", id="bad-3", container=CONTAINER)),
             {"id": "x" * 10_000},
         ):
             publish(mosquitto.port, json.dumps(hostile).encode())
-        for command in ("bad-1", "bad-2", "bad-3"):
-            ack = ack_for(customs, command, mark)
+        for bad in ("bad-1", "bad-2", "bad-3"):
+            ack = ack_for(customs, bad, mark)
             assert ack["applied"] is False and ack["reason"], ack
 
-        # Customs places a hold: acknowledged, and the truck carrying that box gets HOLD.
-        place = {
-            "schema": "gated.hold/1",
-            "id": "cbp-0001",
-            "action": "place",
-            "container": CONTAINER,
-            "agency": "CBP",
-            "hold_type": "customs",
-            "code": "1H",
-            "reference": "EXAM-42",
-        }
+        # Customs places a hold with `gated holds send`: acknowledged; then confirms the list.
+        key = write_private_key(tmp_path / "cbp-test.key")
+        send = (
+            "holds",
+            "send",
+            "--broker",
+            f"mqtt://127.0.0.1:{mosquitto.port}",
+            "--site",
+            "e2e",
+            "--key",
+            str(key),
+        )
         mark = last_seq(customs)
-        publish(mosquitto.port, json.dumps(place).encode())
+        sent = gated(
+            *send,
+            *("--action", "place", "--container", CONTAINER, "--agency", "CBP", "--type", "customs"),
+            *("--code", "1H", "--reference", "EXAM-42", "--id", "cbp-0001"),
+        )
+        assert "applied cbp-0001: hold placed" in sent.stdout
         ack = ack_for(customs, "cbp-0001", mark)
-        assert ack["applied"] is True and ack["holds"][0]["container"] == CONTAINER
+        assert (
+            ack["applied"] is True and ack["holds"][0]["container"] == CONTAINER and ack["key"] == "cbp-test"
+        )
+        state = customs.wait_for(lambda m: m.topic == f"{PREFIX}/holds/state" and m.payload["seq"] > mark)
+        assert state[-1].payload["loaded"] is False  # one command does not make the list current
+        assert "applied" in gated(*send, "--action", "sync", "--agency", "CBP", "--count", "1").stdout
         state = customs.wait_for(
             lambda m: m.topic == f"{PREFIX}/holds/state" and m.payload["seq"] > mark and m.payload["loaded"]
         )[0].payload
-        assert state["count"] == 1 and state["fresh"] is True
-        publish(mosquitto.port, json.dumps(place).encode())  # delivered twice: applied once
-        assert ack_for(customs, "cbp-0001", ack["seq"])["duplicate"] is True
+        assert state["count"] == 1 and state["fresh"] is True and state["confirmed_by"] == "key:cbp-test"
+        again = gated(
+            *send,
+            "--action",
+            "place",
+            "--container",
+            CONTAINER,
+            "--agency",
+            "CBP",
+            "--type",
+            "customs",
+            "--id",
+            "cbp-0001",
+        )
+        assert "a duplicate" in again.stdout  # delivered twice: applied once
 
         mark = last_seq(customs)
         lane.drive(Truck("held", "e28011606000030000000001", (ContainerSighting(CONTAINER),)))
@@ -121,15 +139,11 @@ def test_holds_over_mqtt(
         time.sleep(1.5)
 
         # Customs releases it (1I): the next visit of the same box is released.
-        release = {
-            "schema": "gated.hold/1",
-            "id": "cbp-0002",
-            "action": "release",
-            "container": CONTAINER,
-            "agency": "CBP",
-            "hold_type": "customs",
-            "code": "1I",
-        }
+        release = signed(
+            command(
+                "release", id="cbp-0002", container=CONTAINER, agency="CBP", hold_type="customs", code="1I"
+            )
+        )
         mark = last_seq(customs)
         publish(mosquitto.port, json.dumps(release).encode())
         assert ack_for(customs, "cbp-0002", mark)["applied"] is True

@@ -350,8 +350,8 @@ def test_hold_commands_the_schema_accepts_are_applied(gate: Gate) -> None:
         assert validate_payload(f"{PREFIX}/holds/cmd", signed(command)) == []
         result = gate.holds.apply_command(verified(command))
         assert result.applied, result.reason
-    assert validate_payload(f"{PREFIX}/holds/cmd", signed(sync_command("a-4", 2))) == []
-    assert gate.holds.apply_command(verified(sync_command("a-4", 2))).applied
+    assert validate_payload(f"{PREFIX}/holds/cmd", signed(sync_command("a-4", 1))) == []
+    assert gate.holds.apply_command(verified(sync_command("a-4", 1))).applied
     assert validate_payload(f"{PREFIX}/holds/cmd", place_command("a-5"))  # unsigned
 
 
@@ -393,7 +393,7 @@ def test_node_birth_graceful_offline_and_will_are_valid(
             prefix=PREFIX,
             boot=boot,
             subscriptions=[f"{PREFIX}/holds/cmd"],
-            on_message=gate.pipeline.inbound,
+            on_message=lambda _topic, payload: gate.commands.offer(payload),
             status_snapshot=gate.pipeline.status_snapshot,
         )
 
