@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gated.bench_commands import bench_commands
 from gated.errors import GatedError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source, Visit
 from gated.policy import HoldListStatus, PolicySettings, decide
@@ -489,6 +490,7 @@ def bench_ocr(quick: bool) -> dict[str, Any]:
 
 
 BENCHES = {
+    "commands": bench_commands,
     "policy": bench_policy,
     "store": bench_store,
     "pipeline": bench_pipeline,

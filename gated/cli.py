@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     query.set_defaults(handler=_query)
 
     bench = commands.add_parser("bench", help="run a benchmark; the last stdout line is JSON")
-    bench.add_argument("name", choices=["policy", "store", "pipeline", "rpm", "ocr"], help="which benchmark")
+    bench.add_argument(
+        "name", choices=["policy", "store", "pipeline", "rpm", "ocr", "commands"], help="which benchmark"
+    )
     bench.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     bench.set_defaults(handler=_bench)
     return parser

@@ -209,6 +209,7 @@ class HoldCommandWorker:
         except queue.Empty:
             return False
         outcome = self.verifier.verify(raw)
+        time.sleep(0)  # hand the interpreter to the pipeline between commands: trucks come first
         if isinstance(outcome, VerifiedCommand):
             if len(self._verified) >= self.config.command_queue:
                 self.stats.dropped += 1

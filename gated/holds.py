@@ -1094,7 +1094,8 @@ class HoldStore:
         with self._writing("import holds") as conn:
             self._check_list_date(conn, file, as_of, now, checks.allow_old)
             if replace:
-                self._check_shrink(conn, file, specs, checks.allow_shrink)
+                # An empty list the operator confirmed (allow_empty) is a shrink they confirmed too.
+                self._check_shrink(conn, file, specs, checks.allow_shrink or not specs)
                 released += self._release_absent(conn, file, [s for _, s in specs if isinstance(s, _Place)])
             for line, spec in specs:
                 if isinstance(spec, _Place):

@@ -47,3 +47,28 @@ def test_pipeline_bench_delivers_every_reading_and_reports_the_comparison() -> N
     assert result["ratio"] == pytest.approx(
         result["gated_per_second"] / result["plain_paho_per_second"], abs=0.01
     )
+
+
+@pytest.mark.timeout(300)
+def test_commands_bench_measures_trucks_quiet_and_under_a_command_burst() -> None:
+    require_tool("mosquitto")
+    done = subprocess.run(
+        [sys.executable, "-m", "gated", "bench", "commands", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["bench"], result["burst"], result["trucks"]) == ("commands", 2_000, 10)
+    for figures in (result["quiet_decision_ms"], result["flood_decision_ms"]):
+        assert 0 < figures["p50"] <= figures["p95"] <= figures["max"]
+    assert result["ratio_p95"] == pytest.approx(
+        result["flood_decision_ms"]["p95"] / result["quiet_decision_ms"]["p95"], abs=0.02
+    )
+    commands = result["commands"]
+    assert commands["sent"] == 2_000 and commands["signed"] == 200
+    # Every command was taken in: applied, rejected or dropped as too many, and each counted.
+    assert commands["received"] == commands["sent"]
+    assert commands["applied"] + commands["rejected"] + commands["dropped"] <= commands["received"]
+    assert commands["applied"] > 0 and commands["rejected"] > 0

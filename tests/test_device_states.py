@@ -5,7 +5,16 @@ clerk. Either going down raises a device_fault alarm."""
 from __future__ import annotations
 
 from gated.model import DeviceState, ScreeningVerdict
-from tests.test_payload_schemas import CLEAN, LANE, PREFIX, Gate, gate, payload_of, place_command
+from tests.test_payload_schemas import (
+    CLEAN,
+    LANE,
+    PREFIX,
+    Gate,
+    gate,
+    payload_of,
+    place_command,
+    sync_command,
+)
 
 __all__ = ["gate"]  # the fixture, used by name
 
@@ -23,6 +32,7 @@ def test_a_degraded_device_still_decides_and_an_offline_one_sends_to_review(gate
         gate.pipeline.device_status(LANE, device, DeviceState.ONLINE, "connected")
     gate.pipeline.step()
     gate.command(place_command("cmd-1"))
+    gate.command(sync_command("cmd-2", 1))  # customs confirms the list: one CBP hold
 
     gate.pipeline.device_status(LANE, "ocr-1", DeviceState.DEGRADED, "1 of 3 views down: view side-left")
     gate.pipeline.step()

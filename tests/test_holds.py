@@ -6,19 +6,22 @@ import argparse
 import json
 import re
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from gated.clock import ManualClock
 from gated.db import metadata, open_engine
 from gated.errors import ContainerNumberError, HoldListError, StorageError
 from gated.holds import SCHEMA, HoldStore
 from gated.holds_cli import register
+from gated.iso6346 import check_digit
+from gated.store import audit
 from tests.customs import verified
 
 CLEAN = "ABCU1234560"
@@ -732,3 +735,107 @@ def test_cli_usage_errors_exit_2(engine: Engine, argv: list[str], capsys: pytest
     with pytest.raises(SystemExit) as exited:
         run_cli(engine, *argv)
     assert exited.value.code == 2
+
+
+# --- an import is the operator's view of the list: refused when it would clear containers ---------------
+
+
+def twelve_holds(tmp_path: Path, count: int = 12, name: str = "full.csv") -> Path:
+    rows = "".join(f"ABCU{n:06d}{check_digit(f'ABCU{n:06d}')},CBP,customs\n" for n in range(count))
+    return write(tmp_path / name, "container,agency,hold_type\n" + rows)
+
+
+def test_a_full_list_replaces_the_active_holds(store: HoldStore, tmp_path: Path, clock: ManualClock) -> None:
+    store.import_file(twelve_holds(tmp_path), replace=True, reason="CBP list")
+    assert store.state().active == 12
+    clock.advance(60)
+    smaller = twelve_holds(tmp_path, 8, "smaller.csv")
+    result = store.import_file(smaller, replace=True, reason="CBP list, later")
+    assert (result.placed, result.released, result.unchanged) == (0, 4, 8)
+    released = [hold for hold in store.list_holds(active_only=False) if not hold.active]
+    assert {hold.release_reference for hold in released} == {"not in smaller.csv"}
+    assert store.state().confirmed_at == clock.now()
+
+
+@pytest.mark.parametrize(
+    ("flag", "problem"),
+    [
+        ("allow_empty", "no holds in the file"),
+        ("allow_shrink", "would replace 12"),
+        ("allow_old", "more than a day"),
+    ],
+)
+def test_imports_that_would_clear_containers_need_the_operators_word(
+    store: HoldStore, tmp_path: Path, clock: ManualClock, flag: str, problem: str
+) -> None:
+    store.import_file(twelve_holds(tmp_path), replace=True, reason="CBP list")
+    before = store.state()
+    clock.advance(60)
+    path = {
+        "allow_empty": write(tmp_path / "empty.csv", ""),
+        "allow_shrink": twelve_holds(tmp_path, 3, "three.csv"),
+        "allow_old": twelve_holds(tmp_path),
+    }[flag]
+    options: dict[str, Any] = {"replace": flag != "allow_old"}
+    if flag == "allow_old":
+        options["list_date"] = clock.now() - timedelta(days=2)
+    with pytest.raises(HoldListError, match=problem):
+        store.import_file(path, "holds", reason="r", **options)
+    assert store.state() == before
+    store.import_file(path, "holds", reason="r", **options, **{flag: True})
+    assert store.state().confirmed_at == options.get("list_date", clock.now())
+
+
+def test_a_list_older_than_the_current_one_is_refused(
+    store: HoldStore, tmp_path: Path, clock: ManualClock
+) -> None:
+    store.import_file(twelve_holds(tmp_path), reason="today's list")
+    clock.advance(60)
+    with pytest.raises(HoldListError, match="before the one it replaces"):
+        store.import_file(twelve_holds(tmp_path), reason="r", list_date=clock.now() - timedelta(minutes=5))
+    with pytest.raises(HoldListError, match="in the future"):
+        store.import_file(twelve_holds(tmp_path), reason="r", list_date=clock.now() + timedelta(hours=1))
+
+
+def test_cli_import_flags(engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    full = str(twelve_holds(tmp_path))
+    assert run_cli(engine, "holds", "import", full, "--replace", "--reason", "CBP list") == 0
+    three = str(twelve_holds(tmp_path, 3, "three.csv"))
+    assert run_cli(engine, "holds", "import", three, "--replace", "--reason", "r") == 1
+    assert "--allow-shrink" in capsys.readouterr().err
+    assert run_cli(engine, "holds", "import", three, "--replace", "--allow-shrink", "--reason", "r") == 0
+    old = ("--list-date", "2020-01-01T00:00:00Z")
+    assert run_cli(engine, "holds", "import", full, *old, "--reason", "r") == 1
+    assert "--allow-old" in capsys.readouterr().err
+    assert run_cli(engine, "holds", "import", full, *old, "--allow-old", "--reason", "r") == 0
+    assert run_cli(engine, "holds", "import", full, "--list-date", "yesterday", "--reason", "r") == 1
+    assert "RFC 3339" in capsys.readouterr().err
+
+
+def test_the_audit_names_the_operator_and_the_reason(engine: Engine, tmp_path: Path) -> None:
+    assert (
+        run_cli(
+            engine,
+            "holds",
+            "add",
+            "--container",
+            HELD,
+            "--agency",
+            "CBP",
+            "--type",
+            "exam",
+            "--reason",
+            "tip-off",
+        )
+        == 0
+    )
+    assert (
+        run_cli(engine, "holds", "release", "--container", HELD, "--all-agencies", "--reason", "cleared") == 0
+    )
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(audit.c.actor, audit.c.action, audit.c.detail).order_by(audit.c.ts)))
+    assert [(actor.startswith("operator:"), action) for actor, action, _ in rows] == [
+        (True, "hold_place"),
+        (True, "hold_release"),
+    ]
+    assert [json.loads(detail)["reason"] for _, _, detail in rows] == ["tip-off", "cleared"]
