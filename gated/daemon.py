@@ -169,25 +169,11 @@ class Daemon:
         log.critical("closing every lane and exiting: %s", detail)
         for entry in self.gate.lanes.values():
             entry.barrier.revoke(detail)
-        now = self.clock.now()
-        messages = []
-        for lane in self.config.lanes:
-            messages.append(
-                lane_status_message(
-                    self.topics, lane.id, "closed", {}, f"gated failed: no automatic release ({detail})", now
-                )
-            )
-            messages.append(
-                alarm_message(
-                    self.topics,
-                    lane=lane.id,
-                    alarm="node_failure",
-                    text=f"gated failed and restarts: lane closed to automatic release: {detail}",
-                    ts=now,
-                    severity="high",
-                )
-            )
-        self.publisher.publish_volatile(messages)
+        self._close_lanes(
+            f"gated failed: no automatic release ({detail})",
+            "node_failure",
+            f"gated failed and restarts: lane closed to automatic release: {detail}",
+        )
         self._done.set()
 
     def _supervised(self, name: str, target: Callable[[threading.Event], None]) -> threading.Thread:
@@ -207,26 +193,22 @@ class Daemon:
 
     def _on_storage(self, ok: bool, detail: str) -> None:
         """Storage failed: nothing can be stored, so say so directly (seq null) on every lane."""
-        if ok:
-            return
+        if not ok:
+            self._close_lanes(
+                f"storage failure: no automatic release ({detail})",
+                "storage_failure",
+                f"gated cannot store decisions: lane closed to automatic release: {detail}",
+            )
+
+    def _close_lanes(self, reason: str, alarm: str, text: str) -> None:
+        """Every lane's status ``closed`` and a high alarm, published directly (``seq`` null): sent
+        when the daemon can no longer trust itself to store or decide."""
         now = self.clock.now()
-        topics = Topics(self.config.site)
         messages = []
         for lane in self.config.lanes:
+            messages.append(lane_status_message(self.topics, lane.id, "closed", {}, reason, now))
             messages.append(
-                lane_status_message(
-                    topics, lane.id, "closed", {}, f"storage failure: no automatic release ({detail})", now
-                )
-            )
-            messages.append(
-                alarm_message(
-                    topics,
-                    lane=lane.id,
-                    alarm="storage_failure",
-                    text=f"gated cannot store decisions: lane closed to automatic release: {detail}",
-                    ts=now,
-                    severity="high",
-                )
+                alarm_message(self.topics, lane=lane.id, alarm=alarm, text=text, ts=now, severity="high")
             )
         self.publisher.publish_volatile(messages)
 

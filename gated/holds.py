@@ -1410,20 +1410,6 @@ def _required(key: str, payload: Mapping[Any, Any]) -> object:
     return payload[key]
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return type(value).__name__
-
-
 def _blank_to_none(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         return None

@@ -20,6 +20,7 @@ from gated.db import open_engine
 from gated.hold_commands import MAX_COMMAND_BYTES, CommandVerifier, HoldCommandWorker, customs_keys
 from gated.holds import HoldCommandResult, HoldStore, VerifiedCommand
 from gated.messages import Topics
+from gated.payload_schemas import validate_payload
 from gated.store import Store, audit
 from tests.customs import ROGUE_KEY, command, keys_config, signed
 
@@ -171,6 +172,8 @@ def test_a_flood_is_paced_counted_and_cannot_crowd_out_authentic_commands(
     while commands.step():
         pass
     assert commands.stats.rejected == 50
+    alarms = [body for topic, body in published(store) if topic.endswith("/alarm")]
+    assert [a["alarm"] for a in alarms] == ["hold_command_flood"] and "150 dropped" in alarms[0]["text"]
     answered = [ack for topic, ack in published(store) if topic.endswith("/holds/ack")]
     assert len(answered) == 50 - commands.stats.unanswered <= 20  # rejections are answered at a pace
     # Authentic commands are applied at their own pace, at most a burst at once.
@@ -188,6 +191,8 @@ def test_a_flood_is_paced_counted_and_cannot_crowd_out_authentic_commands(
     assert 0 < commands.stats.applied <= 25
     commands.drain()
     assert commands.stats.applied == 40 and len(holds.active_holds_for(HELD)) == 40
+    for topic, body in published(store):
+        assert validate_payload(topic, body) == [], topic
 
 
 def test_a_sync_that_does_not_match_raises_an_alarm_on_every_lane(
@@ -199,4 +204,6 @@ def test_a_sync_that_does_not_match_raises_an_alarm_on_every_lane(
     commands.drain()
     alarms = [body for topic, body in published(store) if topic.endswith("/alarm")]
     assert [(a["lane"], a["alarm"]) for a in alarms] == [("lane-1", "hold_list_out_of_sync")]
+    for topic, body in published(store):
+        assert validate_payload(topic, body) == [], topic
     assert holds.state().confirmed_at is None

@@ -20,6 +20,7 @@ import pytest
 import gated.daemon
 from gated.config import load_config
 from gated.daemon import Daemon
+from gated.payload_schemas import validate_payload
 from simulators.lane import LaneDevices
 from tests.conftest import Mosquitto
 from tests.customs import confirm_hold_list
@@ -78,6 +79,8 @@ def test_an_unexpected_error_closes_every_lane_and_ends_the_daemon(
     )
     assert "a bug nobody foresaw" in alarm[0].payload["text"]
     assert lane_devices.barrier is not None and lane_devices.barrier.permit() == 0
+    for message in (closed[-1], alarm[0]):
+        assert validate_payload(message.topic, message.payload) == []
 
 
 def test_a_hung_part_is_not_healthy(
