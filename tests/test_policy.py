@@ -278,3 +278,61 @@ def test_pre_advice_does_not_vouch_for_a_weak_read_another_number_or_a_held_box(
     assert unadvised[0].outcome is Outcome.MANUAL_REVIEW
     assert held[0].outcome is Outcome.HOLD
     assert switched_off[0].outcome is Outcome.MANUAL_REVIEW
+
+
+def test_a_preadvised_box_nobody_read_is_checked_and_never_released() -> None:
+    announced = frozenset({CLEAN, OTHER})
+    read_one = decide(truck(CLEAN), {}, FRESH, SETTINGS, now=NOW, expected_containers=announced)
+    by_box = {d.container: d for d in read_one}
+    assert by_box[CLEAN].outcome is Outcome.RELEASE
+    assert by_box[OTHER].outcome is Outcome.MANUAL_REVIEW and codes(by_box[OTHER]) == {"PREADVISED_NOT_READ"}
+    assert not policy.may_open(read_one)
+
+    other_hold = {**HOLD, "container": OTHER}
+    held = decide(
+        truck(CLEAN), {OTHER: [other_hold]}, FRESH, SETTINGS, now=NOW, expected_containers=announced
+    )
+    held_box = next(d for d in held if d.container == OTHER)
+    assert held_box.outcome is Outcome.HOLD and {"PREADVISED_NOT_READ", "HOLD_ACTIVE"} <= codes(held_box)
+    assert held_box.holds == (other_hold,)
+
+
+def test_a_preadvised_box_fills_the_slot_the_camera_counted_but_could_not_read() -> None:
+    two_boxes = visit(
+        reading(Source.EPC, "e280aa"),
+        reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.97),
+        reading(Source.PASSAGE_END, 2),
+        reading(Source.SCREENING, "clear"),
+    )
+    decisions = decide(two_boxes, {}, FRESH, SETTINGS, now=NOW, expected_containers=frozenset({CLEAN, OTHER}))
+    assert [(d.container, d.outcome) for d in decisions] == [
+        (CLEAN, Outcome.RELEASE),
+        (OTHER, Outcome.MANUAL_REVIEW),
+    ]
+    assert "OCR_UNREAD" not in codes(decisions[1])
+
+
+@given(
+    read=st.sets(st.sampled_from([CLEAN, OTHER, "TGHU9000011"]), max_size=3),
+    announced=st.sets(st.sampled_from([CLEAN, OTHER, "TGHU9000011"]), max_size=3),
+    held=st.sets(st.sampled_from([CLEAN, OTHER, "TGHU9000011"]), max_size=3),
+)
+def test_no_held_box_the_truck_is_known_to_carry_ever_opens_the_barrier(
+    read: set[str], announced: set[str], held: set[str]
+) -> None:
+    items = [reading(Source.EPC, "e280aa"), reading(Source.SCREENING, "clear")]
+    items += [reading(Source.CONTAINER_NUMBER, number, confidence=0.97) for number in sorted(read)]
+    items.append(reading(Source.PASSAGE_END, len(read)))
+    holds = {number: [{**HOLD, "container": number}] for number in held}
+    decisions = decide(
+        visit(*items), holds, FRESH, SETTINGS, now=NOW, expected_containers=frozenset(announced)
+    )
+    carried = read | announced
+    if carried & held:
+        assert not policy.may_open(decisions)
+        assert {d.container for d in decisions if d.outcome is Outcome.HOLD} == carried & held
+
+
+def test_a_list_customs_called_out_of_step_is_stale() -> None:
+    [decision] = decide(truck(), {}, HoldListStatus(loaded=True, confirmed_at=None), SETTINGS, now=NOW)
+    assert decision.outcome is Outcome.MANUAL_REVIEW and "HOLD_LIST_STALE" in codes(decision)
