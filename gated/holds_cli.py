@@ -15,6 +15,7 @@ import pwd
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -50,7 +51,7 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--kind", choices=["holds", "manifest"], help="default: told by the columns")
-    imp.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    imp.add_argument("--reason", help="why (kept in the audit trail; default: the file's name)")
     imp.add_argument(
         "--replace",
         action="store_true",
@@ -155,7 +156,7 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
         args.file,
         kind,
         actor=operator(),
-        reason=args.reason,
+        reason=args.reason or f"import of {Path(args.file).name}",
         replace=args.replace,
         list_date=list_date,
         allow_empty=args.allow_empty,

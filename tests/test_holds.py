@@ -726,7 +726,6 @@ def test_cli_errors_are_one_line_and_exit_1(
         ["holds", "release"],
         ["holds", "release", "--id", "one"],
         ["holds", "import", "f.csv", "--kind", "other", "--reason", "r"],
-        ["holds", "import", "f.csv"],
         ["holds", "add", "--container", HELD, "--agency", "CBP", "--type", "customs"],
         ["holds", "release", "--container", HELD, "--agency", "CBP", "--all-agencies", "--reason", "r"],
     ],
@@ -839,3 +838,10 @@ def test_the_audit_names_the_operator_and_the_reason(engine: Engine, tmp_path: P
         (True, "hold_release"),
     ]
     assert [json.loads(detail)["reason"] for _, _, detail in rows] == ["tip-off", "cleared"]
+
+
+def test_an_import_without_a_reason_is_audited_with_its_file(engine: Engine, tmp_path: Path) -> None:
+    assert run_cli(engine, "holds", "import", str(twelve_holds(tmp_path))) == 0
+    with engine.connect() as conn:
+        actor, detail = conn.execute(select(audit.c.actor, audit.c.detail)).one()
+    assert actor.startswith("operator:") and json.loads(detail)["reason"] == "import of full.csv"
