@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +48,7 @@ MAX_FUTURE_SECONDS = 60.0  # clock skew a command's ts may show
 REJECTION_ACKS_PER_SECOND = 10.0
 FLOOD_ALARM_EVERY_SECONDS = 60.0
 MAX_AUDITED_COMMAND = 4096
+MIN_YEAR, MAX_YEAR = 2000, 2999  # beyond these a command's ts is no time customs could have meant
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,11 @@ class HoldCommandWorker:
             )
         except queue.Empty:
             return False
-        outcome = self.verifier.verify(raw)
+        try:
+            outcome = self.verifier.verify(raw)
+        except Exception:  # a bug in checking one message must not let outsiders stop the gate
+            log.exception("hold command could not be checked")
+            outcome = _rejected(None, None, None, "the command could not be checked")
         time.sleep(0)  # hand the interpreter to the pipeline between commands: trucks come first
         if isinstance(outcome, VerifiedCommand):
             if len(self._verified) >= self.config.command_queue:
@@ -331,6 +336,7 @@ def holds_state_message(
         "updated_at": rfc3339(state.updated_at) if state.updated_at else None,
         "confirmed_at": rfc3339(state.confirmed_at) if state.confirmed_at else None,
         "confirmed_by": state.confirmed_by,
+        "out_of_step": state.out_of_step,
         "loaded": state.loaded,
         "fresh": state.fresh(now, max_age_seconds),
     }
@@ -351,13 +357,17 @@ def _echoable(value: object) -> str | None:
 
 
 def _timestamp(value: object) -> datetime | None:
+    """An RFC 3339 time with its offset, in UTC; None for anything else (year 0001 or 9999 in
+    another zone cannot even be converted, so such years are refused first)."""
     if not isinstance(value, str) or len(value) > 40:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None or not MIN_YEAR <= parsed.year <= MAX_YEAR:
+            return None
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def _json_type(value: object) -> str:

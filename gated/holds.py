@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,6 +42,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    false,
     func,
     insert,
     or_,
@@ -54,8 +54,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
-from gated.errors import ContainerNumberError, HoldListError, StorageError
+from gated.errors import ContainerNumberError, HoldListError, PayloadError, StorageError
 from gated.iso6346 import ContainerNumber, normalise
+from gated.jsonsafe import parse_json
 from gated.store import AuditRecord, insert_audit
 
 SCHEMA = "gated.hold/1"
@@ -78,6 +79,8 @@ MAX_IMPORT_AGE = timedelta(days=1)
 MAX_FUTURE = timedelta(minutes=10)
 """How far ahead of gated's clock a list's date may be (clock skew)."""
 MAX_REPORTED_PROBLEMS = 20
+MAX_JSON_LINE_BYTES = 16384
+MAX_JSON_LINE_DEPTH = 4
 _HOLD_TYPE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _STATE_ID = 1
 
@@ -131,6 +134,8 @@ holdlist_state = Table(
     # The as-of time of the last authenticated full view (operator import or customs' sync), and who.
     Column("confirmed_at", UTCDateTime(), nullable=True),
     Column("confirmed_by", String(MAX_ACTOR + 16), nullable=True),
+    # Customs' signed word that the list differs from theirs: stale until a matching sync or a full list.
+    Column("out_of_step", Boolean(), nullable=False, server_default=false()),
     CheckConstraint(f"id = {_STATE_ID}", name="ck_holdlist_state_single_row"),
 )
 
@@ -195,8 +200,9 @@ class HoldListState:
     """How current the hold list is. ``version`` counts changes; ``updated_at`` is the last change.
     ``loaded`` is False until an authenticated full view arrived (an operator's import or customs'
     matching sync): an empty list that was never loaded must not release anything. ``confirmed_at``
-    is that view's as-of time (freshness is measured from it), None once customs said the list is
-    out of step; ``confirmed_by`` says who (``key:ID`` or ``operator:USER``)."""
+    is that view's as-of time (freshness is measured from it); ``confirmed_by`` says who (``key:ID``
+    or ``operator:USER``). ``out_of_step``: customs' last sync did not match, so the list is stale
+    until one does or an operator imports the full list."""
 
     version: int
     active: int
@@ -205,11 +211,13 @@ class HoldListState:
     loaded_at: datetime | None
     confirmed_at: datetime | None = None
     confirmed_by: str | None = None
+    out_of_step: bool = False
 
     def fresh(self, now: datetime, max_age_seconds: float) -> bool:
-        """Loaded, and confirmed no longer than ``max_age_seconds`` before ``now``."""
+        """Loaded, in step with customs, and confirmed no longer than ``max_age_seconds`` ago."""
         return (
             self.loaded
+            and not self.out_of_step
             and self.confirmed_at is not None
             and (now - self.confirmed_at).total_seconds() <= max_age_seconds
         )
@@ -223,6 +231,7 @@ class HoldListState:
             "loaded_at": _time(self.loaded_at),
             "confirmed_at": _time(self.confirmed_at),
             "confirmed_by": self.confirmed_by,
+            "out_of_step": self.out_of_step,
         }
 
 
@@ -243,9 +252,11 @@ class ImportResult:
     manifest_added: int
     unchanged: int
     version: int
+    confirmed: bool = False  # the import confirmed the hold list (loaded and fresh as of its date)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "confirmed": self.confirmed,
             "path": self.path,
             "kind": self.kind,
             "rows": self.rows,
@@ -517,9 +528,9 @@ def _read_json_lines(path: Path, content: str) -> tuple[list[_FileRow], set[str]
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{path}:{number}: not valid JSON: {error.msg}")
+            value = parse_json(line, max_bytes=MAX_JSON_LINE_BYTES, max_depth=MAX_JSON_LINE_DEPTH)
+        except PayloadError as error:
+            problems.append(f"{path}:{number}: not valid JSON: {error}")
             continue
         if not isinstance(value, dict):
             problems.append(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
@@ -529,6 +540,10 @@ def _read_json_lines(path: Path, content: str) -> tuple[list[_FileRow], set[str]
             name = _column(key)
             if name is None:
                 problems.append(f"{path}:{number}: unknown key {key!r}")
+                continue
+            if name in values:
+                # "container" and "container_number" at once: which one is held must not be a guess.
+                problems.append(f"{path}:{number}: {key!r} names the {name} a second time")
                 continue
             if item is not None and not isinstance(item, str):
                 problems.append(f"{path}:{number}: {key} must be text, got {type(item).__name__}")
@@ -649,6 +664,7 @@ class HoldStore:
                         loaded_at=None,
                         confirmed_at=None,
                         confirmed_by=None,
+                        out_of_step=False,
                     )
                 )
         except IntegrityError:
@@ -682,12 +698,26 @@ class HoldStore:
         ).scalar_one()
         return int(version)
 
-    def _confirm(self, conn: Connection, as_of: datetime | None, by: str) -> None:
-        """Record an authenticated full view as of ``as_of`` (None: customs says we are out of step)."""
-        values: dict[str, Any] = {"confirmed_at": as_of, "confirmed_by": by[: MAX_ACTOR + 16]}
-        if as_of is not None:
-            values.update(loaded=True, loaded_at=self._clock.now())
-        conn.execute(update(holdlist_state).where(holdlist_state.c.id == _STATE_ID).values(**values))
+    def _confirm(self, conn: Connection, as_of: datetime, by: str) -> None:
+        """Record an authenticated full view as of ``as_of``: loaded, fresh from then, in step."""
+        conn.execute(
+            update(holdlist_state)
+            .where(holdlist_state.c.id == _STATE_ID)
+            .values(
+                confirmed_at=as_of,
+                confirmed_by=by[: MAX_ACTOR + 16],
+                loaded=True,
+                loaded_at=self._clock.now(),
+                out_of_step=False,
+            )
+        )
+
+    def _out_of_step(self, conn: Connection) -> bool:
+        return bool(
+            conn.execute(
+                select(holdlist_state.c.out_of_step).where(holdlist_state.c.id == _STATE_ID)
+            ).scalar()
+        )
 
     def _audit(
         self, conn: Connection, actor: str, action: str, subject: str | None, detail: dict[str, Any]
@@ -922,6 +952,7 @@ class HoldStore:
             loaded_at=row.loaded_at,
             confirmed_at=row.confirmed_at,
             confirmed_by=row.confirmed_by,
+            out_of_step=bool(row.out_of_step),
         )
 
     # -- files
@@ -945,11 +976,13 @@ class HoldStore:
         "file:line: problem" per problem.
 
         A hold list is the operator's authenticated view: it makes the list loaded and fresh as of
-        ``list_date`` (default now). With ``replace`` it is the complete list of active holds, and
-        active holds it does not name are released. Refused unless the operator says so: a list
-        without holds (``allow_empty``: a truncated download must not clear every container), a
-        full list less than half the size of the one it replaces (``allow_shrink``), a list dated
-        before the one it replaces or more than a day ago (``allow_old``)."""
+        ``list_date`` (default now), unless customs' last sync said the list is out of step: then
+        only a full list clears that. With ``replace`` it is the complete list of active holds of
+        the agencies it names, and their active holds it does not list are released. Refused
+        unless the operator says so: a list without holds (``allow_empty``: a truncated download
+        must not clear every container), a full list less than half of what an agency it names
+        holds now (``allow_shrink``), a list dated before the one it replaces or more than a day
+        ago (``allow_old``)."""
         if kind not in (None, "holds", "manifest"):
             raise HoldListError(f"unknown import kind {kind!r}: use holds or manifest")
         file = Path(path)
@@ -1094,8 +1127,7 @@ class HoldStore:
         with self._writing("import holds") as conn:
             self._check_list_date(conn, file, as_of, now, checks.allow_old)
             if replace:
-                # An empty list the operator confirmed (allow_empty) is a shrink they confirmed too.
-                self._check_shrink(conn, file, specs, checks.allow_shrink or not specs)
+                self._check_shrink(conn, file, specs, checks.allow_shrink)
                 released += self._release_absent(conn, file, [s for _, s in specs if isinstance(s, _Place)])
             for line, spec in specs:
                 if isinstance(spec, _Place):
@@ -1111,7 +1143,10 @@ class HoldStore:
                     released += count
             _raise_problems(file, problems)
             version = self._changed(conn, changed=placed + released > 0)
-            self._confirm(conn, as_of, actor)
+            # Customs' word that the list is out of step outweighs a partial file: only a full one clears it.
+            confirmed = replace or not self._out_of_step(conn)
+            if confirmed:
+                self._confirm(conn, as_of, actor)
             result = ImportResult(
                 path=str(file),
                 kind="holds",
@@ -1121,6 +1156,7 @@ class HoldStore:
                 manifest_added=0,
                 unchanged=unchanged,
                 version=version,
+                confirmed=confirmed,
             )
             detail = {**result.to_json(), "replace": replace, "list_date": rfc3339(as_of), "reason": reason}
             self._audit(conn, actor, "holds_import", file.name[:128], detail)
@@ -1150,25 +1186,35 @@ class HoldStore:
     def _check_shrink(
         self, conn: Connection, file: Path, specs: list[tuple[int, _Place | _Release]], allow_shrink: bool
     ) -> None:
-        current = int(
-            conn.execute(
-                select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
-            ).scalar_one()
-        )
-        wanted = len({_identity(spec) for _, spec in specs if isinstance(spec, _Place)})
-        if not allow_shrink and current >= SHRINK_FLOOR and wanted * 2 < current:
-            raise HoldListError(
-                f"{file}: the full list has {wanted} holds and would replace {current}: refused, since a "
-                "truncated list would clear containers; give --allow-shrink if customs really released them"
+        """Per agency the full list names: it may not be less than half of what that agency holds."""
+        wanted: dict[str, set[tuple[str | None, str | None, str, str]]] = {}
+        for _, spec in specs:
+            if isinstance(spec, _Place):
+                wanted.setdefault(spec.agency, set()).add(_identity(spec))
+        for agency, listed in sorted(wanted.items()):
+            current = int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(holds)
+                    .where(holds.c.released_at.is_(None), holds.c.agency == agency)
+                ).scalar_one()
             )
+            if not allow_shrink and current >= SHRINK_FLOOR and len(listed) * 2 < current:
+                raise HoldListError(
+                    f"{file}: the full list has {len(listed)} {agency} holds and would replace {current}: "
+                    "refused, since a truncated list would clear containers; give --allow-shrink if customs "
+                    "really released them"
+                )
 
     def _release_absent(self, conn: Connection, file: Path, wanted: list[_Place]) -> int:
-        """Release the active holds a full list does not name."""
+        """Release the active holds of the agencies a full list names that it does not list (another
+        agency's holds are not this list's to end)."""
         keep = {_identity(spec) for spec in wanted}
+        agencies = {spec.agency for spec in wanted}
         rows = conn.execute(
             select(
                 holds.c.id, holds.c.container, holds.c.bill_of_lading, holds.c.agency, holds.c.hold_type
-            ).where(holds.c.released_at.is_(None))
+            ).where(holds.c.released_at.is_(None), holds.c.agency.in_(agencies))
         ).all()
         gone = [
             row.id
@@ -1238,6 +1284,17 @@ class HoldStore:
                 )
             reason = f"command id {command_id!r} of key {key!r} was used before (rejected: {earlier.reason})"
             return HoldCommandResult(command_id, action, False, False, reason[:MAX_REASON], key=key)
+        newest = conn.execute(
+            select(func.max(hold_commands.c.issued_at)).where(hold_commands.c.key_id == key)
+        ).scalar()
+        if newest is not None and command.issued_at < newest:
+            # A key's commands take effect in the order they were made: an older release arriving
+            # late must not end a newer hold, nor an older sync vouch for the list again.
+            reason = (
+                f"made {rfc3339(command.issued_at)}, before key {key!r}'s newest command "
+                f"({rfc3339(newest)}): out of order; send it again with a new ts"
+            )
+            return HoldCommandResult(command_id, action, False, False, reason, key=key)
         try:
             spec = parse_command(payload)
             if spec.agency not in command.agencies:
@@ -1287,7 +1344,9 @@ class HoldStore:
         mine = [(row.container, row.bill_of_lading, row.hold_type) for row in active]
         if len(mine) != spec.count or (spec.digest is not None and spec.digest != holds_digest(mine)):
             # Customs' own word that the list is out of step: it is stale until a sync matches.
-            self._confirm(conn, None, f"key:{key}")
+            conn.execute(
+                update(holdlist_state).where(holdlist_state.c.id == _STATE_ID).values(out_of_step=True)
+            )
             what = "count" if len(mine) != spec.count else "digest"
             reason = (
                 f"out of step with customs ({what}): {spec.agency} has {spec.count} active holds, "

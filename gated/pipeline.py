@@ -403,7 +403,12 @@ class Pipeline:
     # -- the hold list ------------------------------------------------------------------------
     def hold_list_status(self) -> HoldListStatus:
         state = self.holds.state()
-        return HoldListStatus(loaded=state.loaded, confirmed_at=state.confirmed_at, version=state.version)
+        return HoldListStatus(
+            loaded=state.loaded,
+            confirmed_at=state.confirmed_at,
+            version=state.version,
+            out_of_step=state.out_of_step,
+        )
 
     def holds_state_message(self) -> Message:
         return holds_state_message(

@@ -54,6 +54,7 @@ class HoldListStatus:
     loaded: bool
     confirmed_at: datetime | None  # the last authenticated full view (customs' sync, an import)
     version: int = 0
+    out_of_step: bool = False  # customs' last sync did not match what gated holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +199,13 @@ def decide(
         )
     if not hold_list.loaded:
         common.append(Reason(HOLD_LIST_NOT_LOADED, "no hold list loaded: no automatic release"))
+    elif hold_list.out_of_step:
+        common.append(Reason(HOLD_LIST_STALE, "customs' last sync does not match the hold list: stale"))
     else:
         age = None if hold_list.confirmed_at is None else (now - hold_list.confirmed_at).total_seconds()
         limit = settings.hold_list_max_age_seconds
         if age is None or (limit is not None and age > limit):
-            shown = (
-                "not confirmed since customs said it is out of step" if age is None else f"{age:.0f} s ago"
-            )
+            shown = "never" if age is None else f"{age:.0f} s ago"
             common.append(Reason(HOLD_LIST_STALE, f"hold list last confirmed {shown}: stale"))
     screening, radiation_alarm = _screening_reasons(visit)
     common.extend(screening)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gated.clock import Clock, SystemClock
 from gated.db import UTCDateTime, metadata
-from gated.errors import ContainerNumberError, HoldListError, StorageError
+from gated.errors import ContainerNumberError, HoldListError, PayloadError, StorageError
 from gated.iso6346 import ContainerNumber
+from gated.jsonsafe import parse_json
 
 preadvice = Table(
     "preadvice",
@@ -81,8 +81,8 @@ def read_file(path: Path) -> list[PreadviceRow]:
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    records.append((number, json.loads(line)))
-                except ValueError as error:
+                    records.append((number, parse_json(line, max_bytes=16384, max_depth=4)))
+                except PayloadError as error:
                     records.append((number, error))
     else:
         reader = csv.DictReader(io.StringIO(text))

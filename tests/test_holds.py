@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ CLEAN = "ABCU1234560"
 HELD = "CSQU3054383"
 OTHER = "BICU1234565"
 SHIPPER_OWNED = "BICU1234566"  # well-formed, check digit does not fit
+MADE = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def make_engine(path: Path) -> Engine:
@@ -561,7 +562,8 @@ def test_concurrent_writers_take_turns(db_path: Path) -> None:
                     verified(
                         command(
                             id=message, action="place", container=HELD, agency="CBP", hold_type=f"t{worker}"
-                        )
+                        ),
+                        issued_at=MADE,  # one moment for all: the order the writers take turns in is free
                     )
                 )
                 store.place(bill_of_lading=f"B{worker}-{n}", agency="CBP", hold_type="exam")
@@ -845,3 +847,69 @@ def test_an_import_without_a_reason_is_audited_with_its_file(engine: Engine, tmp
     with engine.connect() as conn:
         actor, detail = conn.execute(select(audit.c.actor, audit.c.detail)).one()
     assert actor.startswith("operator:") and json.loads(detail)["reason"] == "import of full.csv"
+
+
+# --- what a careless operator or a late command must not do ----------------------------------------
+
+
+def test_a_full_list_of_one_agency_leaves_the_others_holds(store: HoldStore, tmp_path: Path) -> None:
+    store.import_file(twelve_holds(tmp_path), replace=True, reason="CBP list")
+    usda = store.place(container=HELD, agency="USDA", hold_type="usda", reason="plant quarantine")
+    store.import_file(twelve_holds(tmp_path), replace=True, reason="CBP list again")
+    assert [hold.id for hold in store.active_holds_for(HELD)] == [usda.id]
+
+
+def test_customs_out_of_step_is_cleared_only_by_a_matching_sync_or_a_full_list(
+    store: HoldStore, tmp_path: Path, clock: ManualClock
+) -> None:
+    store.import_file(twelve_holds(tmp_path), replace=True, reason="CBP list")
+    says_13 = store.apply_command(verified(command(id="s-1", action="sync", agency="CBP", count=13)))
+    assert says_13.out_of_step and store.state().out_of_step
+    assert not store.state().fresh(clock.now(), 3600)
+    one_more = write(tmp_path / "one.csv", f"container,agency,hold_type\n{HELD},CBP,customs\n")
+    result = store.import_file(one_more, reason="phoned in")
+    assert not result.confirmed and store.state().out_of_step  # a partial file proves nothing
+    clock.advance(1)
+    assert store.import_file(one_more, replace=True, allow_shrink=True, reason="full list").confirmed
+    assert store.state().fresh(clock.now(), 3600)
+
+
+def test_a_keys_commands_take_effect_in_the_order_they_were_made(store: HoldStore) -> None:
+    early = datetime.now(UTC) - timedelta(minutes=2)
+    release = command(id="r-1", action="release", container=HELD, agency="CBP", hold_type="exam")
+    place = command(id="p-1", action="place", container=HELD, agency="CBP", hold_type="exam")
+    assert store.apply_command(verified(place, issued_at=early + timedelta(minutes=1))).applied
+    late = store.apply_command(verified(release, issued_at=early))  # made first, arrived last
+    assert not late.applied and "out of order" in late.reason
+    assert len(store.active_holds_for(HELD)) == 1
+    # An old sync replayed after customs said the list is out of step vouches for nothing.
+    assert not store.apply_command(verified(command(id="s-2", action="sync", agency="CBP", count=7))).applied
+    replayed = store.apply_command(
+        verified(command(id="s-0", action="sync", agency="CBP", count=1), issued_at=early)
+    )
+    assert "out of order" in replayed.reason and store.state().out_of_step
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            '{"container": "%s", "container_number": "ABCU1234560", "agency": "CBP", "hold_type": "x"}',
+            "second time",
+        ),
+        ('{"container": "%s", "agency": "CBP", "hold_type": "x", "agency": "USDA"}', "duplicate key"),
+        ('{"container": "%s", "agency": "CBP", "hold_type": "x", "note": NaN}', "NaN"),
+        ('{"container": "%s", "agency": "CBP", "hold_type": "x", "code": ' + "9" * 5000 + "}", "digits"),
+        (
+            '{"container": "%s", "agency": "CBP", "hold_type": "x", "note": ' + "[" * 3000 + "]" * 3000 + "}",
+            "deep",
+        ),
+    ],
+)
+def test_json_lines_files_are_parsed_strictly(
+    store: HoldStore, tmp_path: Path, line: str, problem: str
+) -> None:
+    path = write(tmp_path / "holds.jsonl", line % HELD + "\n")
+    with pytest.raises(HoldListError, match=problem):
+        store.import_file(path, reason="r")
+    assert store.list_holds(active_only=False) == []

@@ -81,3 +81,40 @@ def test_a_database_made_before_migrations_is_taken_as_the_baseline_and_kept(tmp
     engine.dispose()
     assert _revision(path) == _head()
     assert _head() >= BASELINE
+
+
+def test_a_hold_list_from_before_signed_commands_is_kept_but_stale(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from gated.holds import HoldStore
+
+    path = tmp_path / "old.db"
+    old = create_engine(f"sqlite:///{path}")
+    config = Config()
+    config.set_main_option("script_location", "gated:migrations")
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    with old.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO holdlist_state (id, version, updated_at, loaded, loaded_at) VALUES (1, 1, :t, 1, :t)"
+            ),
+            {"t": when},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO holds (container, agency, hold_type, source_message_id, placed_at)"
+                " VALUES ('CSQU3054383', 'CBP', 'customs', 'cbp-1', :t)"
+            ),
+            {"t": when},
+        )
+    old.dispose()
+    engine = open_engine(path)
+    holds = HoldStore(engine)
+    state = holds.state()
+    assert [hold.container for hold in holds.active_holds_for("CSQU3054383")] == ["CSQU3054383"]
+    assert state.loaded and state.confirmed_at is None and not state.out_of_step
+    assert not state.fresh(when + timedelta(seconds=1), 3600)  # nothing confirmed it yet
+    engine.dispose()
+    assert _revision(path) == _head()

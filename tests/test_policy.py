@@ -334,5 +334,7 @@ def test_no_held_box_the_truck_is_known_to_carry_ever_opens_the_barrier(
 
 
 def test_a_list_customs_called_out_of_step_is_stale() -> None:
-    [decision] = decide(truck(), {}, HoldListStatus(loaded=True, confirmed_at=None), SETTINGS, now=NOW)
+    out_of_step = HoldListStatus(loaded=True, confirmed_at=NOW, out_of_step=True)
+    [decision] = decide(truck(), {}, out_of_step, SETTINGS, now=NOW)
     assert decision.outcome is Outcome.MANUAL_REVIEW and "HOLD_LIST_STALE" in codes(decision)
+    assert "does not match" in decision.reasons[-1].text or any("match" in r.text for r in decision.reasons)

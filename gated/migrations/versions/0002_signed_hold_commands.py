@@ -35,6 +35,7 @@ def upgrade() -> None:
     with op.batch_alter_table("holdlist_state", schema=None) as batch_op:
         batch_op.add_column(sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("confirmed_by", sa.String(length=80), nullable=True))
+        batch_op.add_column(sa.Column("out_of_step", sa.Boolean(), server_default=sa.false(), nullable=False))
     # "key:command id": a command id is unique per signing key, not across keys.
     with op.batch_alter_table("holds", schema=None) as batch_op:
         batch_op.alter_column(
@@ -67,6 +68,7 @@ def downgrade() -> None:
             existing_nullable=True,
         )
     with op.batch_alter_table("holdlist_state", schema=None) as batch_op:
+        batch_op.drop_column("out_of_step")
         batch_op.drop_column("confirmed_by")
         batch_op.drop_column("confirmed_at")
     op.drop_table("hold_commands")
