@@ -32,7 +32,7 @@ from gated.broker import EmbeddedBroker
 from gated.config import validate
 from gated.daemon import Daemon
 from gated.errors import ConfigError, GatedError
-from gated.holds import HoldStore
+from gated.holds import HoldStore, holds_digest
 from gated.holds_send import make_command, send_commands
 from gated.iso6346 import check_digit
 from gated.model import Decision, Visit
@@ -166,7 +166,13 @@ class _Customs:
         return send_commands(self.host, self.port, "demo", commands, self.key, CUSTOMS_KEY_ID, timeout=20.0)
 
     def sync(self) -> dict[str, Any] | None:
-        return self.send([make_command("sync", agency="CBP", count=len(self.holds))])[0]
+        """Customs' statement of its whole list: how many holds, and their digest (so a lost place
+        and a lost release cannot cancel out)."""
+        active = [
+            (hold.get("container"), hold.get("bill_of_lading"), str(hold["hold_type"])) for hold in self.holds
+        ]
+        digest = holds_digest(active)
+        return self.send([make_command("sync", agency="CBP", count=len(self.holds), digest=digest)])[0]
 
     def heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
