@@ -475,6 +475,8 @@ def test_over_tcp_like_a_serial_device_server() -> None:
     with SerialCredentialSimulator(tcp_port=0) as simulator:
         driver = make_driver(f"socket://127.0.0.1:{simulator.tcp_port}")
         with running(driver) as sink:
+            # Online only once the port is open: pyserial empties a socket's input as it opens it.
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
             wait_until("the simulator to accept the driver", lambda: simulator.client_count == 1)
             exercise(simulator, sink)
 
@@ -536,6 +538,8 @@ def test_simulator_stopped_takes_the_reader_offline() -> None:
     with SerialCredentialSimulator(tcp_port=0) as simulator:
         driver = make_driver(f"socket://127.0.0.1:{simulator.tcp_port}")
         with running(driver) as sink:
+            # Online only once the port is open: pyserial empties a socket's input as it opens it.
+            sink.wait_for("the driver to come online", lambda: sink.state is DeviceState.ONLINE)
             wait_until("the simulator to accept the driver", lambda: simulator.client_count == 1)
             simulator.present_card(CARD1, EXPIRES)
             sink.wait_for("the card", lambda: len(cards_read(sink)) == 1)

@@ -166,7 +166,8 @@ def test_rfid_and_ocr_disagreeing_never_releases(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs the test can fill up (mounting needs root)."""
+    """An 8 MiB tmpfs the test can fill up (mounting needs root). SQLite's WAL may reach ~4 MiB before
+    it is checkpointed: a smaller disk could fill up before the filler does."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     if os.geteuid() != 0:
@@ -175,7 +176,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             pytest.fail(message)
         pytest.skip(message)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], check=True, timeout=30
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], check=True, timeout=30
     )
     try:
         yield mount_point
@@ -184,15 +185,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(folder: Path) -> Path:
+    """Fill the disk to the last byte. Unbuffered, so nothing is left to flush (and fail) at close."""
     filler = folder / "filler"
-    with filler.open("wb") as sink, contextlib.suppress(OSError):
-        while True:
-            sink.write(b"\0" * 65536)
-            sink.flush()
-    with contextlib.suppress(OSError), filler.open("ab") as sink:
-        while True:
-            sink.write(b"\0" * 512)
-            sink.flush()
+    for chunk in (65536, 512):
+        with filler.open("ab", buffering=0) as sink, contextlib.suppress(OSError):
+            while True:
+                sink.write(b"\0" * chunk)
     return filler
 
 
