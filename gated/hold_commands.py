@@ -240,7 +240,8 @@ class HoldCommandWorker:
         return True
 
     def drain(self) -> None:
-        """Handle everything received so far, ignoring the pace (tests, shutdown)."""
+        """Handle everything received so far, ignoring the pace (for tests). At a stop, what was not
+        applied yet is not acknowledged either: customs sends it again."""
         while self.step() or self._verified:
             while self._verified:
                 self._store(self._verified.popleft())
