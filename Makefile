@@ -43,6 +43,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/gated bench pipeline
 	$(BIN)/gated bench rpm
 	$(BIN)/gated bench ocr
+	$(BIN)/gated bench commands
 
 schema: $(STAMP)
 	$(BIN)/python -c "from gated.config import json_schema; open('config/gated.schema.json', 'w').write(json_schema())"
