@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,30 +30,12 @@ from gated.model import Decision, DeviceState, Kind, Outcome, Reading, Source, V
 from gated.pipeline import Pipeline
 from gated.store import Store
 from simulators.barrier_plc import CAUSE_PERMIT_WITHDRAWN, CLOSED, OPEN, OPENING, BarrierPlcSimulator
+from tests.test_barrier import stays, wait_until
 
 LANE = "lane-1"
 CLEAN_BOX = f"MSKU{200001:06d}{check_digit('MSKU200001')}"
 HELD_BOX = f"MSKU{200002:06d}{check_digit('MSKU200002')}"
-WAIT = 10.0  # a hard limit for every wait on the PLC (the machine may be busy)
 SETTLE = 0.5  # the lane's settle time: a complete visit is decided this long after its last reading
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def stays(condition: Callable[[], bool], seconds: float) -> bool:
-    """True when ``condition`` holds at every check for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not condition():
-            return False
-        time.sleep(0.02)
-    return condition()
 
 
 def config_dict(tmp_path: Path, plc_port: int, **barrier: object) -> dict[str, object]:
