@@ -40,13 +40,24 @@ JSON, missing or mistyped fields, an image that never came, a hash mismatch, an 
 ``<metadata file name>.reason.txt`` next to it, and reported as a ``ProtocolError`` (counted and
 logged by the driver loop). Nothing is ever deleted; a name already taken in ``done`` or the
 quarantine gets a ``.1``, ``.2``... suffix. A missing inbox is ``DeviceUnavailable``.
+
+Whatever is in the inbox is hostile until proven otherwise. A file is read only when it is a regular
+file with one name, opened without following a symbolic link and checked on the opened descriptor
+(``open_regular``): a metadata or image entry that is a symbolic link (to a secret, to
+``/proc/self/environ``), a hard link, a FIFO (a read would block), a device, a socket or a folder is
+never read. It is refused: counted in ``refused``, logged once as a warning, and moved (the entry
+itself, never what a link points to) into the quarantine with its pair and a reason file. Names and
+other text from the inbox appear in logs and errors only as ``repr()``, so a file name holding a
+line break cannot forge a log line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import stat
 import time
 import uuid
 from collections import deque
@@ -59,7 +70,7 @@ from typing import Any
 from drivers.base import Driver
 from gated.clock import Clock, rfc3339
 from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError, StorageError
-from gated.evidence import EvidenceRejected, EvidenceStore
+from gated.evidence import EvidenceRejected, EvidenceStore, NotRegularFile, open_regular
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading
 
@@ -86,6 +97,9 @@ _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 _READING_IDS = uuid.UUID("3f1f8a52-6b0e-4c8e-9d57-7a4c1b1e0c2a")
 _SHOWN = 80
+_REASON_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,21 +242,30 @@ def parse_metadata(raw: bytes) -> ScanMetadata:
 
 
 def _free_name(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``folder/name.1``, ``.2``... when that is taken."""
+    """``folder/name``, or ``folder/name.1``, ``.2``... when that is taken (by anything, even a
+    dangling symbolic link)."""
     candidate = folder / name
     counter = 0
-    while candidate.exists() or (folder / f"{candidate.name}.reason.txt").exists():
+    while os.path.lexists(candidate) or os.path.lexists(folder / f"{candidate.name}.reason.txt"):
         counter += 1
         candidate = folder / f"{name}.{counter}"
     return candidate
 
 
 def _move(source: Path, folder: Path) -> Path:
-    """Move ``source`` into ``folder`` without replacing anything there."""
+    """Move ``source`` (the entry itself, a link is not followed) into ``folder`` without replacing
+    anything there."""
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder, source.name)
     os.rename(source, target)
     return target
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create ``path`` with ``text``; a name already there, even as a planted link, is an error."""
+    descriptor = os.open(path, _REASON_FLAGS, 0o640)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as target:
+        target.write(text)
 
 
 class NiiFolderDriver(Driver):
@@ -282,15 +305,21 @@ class NiiFolderDriver(Driver):
         self._queue: deque[tuple[Reading, tuple[Path, ...]] | ProtocolError] = deque()
         self._handed_over: list[Path] = []
         self._waiting_since: dict[str, float] = {}
+        self.refused = 0
+        """Inbox entries refused unread (links, hard links, FIFOs, devices, folders) since the start."""
 
     def connect(self) -> None:
         if not self.inbox.is_dir():
-            raise DeviceUnavailable(f"inbox {self.inbox} is not a folder")
+            raise DeviceUnavailable(f"inbox {str(self.inbox)!r} is not a folder")
         for folder in (self.done, self.quarantine):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
+                is_folder = stat.S_ISDIR(os.lstat(folder).st_mode)
             except OSError as error:
-                raise DeviceUnavailable(f"cannot create {folder}: {error}") from error
+                raise DeviceUnavailable(f"cannot create {str(folder)!r}: {error}") from error
+            # A link here would let whoever writes the inbox choose where files are moved to.
+            if not is_folder:
+                raise DeviceUnavailable(f"{str(folder)!r} is not a folder (a symbolic link?)")
 
     def step(self) -> Sequence[Reading]:
         """Scans found earlier first; a quarantined pair is raised in its place, in order."""
@@ -321,45 +350,57 @@ class NiiFolderDriver(Driver):
         while self._handed_over:
             path = self._handed_over[0]
             try:
-                if path.exists():
+                if os.path.lexists(path):
                     _move(path, self.done)
             except OSError as error:
-                raise DeviceUnavailable(f"cannot move {path} into {self.done}: {error}") from error
+                raise DeviceUnavailable(
+                    f"cannot move {str(path)!r} into {str(self.done)!r}: {error}"
+                ) from error
             self._handed_over.pop(0)
 
     def _scan_inbox(self) -> None:
         try:
-            entries = sorted(os.scandir(self.inbox), key=lambda entry: entry.name)
-            names = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
+            # Every kind of entry, not only regular files: a link or FIFO named *.json is refused.
+            names = sorted(entry.name for entry in os.scandir(self.inbox))
         except OSError as error:
-            raise DeviceUnavailable(f"cannot list inbox {self.inbox}: {error}") from error
+            raise DeviceUnavailable(f"cannot list inbox {str(self.inbox)!r}: {error}") from error
         handled = 0
-        for name in sorted(names):
+        for name in names:
             if handled >= MAX_PER_STEP:
                 break
             if not name.endswith(".json") or is_temporary(name):
                 continue
-            if self._take(name, names):
+            if self._take(name):
                 handled += 1
-        self._waiting_since = {name: since for name, since in self._waiting_since.items() if name in names}
+        present = set(names)
+        self._waiting_since = {name: since for name, since in self._waiting_since.items() if name in present}
 
-    def _take(self, name: str, names: set[str]) -> bool:
+    def _take(self, name: str) -> bool:
         """Handle one metadata file; False when it is left waiting for its image."""
         meta_path = self.inbox / name
         try:
-            with meta_path.open("rb") as source:
+            with open_regular(meta_path, refuse_hard_links=True) as source:
                 raw = source.read(MAX_METADATA_BYTES + 1)
         except FileNotFoundError:
             return False
+        except NotRegularFile as error:
+            self._refuse(meta_path, None, str(error))
+            return True
         except OSError as error:
-            raise DeviceUnavailable(f"cannot read {meta_path}: {error}") from error
+            raise DeviceUnavailable(f"cannot read {str(meta_path)!r}: {error}") from error
         try:
             metadata = parse_metadata(raw)
         except ProtocolError as error:
             self._reject(meta_path, None, str(error))
             return True
-        image_path = self.inbox / metadata.image if metadata.image is not None else None
-        if image_path is not None and metadata.image not in names and not self._is_file(image_path):
+        if metadata.image is None:
+            self._waiting_since.pop(name, None)
+            self._queue.append((self._reading(metadata, ()), (meta_path,)))
+            return True
+        image_path = self.inbox / metadata.image
+        try:
+            image = open_regular(image_path, refuse_hard_links=True)
+        except FileNotFoundError:
             now = self.clock.monotonic()
             since = self._waiting_since.setdefault(name, now)
             if now - since < self.image_grace:
@@ -368,51 +409,67 @@ class NiiFolderDriver(Driver):
                 meta_path, None, f"image {metadata.image!r} did not arrive within {self.image_grace:g} s"
             )
             return True
+        except NotRegularFile as error:
+            self._refuse(meta_path, image_path, str(error))
+            return True
+        except OSError as error:
+            raise DeviceUnavailable(f"cannot read {str(image_path)!r}: {error}") from error
         self._waiting_since.pop(name, None)
-        evidence: tuple[Evidence, ...] = ()
-        if image_path is not None:
-            try:
-                stored = self.evidence.put_file(
-                    image_path,
+        try:
+            with image:
+                stored = self.evidence.put_opened(
+                    image,
                     metadata.media_type,
+                    name=str(image_path),
                     expected_sha256=metadata.sha256,
                     max_bytes=self.max_bytes,
                 )
-            except EvidenceRejected as error:
-                self._reject(meta_path, image_path, str(error))
-                return True
-            except StorageError as error:
-                raise DeviceUnavailable(f"cannot store the image of {name}: {error}") from error
-            evidence = (stored,)
-        files = (meta_path,) if image_path is None else (image_path, meta_path)
-        self._queue.append((self._reading(metadata, evidence), files))
+        except EvidenceRejected as error:
+            self._reject(meta_path, image_path, str(error))
+            return True
+        except StorageError as error:
+            raise DeviceUnavailable(f"cannot store the image of {name!r}: {error}") from error
+        self._queue.append((self._reading(metadata, (stored,)), (image_path, meta_path)))
         return True
-
-    @staticmethod
-    def _is_file(path: Path) -> bool:
-        try:
-            return path.is_file()
-        except OSError:
-            return False
 
     def _reject(self, meta_path: Path, image_path: Path | None, reason: str) -> None:
         """Move a bad pair into the quarantine with a reason file; queue the error."""
+        self._quarantine(meta_path, image_path, reason)
+        self._queue.append(ProtocolError(f"NII scan {meta_path.name!r} quarantined: {reason}"))
+
+    def _refuse(self, meta_path: Path, image_path: Path | None, reason: str) -> None:
+        """Count, log and quarantine a pair with an entry that must not be read.
+
+        Logged here, once, rather than queued as a ``ProtocolError``: the entry is moved away, so
+        it is never seen again, and a refusal is a warning about the folder, not a bad frame."""
+        self.refused += 1
+        log.warning(
+            "%s/%s: NII scan %r refused unread and quarantined: %s",
+            self.lane,
+            self.device,
+            meta_path.name,
+            reason,
+        )
+        self._quarantine(meta_path, image_path, reason)
+
+    def _quarantine(self, meta_path: Path, image_path: Path | None, reason: str) -> None:
+        """Move the pair's entries themselves (never a link's target) into the quarantine, with a
+        reason file."""
         moved: list[str] = []
         try:
-            if image_path is not None and image_path.exists():
+            if image_path is not None and os.path.lexists(image_path):
                 moved.append(_move(image_path, self.quarantine).name)
             meta_target = _move(meta_path, self.quarantine)
             moved.append(meta_target.name)
-            reason_path = self.quarantine / f"{meta_target.name}.reason.txt"
-            reason_path.write_text(
-                f"{reason}\nfiles: {', '.join(moved)}\nquarantined at: {rfc3339(self.clock.now())}\n",
-                encoding="utf-8",
+            _write_new(
+                self.quarantine / f"{meta_target.name}.reason.txt",
+                f"{reason}\nfiles: {', '.join(map(repr, moved))}\n"
+                f"quarantined at: {rfc3339(self.clock.now())}\n",
             )
         except OSError as error:
             raise DeviceUnavailable(
-                f"cannot quarantine {meta_path} into {self.quarantine}: {error}"
+                f"cannot quarantine {str(meta_path)!r} into {str(self.quarantine)!r}: {error}"
             ) from error
-        self._queue.append(ProtocolError(f"NII scan {meta_path.name} quarantined: {reason}"))
 
     def _reading(self, metadata: ScanMetadata, evidence: tuple[Evidence, ...]) -> Reading:
         if metadata.verdict == "not_scanned":

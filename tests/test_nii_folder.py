@@ -325,7 +325,7 @@ def test_an_image_arriving_within_the_grace_period_is_waited_for(tmp_path: Path)
     (reading,) = driver.step()
     assert reading.value["scan_id"] == "late"  # type: ignore[index]
     clock.advance(1.5)
-    with pytest.raises(ProtocolError, match=r"never\.json quarantined: image 'never\.tif' did not arrive"):
+    with pytest.raises(ProtocolError, match=r"'never\.json' quarantined: image 'never\.tif' did not arrive"):
         driver.step()
     assert driver.step() == []
     assert names(inbox / "done") == {"late.json", "late.tif"}
