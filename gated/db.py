@@ -2,10 +2,16 @@
 
 SQLite is the embedded default (WAL, synchronous=FULL so a commit survives power loss);
 PostgreSQL works through the same code with a ``postgresql+psycopg://`` URL.
+
+The SQLite file holds every visit and decision: it is created ``0640`` whatever the umask, and an
+existing one of ours that is more open (older versions made it ``0644``) is narrowed to that. SQLite
+gives its ``-wal`` and ``-shm`` files the database file's mode.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util.exc import CommandError
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, inspect
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, inspect, make_url
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -22,6 +28,9 @@ from sqlalchemy.types import TypeDecorator
 from gated.errors import StorageError
 
 metadata = MetaData()
+
+FILE_MODE = 0o640
+"""The most open mode a SQLite database file (and its -wal, -shm, -journal) is left with."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -62,13 +71,40 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _narrow(path: Path) -> None:
+    """Take the bits beyond ``FILE_MODE`` off an existing file of ours; nothing when it is absent."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        info = os.fstat(descriptor)
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and mode & ~FILE_MODE:
+            os.fchmod(descriptor, mode & FILE_MODE)
+    finally:
+        os.close(descriptor)
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    """Create the database file (and its folder) before SQLite does, so the umask cannot make it
+    more open than ``FILE_MODE``; narrow an existing one and its companions."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+    for name in (path, *(Path(f"{path}{end}") for end in ("-wal", "-shm", "-journal"))):
+        _narrow(name)
+
+
 def open_engine(path_or_url: str | Path, *, create: bool = True) -> Engine:
     """Open (and by default create) the database. Raises ``StorageError`` with the path on failure."""
     url = database_url(path_or_url)
     try:
         if url.startswith("sqlite"):
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _prepare_sqlite_file(url)
             engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
