@@ -23,13 +23,15 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
 
 from gated.clock import rfc3339
+from gated.config import MqttConfig, MqttTlsConfig
 from gated.errors import ConfigError, GatedError, PayloadError, PublishError, SignatureError
 from gated.holds import SCHEMA
 from gated.jsonsafe import parse_json
+from gated.mqtt_link import connect, new_client
 from gated.signing import (
     canonical_bytes,
     generate_private_key_file,
@@ -39,6 +41,7 @@ from gated.signing import (
 )
 
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
 DEFAULT_TIMEOUT = 10.0
 MAX_ACK_BYTES = 1 << 20
 ACTIONS = ("place", "release", "sync")
@@ -79,7 +82,26 @@ def register(commands: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> 
         "them on gated/v1/SITE/holds/cmd and print gated's answer to each. Exit 0 when every "
         "command was applied, 1 when any was rejected or not answered in time.",
     )
-    send.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT]")
+    send.add_argument(
+        "--broker",
+        required=True,
+        metavar="URL",
+        help="mqtts://HOST[:PORT] (TLS, port 8883 by default), or mqtt://HOST[:PORT] in clear text "
+        "(loopback only, unless --lab-cleartext)",
+    )
+    send.add_argument(
+        "--ca", metavar="FILE", help="CA certificate that signed the broker's (default: the system's)"
+    )
+    send.add_argument("--cert", metavar="FILE", help="this client's certificate (PEM) for mqtts://")
+    send.add_argument("--cert-key", metavar="FILE", help="the private key of --cert (PEM)")
+    send.add_argument("--username", help="MQTT user name")
+    send.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
+    send.add_argument(
+        "--lab-cleartext",
+        action="store_true",
+        help="allow mqtt:// in clear text to a broker not on this machine",
+    )
+    send.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (default 5)")
     send.add_argument("--site", required=True, type=_site, help="gated's site id")
     send.add_argument("--key", required=True, metavar="FILE", help="the customs private key (PEM)")
     send.add_argument("--key-id", type=_key_id, metavar="ID", help="default: the key file's name stem")
@@ -150,8 +172,7 @@ def prepare(command: Mapping[str, Any], key_id: str, now: datetime | None = None
 
 
 def send_commands(
-    host: str,
-    port: int,
+    broker: MqttConfig,
     site: str,
     commands: list[dict[str, Any]],
     private_key: Ed25519PrivateKey,
@@ -168,15 +189,20 @@ def send_commands(
     signed = [sign_command(prepare(command, key_id), private_key, key_id) for command in commands]
     payloads = [json.dumps(command, ensure_ascii=False, allow_nan=False).encode() for command in signed]
     acks = _Acks([str(command["id"]) for command in signed], key_id)
-    session = _Session(f"{prefix}/ack", acks)
+    session = _Session(broker, f"{prefix}/ack", acks)
     deadline = time.monotonic() + timeout
-    session.open(host, port, deadline)
+    session.open(deadline)
+    where = f"{broker.host}:{broker.port}"
     try:
         for payload in payloads:
             info = session.client.publish(f"{prefix}/cmd", payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise PublishError(f"could not publish to {host}:{port}: {mqtt.error_string(info.rc)}")
+                raise PublishError(f"could not publish to {where}: {mqtt.error_string(info.rc)}")
         acks.wait(time.monotonic() + timeout)
+        if session.refused:
+            raise PublishError(
+                f"the broker at {where} refused {session.refused} command(s): {session.refusal}"
+            )
     finally:
         session.close()
     return acks.results
@@ -219,30 +245,34 @@ class _Acks:
 class _Session:
     """One MQTT connection subscribed to ``holds/ack`` (confirmed by the SUBACK) before publishing."""
 
-    def __init__(self, ack_topic: str, acks: _Acks) -> None:
+    def __init__(self, broker: MqttConfig, ack_topic: str, acks: _Acks) -> None:
+        self._broker = broker
         self._ack_topic = ack_topic
         self._acks = acks
         self._ready = threading.Event()
         self._problem: str | None = None
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"gated-send-{uuid.uuid4().hex[:12]}"
-        )
+        self.refused = 0
+        self.refusal = ""
+        self.client = new_client(broker, f"gated-send-{uuid.uuid4().hex[:12]}", persistent=False)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
 
-    def open(self, host: str, port: int, deadline: float) -> None:
+    def open(self, deadline: float) -> None:
+        where = f"{self._broker.host}:{self._broker.port}"
         try:
-            self.client.connect(host, port, keepalive=30)
+            connect(self.client, self._broker, persistent=False)
         except (OSError, ValueError) as error:
-            raise PublishError(f"cannot reach the broker at {host}:{port}: {error}") from None
+            # ssl.SSLError is an OSError: a broker certificate that does not check out lands here.
+            raise PublishError(f"cannot reach the broker at {where}: {error}") from None
         self.client.loop_start()
         self._ready.wait(max(0.0, deadline - time.monotonic()))
         if self._problem is None and not self._ready.is_set():
             self._problem = "no subscription confirmed in time"
         if self._problem is not None:
             self.close()
-            raise PublishError(f"broker at {host}:{port}: {self._problem}")
+            raise PublishError(f"broker at {where}: {self._problem}")
 
     def close(self) -> None:
         self.client.disconnect()
@@ -263,6 +293,11 @@ class _Session:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._acks.offer(bytes(message.payload))
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, _mid: int, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:  # MQTT 5 only: the broker's ACL refused the command
+            self.refused += 1
+            self.refusal = str(reason)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -293,7 +328,7 @@ def _send_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
 
 def _send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     commands = _command_from_options(args, parser)
-    host, port = _broker(args.broker)
+    broker = _broker_settings(args)
     try:
         private_key = load_private_key(args.key)
     except SignatureError as error:
@@ -305,7 +340,7 @@ def _send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if commands is None:
             commands = _commands_from_file(args.file)
         prepared = [prepare(command, key_id) for command in commands]
-        acks = send_commands(host, port, args.site, prepared, private_key, key_id, args.timeout)
+        acks = send_commands(broker, args.site, prepared, private_key, key_id, args.timeout)
     except ConfigError:
         raise
     except GatedError as error:
@@ -424,17 +459,49 @@ def _commands_from_file(path: str) -> list[dict[str, Any]]:
     return commands
 
 
-def _broker(url: str) -> tuple[str, int]:
+def _broker_settings(args: argparse.Namespace) -> MqttConfig:
+    """The broker link from ``--broker`` and the TLS and credential options."""
+    url = args.broker
+    usage = f"--broker: {url!r} is not mqtts://HOST[:PORT] or mqtt://HOST[:PORT]"
     try:
         parts = urlsplit(url)
-        port = parts.port or DEFAULT_PORT
+        port = parts.port
     except ValueError:
-        raise ConfigError([f"--broker: {url!r} is not mqtt://HOST[:PORT]"]) from None
-    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ConfigError([f"--broker: {url!r} is not mqtt://HOST[:PORT]"])
+        raise ConfigError([usage]) from None
+    if (
+        parts.scheme not in ("mqtt", "mqtts")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+    ):
+        raise ConfigError([usage])
     if parts.username is not None:
-        raise ConfigError([f"--broker: {url!r}: a user name in the URL is not supported"])
-    return parts.hostname, port
+        raise ConfigError(
+            [f"--broker: {url!r}: give the user with --username and the password in --password-file"]
+        )
+    secure = parts.scheme == "mqtts"
+    if not secure and (args.ca or args.cert or args.cert_key):
+        raise ConfigError(["--ca, --cert and --cert-key need an mqtts:// broker"])
+    tls = None
+    if secure:
+        try:
+            tls = MqttTlsConfig(ca_file=args.ca, cert_file=args.cert, key_file=args.cert_key)
+        except ValidationError:
+            raise ConfigError(["--cert and --cert-key go together: give both or neither"]) from None
+    try:
+        return MqttConfig(
+            host=parts.hostname,
+            port=port or (DEFAULT_TLS_PORT if secure else DEFAULT_PORT),
+            tls=tls,
+            username=args.username,
+            password_file=args.password_file,
+            lab_cleartext=args.lab_cleartext,
+            protocol=args.mqtt_protocol,
+        )
+    except ValidationError as error:
+        raise ConfigError(
+            [f"--broker: {problem['msg'].removeprefix('Value error, ')}" for problem in error.errors()]
+        ) from None
 
 
 def _site(text: str) -> str:

@@ -6,8 +6,10 @@
 - A broker that dies may lose messages it had acknowledged but not yet passed on or saved (a
   mosquitto snapshot is taken every ``autosave_interval``). So after every lost connection, the
   messages acknowledged in the ``replay_seconds`` before it was lost are sent again (consumers
-  drop duplicates by id). The session is persistent (clean_session=False) so hold commands sent
-  while gated is away wait for it.
+  drop duplicates by id). The session is persistent so hold commands sent while gated is away
+  wait for it.
+- Over MQTT 5 the broker says when another client took gated's session, refused a subscription
+  or refused a publish (its ACL): each is logged and raised as a node alarm (once a minute at most).
 - A connection that stays open but goes silent is noticed by our own watchdog: nothing heard
   from the broker for 1.5 x keepalive (paho answers a ping in time on a live link) closes the
   socket and paho reconnects.
@@ -27,16 +29,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gated.clock import rfc3339
 from gated.config import MqttConfig
-from gated.errors import ConfigError, StorageError
+from gated.errors import StorageError
 from gated.model import new_id
+from gated.mqtt_link import SESSION_TAKEN_OVER, connect_async, new_client, reason_value
 from gated.store import Batch, Message, OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,17 @@ log = logging.getLogger(__name__)
 InboundHandler = Callable[[str, bytes], None]
 StatusSnapshot = Callable[[], list[Message]]
 BacklogWarning = Callable[[int, int], None]
+LinkAlarm = Callable[[str, str], None]  # (alarm, text): the broker refused or displaced gated
 
 HOUSEKEEPING_SECONDS = 5.0
 PAGE_ROWS = 1000
 MARK_BATCH = 5000  # acks marked delivered in one transaction at most...
 MARK_SECONDS = 0.5  # ...and at least this often while messages flow
+LINK_ALARM_EVERY_SECONDS = 60.0
+# Closed by the broker this soon after connecting, this often in a minute: someone else is using
+# gated's client id (mosquitto 2.0 closes the old connection without saying why).
+SHORT_CONNECTION_SECONDS = 5.0
+SHORT_CONNECTIONS_FOR_ALARM = 3
 
 
 @dataclass
@@ -60,6 +67,9 @@ class PublisherStats:
     replayed: int = 0
     stalls: int = 0
     dropped_readings: int = 0
+    refused: int = 0  # publishes the broker answered with an error (MQTT 5: its ACL said no)
+    takeovers: int = 0
+    refused_subscriptions: int = 0
 
 
 class MqttPublisher:
@@ -77,6 +87,7 @@ class MqttPublisher:
         status_snapshot: StatusSnapshot,
         max_pending_readings: int = 1_000_000,
         on_backlog_warning: BacklogWarning | None = None,
+        on_link_alarm: LinkAlarm | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -87,6 +98,11 @@ class MqttPublisher:
         self.status_snapshot = status_snapshot
         self.max_pending_readings = max_pending_readings
         self.on_backlog_warning = on_backlog_warning
+        self.on_link_alarm = on_link_alarm
+        self._link_alarmed: dict[str, float] = {}
+        self._connect_failing = False
+        self._connected_since = 0.0
+        self._short_connections: deque[float] = deque(maxlen=SHORT_CONNECTIONS_FOR_ALARM)
         self.stats = PublisherStats()
         self.node_topic = f"{prefix}/node/{store.node}/status"
         self._lock = threading.Lock()
@@ -113,19 +129,11 @@ class MqttPublisher:
 
     # -- paho set-up and callbacks (paho's network thread: never block here) ---------------
     def _make_client(self) -> mqtt.Client:
-        client_id = self.config.client_id or f"gated-{self.store.site}-{self.store.node}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client_id = self.config.client_id or f"gated-{self.store.site}-{self.store.node}"
+        client = new_client(self.config, self.client_id, persistent=True)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
-        if self.config.username:
-            password = None
-            if self.config.password_file:
-                try:
-                    password = Path(self.config.password_file).read_text(encoding="utf-8").strip()
-                except OSError as error:
-                    raise ConfigError([f"mqtt.password_file: cannot read: {error}"]) from None
-            client.username_pw_set(self.config.username, password)
         will = self.store.envelope(
             Message(self.node_topic, "gated.status/1", {"state": "offline", "boot": self.boot}), None
         )
@@ -134,12 +142,18 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_connect_fail = self._on_connect_fail
         return client
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.warning("MQTT broker refused the connection: %s", reason)
+            log.warning(
+                "MQTT broker %s:%s refused the connection: %s", self.config.host, self.config.port, reason
+            )
             return
+        self._connect_failing = False
+        self._connected_since = time.monotonic()
         session_present = bool(getattr(flags, "session_present", False))
         log.info(
             "connected to MQTT broker %s:%s (session %s)",
@@ -158,16 +172,58 @@ class MqttPublisher:
         self._connected.set()
         self._wake.set()
 
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho retries by itself; say so once, not every second (TLS refused, nothing listening).
+        if not self._connect_failing:
+            log.warning(
+                "cannot connect to the MQTT broker at %s:%s (%s); retrying",
+                self.config.host,
+                self.config.port,
+                "TLS" if self.config.tls else "clear text",
+            )
+        self._connect_failing = True
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
+        if any(getattr(reason, "is_failure", False) for reason in reasons):
+            self.stats.refused_subscriptions += 1
+            self._link_alarm(
+                "subscription_refused",
+                f"the broker refused gated's subscription to {', '.join(self.subscriptions)}: hold commands "
+                "from customs cannot reach this node (check the broker's ACL for this node's identity)",
+            )
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if not self._stop.is_set():
+        now = time.monotonic()
+        if reason_value(reason) == SESSION_TAKEN_OVER:
+            self._taken_over("another client connected to the broker with gated's client id")
+        elif not self._stop.is_set():
             log.warning("MQTT connection lost: %s (reconnecting)", reason)
+            if self._connected.is_set() and now - self._connected_since < SHORT_CONNECTION_SECONDS:
+                self._short_connections.append(now)
+                if (
+                    len(self._short_connections) == SHORT_CONNECTIONS_FOR_ALARM
+                    and now - self._short_connections[0] < 60
+                ):
+                    self._short_connections.clear()
+                    self._taken_over(
+                        f"the broker closed gated's connection {SHORT_CONNECTIONS_FOR_ALARM} times within "
+                        f"{SHORT_CONNECTION_SECONDS:g} s of connecting: another client probably uses its id"
+                    )
         self.stats.disconnects += 1
         if self._connected.is_set() or self._disconnected_at is None:
             self._disconnected_at = self.store.clock.now()
         self._connected.clear()
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         self._last_heard = time.monotonic()
+        if getattr(reason, "is_failure", False):
+            # Answered, so not sent again (it would be refused forever and hold up the rest).
+            self.stats.refused += 1
+            self._link_alarm(
+                "publish_refused",
+                f"the broker refused a message from gated ({reason}); {self.stats.refused} refused so far: "
+                "check the broker's ACL for this node's identity",
+            )
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
@@ -179,13 +235,31 @@ class MqttPublisher:
         if wake:
             self._wake.set()
 
+    def _taken_over(self, why: str) -> None:
+        self.stats.takeovers += 1
+        self._link_alarm(
+            "session_taken_over",
+            f"{why} ({self.client_id!r}) and took gated's session: it may receive the hold commands meant "
+            "for this node; the broker must tie client ids to identities (config/mosquitto/)",
+        )
+
+    def _link_alarm(self, alarm: str, text: str) -> None:
+        log.error("%s", text)
+        now = time.monotonic()
+        if self.on_link_alarm is None or now - self._link_alarmed.get(alarm, -LINK_ALARM_EVERY_SECONDS) < (
+            LINK_ALARM_EVERY_SECONDS
+        ):
+            return
+        self._link_alarmed[alarm] = now
+        self.on_link_alarm(alarm, text)
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._last_heard = time.monotonic()
         self.on_inbound(message.topic, bytes(message.payload))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
+        connect_async(self.client, self.config, persistent=True)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._drain_loop, name="gated-publisher", daemon=True)
         self._thread.start()

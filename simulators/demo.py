@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.broker import EmbeddedBroker
-from gated.config import validate
+from gated.config import MqttConfig, validate
 from gated.daemon import Daemon
 from gated.errors import ConfigError, GatedError
 from gated.holds import HoldStore, holds_digest
@@ -158,12 +158,12 @@ def _customs_holds(lanes: int) -> list[dict[str, Any]]:
 class _Customs:
     """The demo's customs system: signs its holds and a sync (its heartbeat) and sends them."""
 
-    def __init__(self, host: str, port: int, lanes: int, key: Ed25519PrivateKey) -> None:
-        self.host, self.port, self.key = host, port, key
+    def __init__(self, broker: MqttConfig, lanes: int, key: Ed25519PrivateKey) -> None:
+        self.broker, self.key = broker, key
         self.holds = _customs_holds(lanes)
 
     def send(self, commands: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        return send_commands(self.host, self.port, "demo", commands, self.key, CUSTOMS_KEY_ID, timeout=20.0)
+        return send_commands(self.broker, "demo", commands, self.key, CUSTOMS_KEY_ID, timeout=20.0)
 
     def sync(self) -> dict[str, Any] | None:
         """Customs' statement of its whole list: how many holds, and their digest (so a lost place
@@ -219,6 +219,10 @@ def run_demo(
         host, port = "127.0.0.1", mqtt_port
         embedded = EmbeddedBroker(host, port)
         embedded.start()
+    # The demo is a lab: an external broker may be reached in clear text; the embedded one speaks 3.1.1.
+    broker_settings: dict[str, Any] = {"host": host, "port": port, "keepalive": 15, "lab_cleartext": True}
+    if embedded is not None:
+        broker_settings["protocol"] = "3.1.1"
 
     stop = threading.Event()
     devices: list[LaneDevices] = []
@@ -244,7 +248,7 @@ def run_demo(
             {
                 "site": "demo",
                 "node": "demo-gate",
-                "mqtt": {"host": host, "port": port, "keepalive": 15},
+                "mqtt": broker_settings,
                 "storage": {"database": str(folder / "gated.db"), "evidence": str(folder / "evidence")},
                 "ocr": {"workers": 1},
                 "holds": {
@@ -314,7 +318,7 @@ def run_demo(
             flush=True,
         )
         # Customs places its holds and confirms the list with signed commands, as a real one would.
-        customs = _Customs(host, port, lanes, customs_key)
+        customs = _Customs(config.mqtt, lanes, customs_key)
         acks = [*customs.send(customs.holds), customs.sync()]
         refused = [
             ack.get("reason") if ack else "no answer" for ack in acks if not (ack and ack.get("applied"))

@@ -58,8 +58,12 @@ def write_config(
     max_age_seconds: int = 3600,
     visit_timeout_seconds: float = 20,
     database: str = "gated.db",
+    site: str = "e2e",
+    mqtt: str | None = None,
 ) -> Path:
+    """A one-lane daemon config; ``mqtt`` replaces the [mqtt] section's settings (TOML lines)."""
     config = tmp_path / "gate.toml"
+    mqtt_lines = mqtt if mqtt is not None else f'host = "127.0.0.1"\nport = {broker.port}\nkeepalive = 5'
     barrier = ""
     if devices.barrier is not None:
         barrier = (
@@ -73,12 +77,10 @@ def write_config(
         )
     config.write_text(
         f"""
-site = "e2e"
+site = "{site}"
 node = "gate-1"
 [mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-keepalive = 5
+{mqtt_lines}
 [storage]
 database = "{database}"
 [holds]

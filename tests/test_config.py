@@ -12,6 +12,7 @@ import pytest
 from gated.config import OcrFramesDevice, json_schema, load_config
 from gated.errors import ConfigError
 from ocr.plate import DEFAULT_FORMATS
+from tests.tls import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
@@ -29,11 +30,27 @@ def test_there_are_one_lane_and_multi_lane_examples() -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_examples_are_valid(path: Path) -> None:
+def test_examples_are_valid(path: Path, tmp_path: Path) -> None:
     config = load_config(path)
     assert config.lanes
-    result = gated("check-config", "--config", str(path))
+    assert config.mqtt.tls is not None and config.mqtt.tls.cert_file and not config.mqtt.lab_cleartext
+    # Installed beside its certificates (tls/, made here: none ship), the example checks out.
+    installed = tmp_path / path.name
+    installed.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for entry in (ROOT / "config").iterdir():
+        if entry.is_dir():
+            (tmp_path / entry.name).symlink_to(entry)
+    pki = Pki(tmp_path / "tls")
+    identity = pki.client(config.mqtt.client_id or "gated")
+    tls = config.mqtt.tls
+    for made, wanted in ((identity.cert, tls.cert_file), (identity.key, tls.key_file)):
+        made.rename(tmp_path / "tls" / Path(str(wanted)).name)
+    result = gated("check-config", "--config", str(installed))
     assert result.returncode == 0, result.stderr
+    # Without them, check-config says which file is missing.
+    (tmp_path / "tls" / Path(str(tls.key_file)).name).unlink()
+    result = gated("check-config", "--config", str(installed))
+    assert result.returncode == 78 and "mqtt.tls" in result.stderr, result.stderr
 
 
 def test_shipped_json_schema_is_current() -> None:
@@ -217,3 +234,77 @@ def test_plate_settings_without_a_plate_view_are_refused_not_ignored(tmp_path: P
     text = FRAMES_LANE + 'plate_formats = [{ name = "x", pattern = "LL DDD" }]\nplate_min_confidence = 0.95\n'
     with pytest.raises(ConfigError, match="plate_formats and plate_min_confidence need plate_views"):
         load_config(write(tmp_path, text))
+
+
+MQTT_BASE = """
+site = "s"
+[holds]
+max_age_seconds = 900
+[[lanes]]
+id = "lane-1"
+require = ["rfid"]
+[[lanes.devices]]
+id = "rfid-1"
+driver = "rfid-serial"
+url = "/dev/ttyS0"
+"""
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "wanted"),
+    [
+        ('host = "mqtt.terminal.example"\nport = 1883', "TLS is required"),
+        ('host = "10.0.0.5"', "TLS is required"),
+        (
+            'host = "127.0.0.1"\nusername = ""\npassword_file = "p"\n[mqtt.tls]\ncert_file = "c.pem"',
+            "key_file",
+        ),
+        ('host = "127.0.0.1"\npassword_file = "secret"', "password_file needs username"),
+        ('host = "mqtt.terminal.example"\ntls = true', "mqtt.tls"),
+    ],
+)
+def test_an_unsafe_broker_link_is_refused(tmp_path: Path, mqtt: str, wanted: str) -> None:
+    result = gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + "\n[mqtt]\n" + mqtt + "\n")))
+    assert result.returncode == 78, result.stderr
+    assert wanted in result.stderr, result.stderr
+
+
+def test_clear_text_is_allowed_on_loopback_and_in_a_declared_lab(tmp_path: Path) -> None:
+    for mqtt in (
+        'host = "127.0.0.1"',
+        'host = "localhost"',
+        'host = "::1"',
+        'host = "10.0.0.5"\nlab_cleartext = true',
+    ):
+        result = gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + "\n[mqtt]\n" + mqtt + "\n")))
+        assert result.returncode == 0, (mqtt, result.stderr)
+
+
+def test_tls_files_are_checked(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "tls")
+    node = pki.client("gated-s-node")
+    settings = (
+        f'[mqtt]\nhost = "mqtt.example"\nport = 8883\n[mqtt.tls]\nca_file = "{pki.ca}"\n'
+        f'cert_file = "{node.cert}"\nkey_file = "{node.key}"\n'
+    )
+    assert gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + settings))).returncode == 0
+    node.key.chmod(0o644)
+    result = gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + settings)))
+    assert (
+        result.returncode == 78 and "key_file" in result.stderr and "readable by every user" in result.stderr
+    )
+    node.key.chmod(0o600)
+    (tmp_path / "tls" / "ca.pem").write_text("not a certificate", encoding="utf-8")
+    result = gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + settings)))
+    assert result.returncode == 78 and "ca_file" in result.stderr, result.stderr
+
+
+def test_a_password_file_is_read_and_must_be_private(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("S3cret\n", encoding="utf-8")
+    secret.chmod(0o644)
+    settings = f'[mqtt]\nhost = "127.0.0.1"\nusername = "gated"\npassword_file = "{secret}"\n'
+    result = gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + settings)))
+    assert result.returncode == 78 and "password_file" in result.stderr and "S3cret" not in result.stderr
+    secret.chmod(0o640)
+    assert gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + settings))).returncode == 0
