@@ -347,3 +347,33 @@ def test_the_gated_command_runs_keygen_and_send(tmp_path: Path, mosquitto: Mosqu
     refused = gated("send", "--broker", "tcp://x", "--site", SITE, "--key", str(key), *PLACE)
     assert refused.returncode == 78
     assert "--broker" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("broker", "extra", "wanted"),
+    [
+        ("mqtt://10.0.0.5", [], "TLS is required"),
+        ("mqtt://mqtt.terminal.example:1883", [], "TLS is required"),
+        ("mqtt://127.0.0.1:1", ["--ca", "ca.pem"], "mqtts://"),
+        ("mqtts://127.0.0.1:1", ["--cert", "c.pem"], "go together"),
+        ("mqtts://127.0.0.1:1", ["--ca", "/nowhere/ca.pem"], "ca_file"),
+        ("mqtts://u:p@127.0.0.1:1", [], "--password-file"),
+        ("mqtt://127.0.0.1:1", ["--password-file", "p"], "password_file needs username"),
+    ],
+)
+def test_an_unsafe_or_broken_broker_link_exits_78(
+    broker: str, extra: list[str], wanted: str, customs_key: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["send", "--broker", broker, *extra, "--site", SITE, "--key", str(customs_key[0]), *PLACE]
+    parser = argparse.ArgumentParser(prog="gated holds")
+    register(parser.add_subparsers(dest="holds_command", required=True))
+    args = parser.parse_args(argv)
+    with pytest.raises(ConfigError) as refused:
+        args.handler(args)
+    assert any(wanted in problem for problem in refused.value.problems), refused.value.problems
+
+
+def test_clear_text_to_a_remote_broker_only_in_a_declared_lab(customs_key: tuple[Path, str]) -> None:
+    # 192.0.2.1 (TEST-NET) answers nobody: the lab flag gets past the TLS rule to the connection.
+    argv = ["send", "--broker", "mqtt://192.0.2.1:1", "--lab-cleartext", "--timeout", "1"]
+    assert run([*argv, "--site", SITE, "--key", str(customs_key[0]), *PLACE]) == 1

@@ -4,6 +4,7 @@ made here: who gets in, who may publish what, and that nobody can take gated's s
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto
 from tests.customs import write_private_key
 from tests.gate import gated, number, start_daemon, write_config
+from tests.system import require_tool
 from tests.tls import Client, Pki, secure_broker
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,3 +240,67 @@ def test_a_session_taken_over_raises_an_alarm(
     finally:
         daemon.terminate()
         daemon.wait(30)
+
+
+def dynsec_broker(folder: Path) -> Mosquitto:
+    """A mosquitto with the dynamic security plugin, which (unlike an acl_file) refuses a
+    subscription the client may not make: user "gate" may publish under gated/ and subscribe to
+    nothing; user "watch" may read everything."""
+    ctrl = require_tool("mosquitto_ctrl")
+    folder.mkdir(parents=True, exist_ok=True)
+    broker = Mosquitto(folder)
+    state = folder / "dynsec.json"
+    subprocess.run([ctrl, "dynsec", "init", str(state), "admin", "admin-pw"], check=True, capture_output=True)
+    plugin = next(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"), None)
+    assert plugin is not None, "mosquitto's dynamic security plugin is not installed"
+    broker.conf.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous false\nuser root\nlog_dest stderr\n"
+        f"plugin {plugin}\nplugin_opt_config_file {state}\nmax_queued_messages 100000\n",
+        encoding="utf-8",
+    )
+    broker.start()
+    admin = [ctrl, "-h", "127.0.0.1", "-p", str(broker.port), "-u", "admin", "-P", "admin-pw", "dynsec"]
+    for command in (
+        ["createClient", "gate", "-p", "gate-pw"],
+        ["createRole", "gate"],
+        ["addRoleACL", "gate", "publishClientSend", "gated/#", "allow"],
+        ["addClientRole", "gate", "gate"],
+        ["createClient", "watch", "-p", "watch-pw"],
+        ["createRole", "watch"],
+        ["addRoleACL", "watch", "subscribePattern", "gated/#", "allow"],
+        ["addClientRole", "watch", "watch"],
+    ):
+        subprocess.run([*admin, *command], check=True, capture_output=True, timeout=10)
+    return broker
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_refused_subscription_raises_an_alarm(tmp_path: Path, lane_devices: LaneDevices) -> None:
+    broker = dynsec_broker(tmp_path / "broker")
+    password = tmp_path / "mqtt-password"
+    password.write_text("gate-pw\n", encoding="utf-8")
+    password.chmod(0o600)
+    settings = f'host = "127.0.0.1"\nport = {broker.port}\nusername = "gate"\npassword_file = "{password}"'
+    config = write_config(tmp_path, broker, lane_devices, mqtt=settings)
+    officers = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    officers.username_pw_set("watch", "watch-pw")
+    alarms: list[dict[str, Any]] = []
+    officers.on_message = lambda _c, _u, message: alarms.append(json.loads(message.payload))
+    officers.connect("127.0.0.1", broker.port)
+    officers.subscribe("gated/v1/e2e/+/alarm", qos=1)
+    officers.loop_start()
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(a["alarm"] == "subscription_refused" for a in alarms):
+            time.sleep(0.1)
+        refused = [a for a in alarms if a["alarm"] == "subscription_refused"]
+        assert refused, (tmp_path / "daemon.log").read_text(errors="replace")[-3000:]
+        assert "holds/cmd" in refused[0]["text"] and refused[0]["lane"] == "lane-1"
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        officers.loop_stop()
+        officers.disconnect()
+        broker.stop()
