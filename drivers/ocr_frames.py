@@ -74,6 +74,7 @@ from gated.errors import ContainerNumberError, DeviceUnavailable, GatedError, Pr
 from gated.evidence import EvidenceStore
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
+from gated.redact import error_text, printable, redact, redact_url, shown
 from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote_containers
 from ocr.engine import Image, TextBox
 from ocr.frames import Frame, FrameSource, open_source, select_frames, sharpness
@@ -190,21 +191,22 @@ class _View:
                 frame = source.read(timeout=_READ_TIMEOUT)
                 if source.protocol_errors > counted:
                     for _ in range(source.protocol_errors - counted):
-                        self._errors.append(ProtocolError(f"view {source.source}: {source.last_error}"))
+                        problem = printable(redact(f"view {source.source}: {source.last_error}"))
+                        self._errors.append(ProtocolError(problem))
                     counted = source.protocol_errors
                     self._wake.set()
                 if frame is not None:
                     last_frame = time.monotonic()
                     self._keep(frame)
                 elif self._live and time.monotonic() - last_frame > self._silence_timeout:
-                    raise DeviceUnavailable(f"view {source.source}: no frame for {self._silence_timeout:g} s")
+                    raise DeviceUnavailable(f"view {self.shown}: no frame for {self._silence_timeout:g} s")
                 elif not self._live:
                     self._stop.wait(0.05)  # a recording at its end answers at once
         except DeviceUnavailable as error:
             self._fail(error)
         except Exception as error:  # a bug here must show as an offline camera, not a silent one
             log.exception("view %s: reader failed", self.shown)
-            self._fail(DeviceUnavailable(f"view {source.source}: reader failed: {error}"))
+            self._fail(DeviceUnavailable(f"view {self.shown}: reader failed: {error_text(error)}"))
 
     def _keep_open(self, source: FrameSource | None) -> None:
         """A retrying view's thread: read, and open the source again whenever it is lost. Logs the
@@ -239,12 +241,13 @@ class _View:
 
     def open_source(self) -> FrameSource:
         """The view's source, opened; ``DeviceUnavailable`` when it cannot be."""
+        # Not chained, and the text redacted: the frame source's errors may show the URL as written.
         try:
             return open_source(self.url)
-        except DeviceUnavailable:
-            raise
+        except DeviceUnavailable as error:
+            raise DeviceUnavailable(error_text(error)) from None
         except GatedError as error:  # a ConfigError too: a view that cannot be opened is unavailable
-            raise DeviceUnavailable(f"view {self.shown}: {error}") from error
+            raise DeviceUnavailable(f"view {self.shown}: {error_text(error)}") from None
 
     def _keep(self, frame: Frame) -> None:
         with self._lock:
@@ -257,7 +260,8 @@ class _View:
 
     def _fail(self, error: DeviceUnavailable) -> None:
         if not self._stop.is_set():
-            self.failure = error
+            # It becomes the device's status detail and a log line: no password, one line.
+            self.failure = DeviceUnavailable(error_text(error))
             self._wake.set()
 
 
@@ -267,11 +271,9 @@ def _all_down(failures: Sequence[DeviceUnavailable]) -> DeviceUnavailable:
 
 
 def _without_credentials(url: str) -> str:
-    """``url`` fit for a log line: a camera password in it stays out of the logs."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` fit for a log line: a camera password in it (or a token in its query) stays out of
+    the logs, and a control character in a folder's name cannot start a fake line."""
+    return printable(redact_url(url), None)
 
 
 class _DriverOptions(TypedDict, total=False):
@@ -569,7 +571,7 @@ class FramesCameraDriver(Driver):
                 self.lane,
                 self.device,
                 read.trigger.visit,
-                result.raw or "nothing",
+                shown(result.raw) if result.raw else "nothing",
                 reading.quality,
                 result.confidence,
                 len(read.frames),
@@ -602,7 +604,7 @@ class FramesCameraDriver(Driver):
             self.lane,
             self.device,
             read.trigger.visit,
-            reported.raw or "nothing",
+            shown(reported.raw) if reported.raw else "nothing",
             reading.quality,
             reported.confidence,
             len(read.frames),
@@ -622,7 +624,7 @@ class FramesCameraDriver(Driver):
                 data = encode_jpeg(frame.image, FRAME_QUALITY)
             return (self.evidence.put_bytes(data, MEDIA_TYPE),)
         except StorageError as error:
-            log.error("%s/%s: cannot store the OCR crop: %s", self.lane, self.device, error)
+            log.error("%s/%s: cannot store the OCR crop: %s", self.lane, self.device, error_text(error))
             return ()
 
 

@@ -163,7 +163,8 @@ def _engine(args: argparse.Namespace) -> Any:
     if getattr(args, "db", None):
         return open_engine(args.db)
     if getattr(args, "config", None):
-        return open_engine(load_config(args.config).storage.database)
+        storage = load_config(args.config).storage
+        return open_engine(storage.database, password_file=storage.database_password_file)
     raise ConfigError(["give the database with --db PATH or --config PATH"])
 
 

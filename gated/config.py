@@ -7,14 +7,18 @@ fixed or dropped. ``load_config`` is the only way the daemon reads a config.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gated.errors import ConfigError, GatedError
 from gated.model import IDENTIFIER, RESERVED_LANE_IDS
+from gated.redact import redact_url
 from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, PlateFormat
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern, max_length=64)]
@@ -45,7 +49,15 @@ class MqttConfig(_Strict):
 class StorageConfig(_Strict):
     database: str = Field(
         "/var/lib/gated/gated.db",
-        description="SQLite file path (relative to the config file) or an SQLAlchemy URL.",
+        description="SQLite file path (relative to the config file) or an SQLAlchemy URL; give a "
+        "PostgreSQL password in database_password_file rather than in the URL.",
+    )
+    database_password_file: str | None = Field(
+        None,
+        description="File holding the database password (relative to the config file), for a database "
+        "URL without a password of its own, e.g. postgresql+psycopg://gated@db.example/gated. Read at "
+        "start; one trailing newline is stripped; the password goes to the driver, never into the "
+        "URL's text, so no message shows it.",
     )
     evidence: str = Field(
         "/var/lib/gated/evidence",
@@ -57,6 +69,33 @@ class StorageConfig(_Strict):
         description="Reading messages waiting for the broker beyond this are dropped, oldest first, "
         "and counted (a warning comes at 80%). Decisions, alarms and audit records are never dropped.",
     )
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if "://" in value:
+            from sqlalchemy.engine import make_url  # SQLAlchemy only when a URL is given
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(value)
+            except (ArgumentError, ValueError):
+                raise ValueError(f"not a database URL: {redact_url(value)}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _password_file_fits(self) -> StorageConfig:
+        if self.database_password_file is None:
+            return self
+        if "://" not in self.database or self.database.startswith("sqlite"):
+            raise ValueError("database_password_file needs a database URL; SQLite has no password")
+        from sqlalchemy.engine import make_url
+
+        if make_url(self.database).password is not None:
+            raise ValueError(
+                "database_password_file is set and the database URL has a password too: keep one"
+            )
+        return self
 
 
 class CredentialsConfig(_Strict):
@@ -161,13 +200,23 @@ class RpmRapiscanDevice(_Strict):
 class OcrCameraDevice(_Strict):
     id: Identifier
     driver: Literal["ocr-camera"]
-    host: str
+    host: str = Field(description="The camera's name or address only (no user, password or path).")
     port: int = Field(ge=1, le=65535)
     min_confidence: float = Field(0.9, ge=0, le=1)
     silence_timeout_seconds: float = Field(3.0, gt=0)
 
+    @field_validator("host")
+    @classmethod
+    def _plain_host(cls, value: str) -> str:
+        # A user:password@ written here would be shown in every connection error: refuse it unshown.
+        if not value or any(char in value for char in "@/") or not value.isprintable() or " " in value:
+            raise ValueError("a host is a name or an address, without a user, password, scheme or path")
+        return value
+
 
 FRAME_SOURCE_SCHEMES = frozenset({"", "http", "https", "rtsp", "rtsps", "file"})
+LIVE_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps"})
+_SCHEME_WITHOUT_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/")
 PLATE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -205,7 +254,15 @@ class OcrFramesDevice(_Strict):
         min_length=1,
         max_length=4,
         description="One frame source per camera view: http(s):// MJPEG, rtsp(s)://, a video file or "
-        "a folder of images (relative to the config file).",
+        "a folder of images (relative to the config file). A camera's user goes in the URL "
+        "(rtsp://gated@cam-1/stream), its password in view_password_file.",
+    )
+    view_password_file: str | None = Field(
+        None,
+        description="File holding the password of the views and plate_views that name a user without a "
+        "password (rtsp://gated@cam-1/stream); relative to the config file, read at start, one trailing "
+        "newline stripped. A view with user:password@ keeps its own. Keeps the password out of the "
+        "config and out of every message.",
     )
     engine: Literal["rapidocr", "easyocr"] = Field("rapidocr", description="The OCR engine.")
     min_confidence: float = Field(
@@ -258,13 +315,22 @@ class OcrFramesDevice(_Strict):
     @classmethod
     def _known_sources(cls, views: list[str]) -> list[str]:
         for view in views:
-            scheme = view.partition("://")[0].lower() if "://" in view else ""
-            if scheme not in FRAME_SOURCE_SCHEMES or not view.strip():
-                raise ValueError(
-                    f"view {view.rpartition('@')[2]!r}: use http(s)://, rtsp(s)://, file://, or a path to a "
-                    "video file or an image folder"
-                )
+            problem = _view_problem(view)
+            if problem:
+                # The view as written may hold a password: the message shows it without.
+                raise ValueError(f"view {redact_url(view)!r}: {problem}")
         return views
+
+    @model_validator(mode="after")
+    def _password_file_used(self) -> OcrFramesDevice:
+        # A password file no view can use would be ignored: refuse it rather than drop it.
+        if self.view_password_file is not None and not any(
+            _names_user_only(view) for view in (*self.views, *self.plate_views)
+        ):
+            raise ValueError(
+                "view_password_file needs a view that names a user without a password (rtsp://USER@host/path)"
+            )
+        return self
 
     @field_validator("plate_formats")
     @classmethod
@@ -288,6 +354,43 @@ class OcrFramesDevice(_Strict):
         if self.plate_formats is None:
             return DEFAULT_FORMATS
         return tuple(plate_format.to_format() for plate_format in self.plate_formats)
+
+
+def _view_problem(view: str) -> str | None:
+    """What is wrong with a frame source as written, or None."""
+    scheme = view.partition("://")[0].lower() if "://" in view else ""
+    if scheme not in FRAME_SOURCE_SCHEMES or not view.strip():
+        return "use http(s)://, rtsp(s)://, file://, or a path to a video file or an image folder"
+    if not scheme and _SCHEME_WITHOUT_SLASHES.match(view):
+        return "a URL needs '://' after its scheme"
+    if scheme in LIVE_SCHEMES:
+        if not view.isprintable() or " " in view:
+            return "a URL has no spaces or control characters (percent-encode them)"
+        parts = urlsplit(view)
+        try:
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError:
+            return "the port is not a number from 1 to 65535"
+        if not parts.hostname:
+            return "the URL names no host"
+    return None
+
+
+def _names_user_only(view: str) -> bool:
+    """A live view with a user and no password: the one view_password_file completes."""
+    if "://" not in view or view.partition("://")[0].lower() not in LIVE_SCHEMES:
+        return False
+    parts = urlsplit(view)
+    return parts.username is not None and parts.password is None
+
+
+def _with_password(view: str, password: str) -> str:
+    """``view`` with ``password`` for its user, when it names a user without one."""
+    if not _names_user_only(view):
+        return view
+    parts = urlsplit(view)
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
 class OcrConfig(_Strict):
@@ -495,7 +598,7 @@ def load_config(path: str | Path) -> GateConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{file}: not valid TOML: {error}"]) from None
     config = validate(data, source=str(file))
-    return _resolve_paths(config, file.parent)
+    return _read_password_files(_resolve_paths(config, file.parent), str(file))
 
 
 def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
@@ -517,14 +620,64 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
                     update={
                         "views": [resolve(view) for view in device.views],
                         "plate_views": [resolve(view) for view in device.plate_views],
+                        "view_password_file": _maybe(resolve, device.view_password_file),
                     }
                 )
             devices.append(device)
         lanes.append(lane.model_copy(update={"devices": devices}))
     storage = config.storage.model_copy(
-        update={"database": resolve(config.storage.database), "evidence": resolve(config.storage.evidence)}
+        update={
+            "database": resolve(config.storage.database),
+            "evidence": resolve(config.storage.evidence),
+            "database_password_file": _maybe(resolve, config.storage.database_password_file),
+        }
     )
     return config.model_copy(update={"lanes": lanes, "storage": storage})
+
+
+def _maybe(resolve: Callable[[str], str], value: str | None) -> str | None:
+    return None if value is None else resolve(value)
+
+
+def read_password_file(path: str | Path, key: str) -> str:
+    """The password in ``path`` without one trailing newline; ``ConfigError`` naming ``key`` when
+    the file cannot be read or holds no password."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{key}: cannot read {path}: {error.strerror or error}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{key}: {path} is not UTF-8 text"]) from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ConfigError([f"{key}: {path} is empty"])
+    return password
+
+
+def _read_password_files(config: GateConfig, source: str) -> GateConfig:
+    """Check that the password files can be read (a failure names the key), and give each frames
+    camera's views that name a user without a password the one in its ``view_password_file``."""
+    if config.storage.database_password_file is not None:
+        # Read again when the database is opened: here only so check-config finds an unreadable file.
+        read_password_file(config.storage.database_password_file, f"{source}: storage.database_password_file")
+    lanes = []
+    for lane_index, lane in enumerate(config.lanes):
+        devices: list[DeviceConfig] = []
+        for index, device in enumerate(lane.devices):
+            if isinstance(device, OcrFramesDevice) and device.view_password_file is not None:
+                key = (
+                    f"{source}: lanes[{lane_index}:{lane.id}].devices[{index}:{device.id}].view_password_file"
+                )
+                password = read_password_file(device.view_password_file, key)
+                device = device.model_copy(
+                    update={
+                        "views": [_with_password(view, password) for view in device.views],
+                        "plate_views": [_with_password(view, password) for view in device.plate_views],
+                    }
+                )
+            devices.append(device)
+        lanes.append(lane.model_copy(update={"devices": devices}))
+    return config.model_copy(update={"lanes": lanes})
 
 
 def json_schema() -> str:

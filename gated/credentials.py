@@ -56,6 +56,7 @@ from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import GatedError, StorageError
 from gated.model import Reason
+from gated.redact import error_text
 
 SecurityLevel = Literal["normal", "raised"]
 
@@ -397,7 +398,7 @@ def _storage(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as error:
-        raise StorageError(f"cancelled-card list: cannot {what}: {error}") from error
+        raise StorageError(f"cancelled-card list: cannot {what}: {error_text(error)}") from error
 
 
 class CancelledCardList:

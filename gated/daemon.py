@@ -51,7 +51,8 @@ class Daemon:
             raise ConfigError(problems)
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        self.engine = open_engine(config.storage.database)
+        storage = config.storage
+        self.engine = open_engine(storage.database, password_file=storage.database_password_file)
         self.store = Store(self.engine, site=config.site, node=config.node, clock=self.clock)
         self.holds = HoldStore(self.engine, self.clock)
         self.boot = self.store.next_boot()

@@ -20,12 +20,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util.exc import CommandError
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, inspect, make_url
+from sqlalchemy import URL, DateTime, Engine, MetaData, create_engine, event, inspect, make_url
 from sqlalchemy.engine.interfaces import Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
-from gated.errors import StorageError
+from gated.config import read_password_file
+from gated.errors import ConfigError, StorageError
+from gated.redact import redact, redact_url, url_secrets
 
 metadata = MetaData()
 
@@ -99,20 +101,39 @@ def _prepare_sqlite_file(url: str) -> None:
         _narrow(name)
 
 
-def open_engine(path_or_url: str | Path, *, create: bool = True) -> Engine:
-    """Open (and by default create) the database. Raises ``StorageError`` with the path on failure."""
+def _target(url: str, password_file: str | Path | None) -> URL:
+    """``url`` parsed, with the password in ``password_file`` set on it (never written into its text)."""
+    try:
+        target = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StorageError(f"not a database URL: {redact_url(url)}") from None
+    if password_file is None:
+        return target
+    if target.get_backend_name() == "sqlite":
+        raise ConfigError(["storage.database_password_file: SQLite has no password"])
+    return target.set(password=read_password_file(password_file, "storage.database_password_file"))
+
+
+def open_engine(
+    path_or_url: str | Path, *, create: bool = True, password_file: str | Path | None = None
+) -> Engine:
+    """Open (and by default create) the database. Raises ``StorageError`` with the path on failure
+    (a password hidden), ``ConfigError`` when ``password_file`` cannot be read."""
     url = database_url(path_or_url)
+    target = _target(url, password_file)
     try:
         if url.startswith("sqlite"):
             _prepare_sqlite_file(url)
             engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(target, pool_pre_ping=True)
         if create:
             migrate(engine)
     except (SQLAlchemyError, OSError, CommandError) as error:
-        raise StorageError(f"cannot open database {url}: {error}") from error
+        # Not chained: a driver's error may show the password, and a traceback would print it.
+        detail = redact(str(error), url_secrets(target))
+        raise StorageError(f"cannot open database {redact_url(target)}: {detail}") from None
     return engine
 
 

@@ -57,6 +57,7 @@ from gated.db import UTCDateTime, metadata
 from gated.errors import ContainerNumberError, HoldListError, PayloadError, StorageError
 from gated.iso6346 import ContainerNumber, normalise
 from gated.jsonsafe import parse_json
+from gated.redact import error_text
 from gated.store import AuditRecord, insert_audit
 
 SCHEMA = "gated.hold/1"
@@ -637,7 +638,7 @@ def _storage(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as error:
-        raise StorageError(f"hold list: cannot {what}: {error}") from error
+        raise StorageError(f"hold list: cannot {what}: {error_text(error)}") from error
 
 
 class HoldStore:

@@ -6,14 +6,26 @@ import json
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from gated.errors import StorageError
 from gated.holds import HoldStore, normalise_container
+from gated.redact import error_text, printable, url_secrets
 from gated.store import decisions, readings, visits
 
 
 def query_container(engine: Engine, text: str) -> dict[str, Any]:
     """Holds (active and past, direct and through B/Ls), visits, decisions and their readings."""
     container = normalise_container(text)
+    try:
+        return _query(engine, container)
+    except SQLAlchemyError as error:
+        # The driver's own text (a refused connection) goes to stderr: without the password.
+        detail = error_text(error, url_secrets(engine.url))
+        raise StorageError(f"cannot query {container}: {detail}") from None
+
+
+def _query(engine: Engine, container: str) -> dict[str, Any]:
     holds = HoldStore(engine)
     bills = holds.bills_for(container)
     history = holds.list_holds(active_only=False, container=container)
@@ -80,4 +92,5 @@ def render_text(report: dict[str, Any]) -> str:
         reasons = ", ".join(r["code"] for r in decision["reasons"])
         lines.append(f"  {decision['decided_at']} {decision['lane']} {decision['outcome']} ({reasons})")
     lines.append(f"  {len(report['visits'])} visits, {len(report['readings'])} readings")
-    return "\n".join(lines)
+    # Fields came from customs and devices: a line break in one must not fake a line of the report.
+    return "\n".join(printable(line, None) for line in lines)

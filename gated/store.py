@@ -37,6 +37,7 @@ from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import StorageError
 from gated.model import Decision, Reading, Visit, new_id
+from gated.redact import error_text, url_secrets
 
 counters = Table(
     "node_counters",
@@ -224,7 +225,7 @@ class Store:
         try:
             return self.engine.begin()
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot open a transaction: {error}") from error
+            raise StorageError(f"cannot open a transaction: {self._failure(error)}") from error
 
     def envelope(self, message: Message, seq: int | None) -> dict[str, Any]:
         """The full payload: the message body inside the CONTRACT envelope."""
@@ -327,7 +328,10 @@ class Store:
                 insert_audit(conn, batch.audit)
                 return rows
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot store {self._describe(batch)}: {error}") from error
+            raise StorageError(f"cannot store {self._describe(batch)}: {self._failure(error)}") from error
+
+    def _failure(self, error: SQLAlchemyError) -> str:
+        return error_text(error, url_secrets(self.engine.url))
 
     @staticmethod
     def _describe(batch: Batch) -> str:
@@ -374,7 +378,7 @@ class Store:
                     for seq, topic, payload, qos, retain in result
                 ]
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot {what}: {error}") from error
+            raise StorageError(f"cannot {what}: {self._failure(error)}") from error
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
         """The broker acknowledged these. Acks come mostly in order, so runs of consecutive seqs
@@ -398,7 +402,8 @@ class Store:
                         .values(delivered_at=now)
                     )
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot mark {len(chosen)} messages delivered: {error}") from error
+            failure = self._failure(error)
+            raise StorageError(f"cannot mark {len(chosen)} messages delivered: {failure}") from error
 
     def purge_delivered(self, before: datetime) -> int:
         """Forget outbox rows delivered before ``before`` (the records stay in their own tables)."""
@@ -412,7 +417,7 @@ class Store:
                     ).rowcount
                 )
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot purge delivered messages: {error}") from error
+            raise StorageError(f"cannot purge delivered messages: {self._failure(error)}") from error
 
     def drop_oldest_pending_readings(self, keep: int) -> int:
         """Enforce the cap on reading messages waiting for the broker: drop the oldest beyond
@@ -441,7 +446,7 @@ class Store:
                 self._set_counter(conn, "dropped_readings", total)
                 return dropped
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot enforce the reading cap: {error}") from error
+            raise StorageError(f"cannot enforce the reading cap: {self._failure(error)}") from error
 
     def counter(self, name: str) -> int:
         with self.engine.connect() as conn:
