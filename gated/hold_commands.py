@@ -37,6 +37,7 @@ from gated.holds import MAX_MESSAGE_ID, HoldCommandResult, HoldListState, HoldSt
 from gated.jsonsafe import parse_json
 from gated.messages import HOLD, STATUS, Topics, alarm_message
 from gated.model import new_id
+from gated.redact import printable, shown
 from gated.signing import public_key_from_text, verify_command
 from gated.store import AuditRecord, Batch, Message, Store
 
@@ -223,8 +224,12 @@ class HoldCommandWorker:
             return True
         self.stats.rejected += 1
         if self.stats.rejected <= 5 or self.stats.rejected % 100 == 0:
+            # The id and the reason quote the sender: escaped and bounded, never a line of their own.
             log.warning(
-                "hold command %r rejected (#%d): %s", outcome.command_id, self.stats.rejected, outcome.reason
+                "hold command %s rejected (#%d): %s",
+                shown(outcome.command_id),
+                self.stats.rejected,
+                printable(outcome.reason),
             )
         if not self._answer_pace.take():
             self.stats.unanswered += 1
@@ -247,8 +252,11 @@ class HoldCommandWorker:
                 self._store(self._verified.popleft())
 
     def _store(self, command: VerifiedCommand) -> None:
+        results: list[HoldCommandResult] = []
+
         def apply(conn: Connection) -> Batch:
             result = self.holds.apply_command_in(conn, command)
+            results.append(result)
             state = self.holds.state_in(conn)
             audit = AuditRecord(
                 actor=f"key:{command.key_id}",
@@ -281,6 +289,14 @@ class HoldCommandWorker:
 
         if self._write(Batch(), prepare=apply):
             self.stats.applied += 1
+            result = results[-1]
+            log.info(
+                "hold command %s of key %s %s: %s",
+                shown(command.payload.get("id")),
+                command.key_id,
+                "applied" if result.applied else "refused",
+                printable(result.reason),
+            )
 
     def _write(self, batch: Batch, prepare: Callable[[Connection], Batch] | None = None) -> bool:
         try:
@@ -288,7 +304,7 @@ class HoldCommandWorker:
         except (StorageError, HoldListError) as error:
             # Nothing of it was stored (one transaction): customs sends again when no ack comes.
             self.stats.storage_failures += 1
-            log.error("hold command not stored: %s", error)
+            log.error("hold command not stored: %s", printable(str(error)))
             return False
         self.on_stored()
         return True

@@ -25,6 +25,7 @@ from gated.clock import rfc3339
 from gated.errors import ContainerNumberError, HoldListError, StorageError
 from gated.holds import MAX_ACTOR, HoldRecord, HoldStore, ImportKind, normalise_container
 from gated.iso6346 import ContainerNumber
+from gated.redact import printable
 
 Handler = Callable[[argparse.Namespace, Engine], int]
 
@@ -285,4 +286,5 @@ def _line(record: HoldRecord) -> str:
         parts.append(released)
     if record.note:
         parts.append(f"- {record.note}")
-    return " ".join(parts)
+    # One hold, one line: a note's line breaks (or any field's) must not fake another hold's line.
+    return printable(" ".join(parts), None)

@@ -52,6 +52,7 @@ from gated.model import (
 )
 from gated.policy import CREDENTIAL_MISSING, STORAGE_FAILURE, HoldListStatus, PolicySettings, decide
 from gated.preadvice import PreadviceStore
+from gated.redact import printable, shown
 from gated.store import AuditRecord, Batch, Message, Store
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,9 @@ class Pipeline:
     ) -> None:
         correlator = self.correlators.get(reading.lane)
         if correlator is None:
-            log.error("reading for unknown lane %s from %s: dropped", reading.lane, reading.device)
+            log.error(
+                "reading for unknown lane %s from %s: dropped", shown(reading.lane), shown(reading.device)
+            )
             return
         attached, closed, opened = correlator.accept(reading)
         for visit in closed:
@@ -398,7 +401,8 @@ class Pipeline:
         self.stats.frame_errors[key] = count
         # Log the first few and then every hundredth, so a babbling device cannot flood the log.
         if count <= 5 or count % 100 == 0:
-            log.warning("%s: malformed frame #%d: %s", key, count, event.error)
+            # A driver's error quotes what the device sent: escaped, so it cannot fake a log line.
+            log.warning("%s: malformed frame #%d: %s", key, count, printable(event.error))
 
     # -- the hold list ------------------------------------------------------------------------
     def hold_list_status(self) -> HoldListStatus:
@@ -554,7 +558,9 @@ class Pipeline:
             self.stats.storage_failures += 1
             self._pending, self._pending_decided = batch, decided
             if self.storage_ok:
-                log.error("storage failed, lanes stop releasing until it works again: %s", error)
+                log.error(
+                    "storage failed, lanes stop releasing until it works again: %s", printable(str(error))
+                )
                 self.storage_ok = False
                 self._tell_storage(False, str(error))
             self._retry_at = self.clock.monotonic() + STORAGE_RETRY_SECONDS

@@ -22,6 +22,7 @@ from gated.db import UTCDateTime, metadata
 from gated.errors import ContainerNumberError, HoldListError, PayloadError, StorageError
 from gated.iso6346 import ContainerNumber
 from gated.jsonsafe import parse_json
+from gated.redact import error_text, shown
 
 preadvice = Table(
     "preadvice",
@@ -36,6 +37,7 @@ preadvice = Table(
 )
 
 MAX_PROBLEMS = 20
+MAX_TRUCK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +52,14 @@ def _tag(value: object) -> str:
         raise ValueError("tag must be text")
     tag = value.strip().lower()
     if not tag or len(tag) > 64 or any(c not in "0123456789abcdef" for c in tag):
-        raise ValueError(f"tag {value!r} is not a hexadecimal EPC")
+        raise ValueError(f"tag {shown(value, 80)} is not a hexadecimal EPC")
     return tag
 
 
 def _row(record: dict[str, Any]) -> PreadviceRow:
     unknown = set(record) - {"tag", "container", "truck"}
     if unknown:
-        raise ValueError(f"unknown column(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown column(s): {', '.join(shown(name, 80) for name in sorted(unknown))}")
     try:
         container = str(
             ContainerNumber.parse(str(record.get("container", "")), require_valid_check_digit=False)
@@ -67,6 +69,9 @@ def _row(record: dict[str, Any]) -> PreadviceRow:
     truck = record.get("truck")
     if truck is not None and not isinstance(truck, str):
         raise ValueError("truck must be text")
+    # `preadvice list` prints it: no control characters that could fake a line or move the cursor.
+    if truck is not None and (len(truck.strip()) > MAX_TRUCK or not truck.isprintable()):
+        raise ValueError(f"truck must be printable text of at most {MAX_TRUCK} characters")
     return PreadviceRow(_tag(record.get("tag")), container, (truck or "").strip() or None)
 
 
@@ -141,7 +146,7 @@ class PreadviceStore:
                     )
                 return len(fresh)
         except SQLAlchemyError as error:
-            raise StorageError(f"cannot import pre-advice {file}: {error}") from error
+            raise StorageError(f"cannot import pre-advice {file}: {error_text(error)}") from error
 
     def expected_for(self, tag: str) -> frozenset[str] | None:
         """The containers pre-advised for ``tag``, or None when the tag has no pre-advice."""
