@@ -178,9 +178,11 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from gated.config import load_config
     from gated.devices import check_devices
+    from gated.mqtt_link import check_broker_link
 
     config = load_config(args.config)
     problems = check_devices([(lane.id, device) for lane in config.lanes for device in lane.devices])
+    problems += [f"{args.config}: {problem}" for problem in check_broker_link(config.mqtt)]
     if problems:
         raise ConfigError(problems)
     devices = sum(len(lane.devices) for lane in config.lanes)

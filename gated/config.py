@@ -6,6 +6,7 @@ fixed or dropped. ``load_config`` is the only way the daemon reads a config.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import tomllib
@@ -28,13 +29,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class MqttTlsConfig(_Strict):
+    """TLS to the broker: its certificate is checked against ``ca_file`` and the host name."""
+
+    ca_file: str | None = Field(
+        None,
+        description="CA certificate(s) that signed the broker's certificate (PEM); the system's if unset.",
+    )
+    cert_file: str | None = Field(
+        None, description="This client's certificate (PEM), for brokers that want one."
+    )
+    key_file: str | None = Field(
+        None, description="The private key of cert_file (PEM); must not be readable by others."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+
 class MqttConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     keepalive: int = Field(30, ge=5, le=3600, description="Seconds between MQTT keepalive pings.")
-    client_id: str | None = Field(None, description="Defaults to gated-{site}-{node}.")
+    client_id: str | None = Field(
+        None,
+        description="Defaults to gated-{site}-{node}. With the broker configuration in config/mosquitto/, "
+        "it must be the common name of the client certificate.",
+    )
     username: str | None = None
-    password_file: str | None = Field(None, description="File holding the MQTT password.")
+    password_file: str | None = Field(None, description="File holding the MQTT password (needs username).")
+    tls: MqttTlsConfig | None = Field(
+        None, description="TLS to the broker. Required unless host is loopback."
+    )
+    lab_cleartext: bool = Field(
+        False,
+        description="Only in a lab: allow MQTT in clear text to a broker that is not on this machine "
+        "(passwords and hold commands then cross the network readable by anyone on it).",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT version. 5 tells gated when its session is taken over or a publish is "
+        "refused; 3.1.1 only for brokers that lack 5.",
+    )
     max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged QoS 1 messages at once.")
     replay_seconds: int = Field(
         60,
@@ -43,6 +82,38 @@ class MqttConfig(_Strict):
         description="Messages acknowledged this recently are sent again when the broker comes back "
         "without our session (it restarted and may have lost them). Keep above the broker's "
         "persistence autosave interval.",
+    )
+
+    @model_validator(mode="after")
+    def _secure(self) -> MqttConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username: without it the password would never be sent")
+        problem = cleartext_problem(self.host, self.tls is not None, self.lab_cleartext)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address that never leaves this machine."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_problem(host: str, tls: bool, lab: bool) -> str | None:
+    """Why a broker link may not be used as configured, or None: clear text only on loopback."""
+    if tls or lab or is_loopback(host):
+        return None
+    return (
+        f"TLS is required for the broker at {host!r} (not loopback): add [mqtt.tls], or set "
+        "lab_cleartext = true for a lab where clear text is acceptable"
     )
 
 
@@ -632,7 +703,9 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
             "database_password_file": _maybe(resolve, config.storage.database_password_file),
         }
     )
-    return config.model_copy(update={"lanes": lanes, "storage": storage})
+    return config.model_copy(
+        update={"lanes": lanes, "storage": storage, "mqtt": _resolve_mqtt(config.mqtt, resolve)}
+    )
 
 
 def _maybe(resolve: Callable[[str], str], value: str | None) -> str | None:
@@ -678,6 +751,22 @@ def _read_password_files(config: GateConfig, source: str) -> GateConfig:
             devices.append(device)
         lanes.append(lane.model_copy(update={"devices": devices}))
     return config.model_copy(update={"lanes": lanes})
+
+
+def _resolve_mqtt(mqtt: MqttConfig, resolve: Any) -> MqttConfig:
+    def maybe(value: str | None) -> str | None:
+        return None if value is None else resolve(value)
+
+    tls = mqtt.tls
+    if tls is not None:
+        tls = tls.model_copy(
+            update={
+                "ca_file": maybe(tls.ca_file),
+                "cert_file": maybe(tls.cert_file),
+                "key_file": maybe(tls.key_file),
+            }
+        )
+    return mqtt.model_copy(update={"tls": tls, "password_file": maybe(mqtt.password_file)})
 
 
 def json_schema() -> str:

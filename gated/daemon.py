@@ -81,6 +81,7 @@ class Daemon:
                 "backlog",
                 f"{waiting} reading messages wait for the broker; beyond {cap} the oldest are dropped",
             ),
+            on_link_alarm=lambda alarm, text: self.pipeline.node_alarm(alarm, text, severity="high"),
         )
         self.pipeline.on_stored = self.publisher.wake
         self.commands.on_stored = self.publisher.wake
