@@ -32,6 +32,7 @@ from gated.errors import ConfigError, GatedError, PayloadError, PublishError, Si
 from gated.holds import SCHEMA
 from gated.jsonsafe import parse_json
 from gated.mqtt_link import connect, new_client
+from gated.redact import printable, redact_url
 from gated.signing import (
     canonical_bytes,
     generate_private_key_file,
@@ -368,11 +369,11 @@ def _report(command_id: str, ack: dict[str, Any] | None, args: argparse.Namespac
     else:
         reason = str(ack.get("reason", ""))
         if not applied:
-            print(f"REJECTED {command_id}: {reason}")
+            print(f"REJECTED {printable(command_id)}: {printable(reason)}")
         elif ack.get("duplicate") is True:
-            print(f"applied {command_id} (already, a duplicate): {reason}")
+            print(f"applied {printable(command_id)} (already, a duplicate): {printable(reason)}")
         else:
-            print(f"applied {command_id}: {reason}")
+            print(f"applied {printable(command_id)}: {printable(reason)}")
     return applied
 
 
@@ -462,7 +463,7 @@ def _commands_from_file(path: str) -> list[dict[str, Any]]:
 def _broker_settings(args: argparse.Namespace) -> MqttConfig:
     """The broker link from ``--broker`` and the TLS and credential options."""
     url = args.broker
-    usage = f"--broker: {url!r} is not mqtts://HOST[:PORT] or mqtt://HOST[:PORT]"
+    usage = f"--broker: {redact_url(url)!r} is not mqtts://HOST[:PORT] or mqtt://HOST[:PORT]"
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -477,7 +478,7 @@ def _broker_settings(args: argparse.Namespace) -> MqttConfig:
         raise ConfigError([usage])
     if parts.username is not None:
         raise ConfigError(
-            [f"--broker: {url!r}: give the user with --username and the password in --password-file"]
+            [f"--broker: {redact_url(url)!r}: give the user with --username, the password in --password-file"]
         )
     secure = parts.scheme == "mqtts"
     if not secure and (args.ca or args.cert or args.cert_key):

@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gated.errors import ConfigError, DeviceUnavailable, GatedError, ProtocolError
+from gated.redact import printable, redact, redact_url, shown
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,12 @@ class FrameSource(ABC):
         self.protocol_errors += 1
         self.last_error = error
         if self.protocol_errors == 1 or self.protocol_errors % 100 == 0:
-            log.warning("%s: %s (%d bad frames so far)", self.source, error, self.protocol_errors)
+            log.warning(
+                "%s: %s (%d bad frames so far)",
+                redact_url(self.source),
+                shown(str(error)),
+                self.protocol_errors,
+            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -128,7 +134,7 @@ class _ThreadedSource(FrameSource):
         self._queue: queue.Queue[Frame | DeviceUnavailable] = queue.Queue(maxsize=_QUEUE_FRAMES)
         self._failure: DeviceUnavailable | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"frames {source}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"frames {redact_url(source)}", daemon=True)
 
     def _start(self) -> None:
         self._thread.start()
@@ -194,7 +200,7 @@ class MjpegHttpSource(_ThreadedSource):
         super().__init__(url)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError([f"camera url {url!r}: need http://host[:port]/path"])
+            raise ConfigError([f"camera url {redact_url(url)!r}: need http://host[:port]/path"])
         self._buffer = bytearray()
         self._stall_timeout = stall_timeout
         connection_class = (
@@ -203,14 +209,14 @@ class MjpegHttpSource(_ThreadedSource):
         try:
             port = parts.port
         except ValueError as error:
-            raise ConfigError([f"camera url {url!r}: {error}"]) from error
+            raise ConfigError([f"camera url {redact_url(url)!r}: {redact(str(error))}"]) from None
         self._connection = connection_class(parts.hostname, port, timeout=connect_timeout)
         headers = {"Accept": "multipart/x-mixed-replace, image/jpeg", "User-Agent": "gated"}
         if parts.username is not None:
             secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.source = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        self.source = redact_url(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
         try:
             self._connection.request("GET", path, headers=headers)
             self._response = self._connection.getresponse()
@@ -219,7 +225,9 @@ class MjpegHttpSource(_ThreadedSource):
             raise DeviceUnavailable(f"{self.source}: cannot connect: {error}") from error
         if self._response.status != 200:
             self._connection.close()
-            raise DeviceUnavailable(f"{self.source}: HTTP {self._response.status} {self._response.reason}")
+            raise DeviceUnavailable(
+                f"{self.source}: HTTP {self._response.status} {printable(self._response.reason)}"
+            )
         self._delimiter = b"--" + _boundary(self.source, self._response.getheader("Content-Type", ""))
         if self._connection.sock is not None:
             self._connection.sock.settimeout(stall_timeout)
@@ -330,7 +338,7 @@ class RtspSource(_ThreadedSource):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         parts = urlsplit(url)
-        self.source = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        self.source = redact_url(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
         self._capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
             self._capture.release()
@@ -424,14 +432,14 @@ class ImageFolderSource(FrameSource):
                 except FileNotFoundError:
                     continue
                 except OSError as error:
-                    raise DeviceUnavailable(f"{path}: {error}") from error
+                    raise DeviceUnavailable(f"{shown(str(path))}: {error}") from error
                 try:
                     image = decode_jpeg(data)
                 except ProtocolError as error:
                     if time.time() - mtime < self._settle_s:
                         continue
                     self._seen.add(path.name)
-                    self._count(ProtocolError(f"{path.name}: {error}"))
+                    self._count(ProtocolError(f"{shown(path.name)}: {error}"))
                     continue
                 self._seen.add(path.name)
                 return self._frame(image, mtime)

@@ -357,7 +357,7 @@ def test_the_gated_command_runs_keygen_and_send(tmp_path: Path, mosquitto: Mosqu
         ("mqtt://127.0.0.1:1", ["--ca", "ca.pem"], "mqtts://"),
         ("mqtts://127.0.0.1:1", ["--cert", "c.pem"], "go together"),
         ("mqtts://127.0.0.1:1", ["--ca", "/nowhere/ca.pem"], "ca_file"),
-        ("mqtts://u:p@127.0.0.1:1", [], "--password-file"),
+        ("mqtts://u:S3cret@127.0.0.1:1", [], "--password-file"),
         ("mqtt://127.0.0.1:1", ["--password-file", "p"], "password_file needs username"),
     ],
 )
@@ -371,6 +371,7 @@ def test_an_unsafe_or_broken_broker_link_exits_78(
     with pytest.raises(ConfigError) as refused:
         args.handler(args)
     assert any(wanted in problem for problem in refused.value.problems), refused.value.problems
+    assert not any("S3cret" in problem for problem in refused.value.problems)
 
 
 def test_clear_text_to_a_remote_broker_only_in_a_declared_lab(customs_key: tuple[Path, str]) -> None:
