@@ -53,7 +53,6 @@ frames with.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -68,7 +67,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from drivers.base import Driver
+from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
 from gated.errors import ContainerNumberError, DeviceUnavailable, GatedError, ProtocolError, StorageError
 from gated.evidence import EvidenceStore
@@ -95,6 +94,10 @@ MIN_CROP_PAD_PX: Final = 12
 KEEP_SLACK_SECONDS: Final = 2.0
 """Frames are kept this much longer than the trigger window needs (the read starts a step late)."""
 MAX_QUEUED_ERRORS: Final = 1000
+"""Most bad frames from the views held between steps; more are refused and counted."""
+MAX_PENDING_READS: Final = 16
+"""Most visits read at once (waiting for frames or in the OCR pool); a trigger beyond them is
+refused and counted in ``triggers_refused``: that visit gets no number from this camera."""
 DEFAULT_PRE_TRIGGER: Final = 1.0
 DEFAULT_POST_TRIGGER: Final = 1.5
 DEFAULT_FRAMES_PER_VIEW: Final = 2
@@ -140,7 +143,7 @@ class _View:
         keep_seconds: float,
         sample_period: float,
         silence_timeout: float,
-        errors: deque[ProtocolError],
+        errors: BoundedQueue[ProtocolError],
         wake: threading.Event,
         retry_seconds: float,
     ) -> None:
@@ -192,7 +195,7 @@ class _View:
                 if source.protocol_errors > counted:
                     for _ in range(source.protocol_errors - counted):
                         problem = printable(redact(f"view {source.source}: {source.last_error}"))
-                        self._errors.append(ProtocolError(problem))
+                        self._errors.put(ProtocolError(problem))
                     counted = source.protocol_errors
                     self._wake.set()
                 if frame is not None:
@@ -279,6 +282,7 @@ def _without_credentials(url: str) -> str:
 class _DriverOptions(TypedDict, total=False):
     backoff_initial: float
     backoff_max: float
+    offline_after: float
 
 
 class FramesCameraDriver(Driver):
@@ -340,11 +344,13 @@ class FramesCameraDriver(Driver):
         self.plate_frames_read = 0
         self.last_read_seconds: float | None = None
         """Seconds from the last read's trigger to its readings."""
-        self._triggers: queue.SimpleQueue[Trigger] = queue.SimpleQueue()
+        self._triggers: BoundedQueue[Trigger] = BoundedQueue(MAX_PENDING_READS)
+        self.triggers_refused = 0
+        self._refusing = 0  # visits refused since the last one read; the first is logged
         self._waiting: list[_Read[list[Candidate]]] = []
         self._reads: list[_Read[list[Candidate]]] = []
         self._plate_reads: list[_Read[PlateRead]] = []
-        self._errors: deque[ProtocolError] = deque(maxlen=MAX_QUEUED_ERRORS)
+        self._errors: BoundedQueue[ProtocolError] = BoundedQueue(MAX_QUEUED_ERRORS)
         self._wake = threading.Event()
         self._open_views: list[_View] = []
         self._open_plate_views: list[_View] = []
@@ -357,8 +363,22 @@ class FramesCameraDriver(Driver):
 
     def trigger(self, trigger: Trigger) -> None:
         """Read the frames around ``trigger`` (thread-safe, never blocks)."""
-        self._triggers.put(trigger)
-        self._wake.set()
+        if self._triggers.put(trigger):
+            self._wake.set()
+        else:
+            self._refuse(trigger)
+
+    def _refuse(self, trigger: Trigger) -> None:
+        self.triggers_refused += 1
+        self._refusing += 1
+        if self._refusing == 1:
+            log.warning(
+                "%s/%s: %d visits are being read already: visit %s is not read (repeats are counted)",
+                self.lane,
+                self.device,
+                MAX_PENDING_READS,
+                trigger.visit,
+            )
 
     # -- the driver's thread --------------------------------------------------------------------
     def connect(self) -> None:
@@ -421,7 +441,7 @@ class FramesCameraDriver(Driver):
         if down and len(down) == len(self._open_views):
             raise _all_down(down)
         if self._errors:
-            raise self._errors.popleft()
+            raise self._errors.take()
         return []
 
     def close(self) -> None:
@@ -440,11 +460,14 @@ class FramesCameraDriver(Driver):
         self._wake.clear()
 
     def _start_due(self) -> None:
-        while True:
-            try:
-                trigger = self._triggers.get_nowait()
-            except queue.Empty:
-                break
+        while self._triggers:
+            trigger = self._triggers.take()
+            if len(self._reads) >= MAX_PENDING_READS:
+                self._refuse(trigger)
+                continue
+            if self._refusing:
+                log.info("%s/%s: reading visits again, %d not read", self.lane, self.device, self._refusing)
+                self._refusing = 0
             # The frames from before the trigger are here already: the sharpest of them are read
             # while the truck drives on, so once the window has passed only the frames taken after
             # the trigger are left to read, and the number is ready that much sooner.

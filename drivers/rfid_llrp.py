@@ -41,6 +41,12 @@ On the stream, bytes that cannot start a message (a set reserved bit, version 0,
 ``silence_timeout`` seconds (keepalives included) the reader counts as gone, and the reconnect
 starts a clean stream.
 
+Nothing a reader sends can grow the driver without bound: at most ``MAX_QUEUED`` readings and bad
+frames wait between steps (more are refused and counted in ``refused``), and a reader that sends
+``GARBAGE_LIMIT`` bad frames in a row, or ``GARBAGE_BYTES`` bytes without one valid message, counts
+as gone, during the handshake as after it: the connection is closed and the driver loop reports
+the reader offline and reconnects with backoff.
+
 Readers report a tag many times a second while a truck stands in the field. The driver reports an
 EPC once, then stays quiet about it for as long as it keeps being read with gaps shorter than
 ``repeat_window`` seconds.
@@ -53,11 +59,10 @@ import logging
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from drivers.base import Driver
+from drivers.base import BoundedQueue, Driver
 from drivers.serial_frames import RepeatFilter
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
@@ -74,6 +79,13 @@ MAX_MESSAGE = 1 << 20
 
 READ_CHUNK = 65536
 ROSPEC_ID = 1
+MAX_QUEUED = 4096
+"""Most readings and bad frames held between steps; more are refused and counted (``refused``).
+A full read of EPC-96 tag reports (17 bytes each) fits."""
+GARBAGE_LIMIT = 64
+"""Bad frames in a row (no valid message between them) after which the reader counts as gone."""
+GARBAGE_BYTES = 2 * MAX_MESSAGE
+"""Bytes received without one valid message among them after which the reader counts as gone."""
 
 # Message types.
 GET_READER_CONFIG_RESPONSE = 12
@@ -415,7 +427,8 @@ class MessageSplitter:
     """Cuts a TCP byte stream into messages by their length field.
 
     ``feed`` returns, in stream order, each complete message (bytes, for ``parse_message``) and a
-    ``ProtocolError`` for each run of bytes that could not start a message, which is skipped."""
+    ``ProtocolError`` for each run of bytes that could not start a message, which is skipped. What
+    it keeps between calls is one incomplete message: at most ``MAX_MESSAGE`` bytes."""
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -427,24 +440,24 @@ class MessageSplitter:
     def feed(self, data: bytes) -> list[bytes | ProtocolError]:
         out: list[bytes | ProtocolError] = []
         buffer = self._buffer + data
-        while buffer:
-            skip = 0
+        position = 0  # cut once at the end: slicing off each message would copy the rest each time
+        while position < len(buffer):
+            skip = position
             while skip < len(buffer) and not _plausible_start(buffer, skip):
                 skip += 1
-            if skip:
-                out.append(
-                    ProtocolError(f"malformed LLRP stream: {skip} bytes skipped: {_show(buffer[:skip])}")
-                )
-                buffer = buffer[skip:]
+            if skip > position:
+                run = buffer[position:skip]
+                out.append(ProtocolError(f"malformed LLRP stream: {len(run)} bytes skipped: {_show(run)}"))
+                position = skip
                 continue
-            if len(buffer) < HEADER_SIZE:
+            if len(buffer) - position < HEADER_SIZE:
                 break
-            (length,) = struct.unpack_from("!I", buffer, 2)
-            if len(buffer) < length:
+            (length,) = struct.unpack_from("!I", buffer, position + 2)
+            if len(buffer) - position < length:
                 break
-            out.append(buffer[:length])
-            buffer = buffer[length:]
-        self._buffer = buffer
+            out.append(buffer[position : position + length])
+            position += length
+        self._buffer = buffer[position:]
         return out
 
 
@@ -513,15 +526,33 @@ class LlrpRfidDriver(Driver):
         self._repeats = RepeatFilter(repeat_window)
         self._sock: socket.socket | None = None
         self._splitter = MessageSplitter()
-        self._queue: deque[Reading | ProtocolError] = deque()
+        self._queue: BoundedQueue[Reading | ProtocolError] = BoundedQueue(MAX_QUEUED)
         self._failure: DeviceUnavailable | None = None
         self._last_message = 0.0
         self._next_id = 0
+        self._garbage = 0  # bad frames since the last valid message
+        self._garbage_bytes = 0  # bytes read since the last chunk that held a valid message
+        self._first_garbage = ""
+        self._refusal_logged = False
+        self._reader_error_logged = False
         self.keepalives = 0
+        self.reader_errors = 0
+        """ERROR_MESSAGEs from the reader (the first of a connection is logged)."""
+        self.garbage_disconnects = 0
 
     @property
     def where(self) -> str:
         return f"llrp://{self.host}:{self.port}"
+
+    @property
+    def queued(self) -> int:
+        """Readings and bad frames waiting for ``step()``."""
+        return len(self._queue)
+
+    @property
+    def refused(self) -> int:
+        """Readings and bad frames refused because the queue was full."""
+        return self._queue.refused
 
     # Driver
 
@@ -530,6 +561,8 @@ class LlrpRfidDriver(Driver):
         self._splitter = MessageSplitter()
         self._queue.clear()
         self._failure = None
+        self._garbage = self._garbage_bytes = 0
+        self._refusal_logged = self._reader_error_logged = False
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as error:
@@ -557,14 +590,14 @@ class LlrpRfidDriver(Driver):
                 )
         readings: list[Reading] = []
         while self._queue:
-            item = self._queue[0]
+            item = self._queue.first()
             if isinstance(item, ProtocolError):
                 if readings:
                     break
-                self._queue.popleft()
+                self._queue.take()
                 raise item
             readings.append(item)
-            self._queue.popleft()
+            self._queue.take()
         return readings
 
     def close(self) -> None:
@@ -614,7 +647,9 @@ class LlrpRfidDriver(Driver):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeviceUnavailable(f"{self.where}: no {what} within {self.connect_timeout:g} s")
+                raise DeviceUnavailable(
+                    f"{self.where}: {what} did not come within {self.connect_timeout:g} s"
+                )
             found = self._fill(min(left, self.read_timeout), wanted=wanted)
             if found is not None:
                 return found
@@ -628,25 +663,63 @@ class LlrpRfidDriver(Driver):
         self, timeout: float, wanted: Callable[[LlrpMessage], bool] | None = None
     ) -> LlrpMessage | None:
         """Read once; queue readings and errors. Returns the first message ``wanted`` accepts."""
+        if self._failure is not None:
+            return None
         data = self._recv(timeout)
         if not data:
             return None
         found: LlrpMessage | None = None
+        valid = False
         for item in self._splitter.feed(data):
             if isinstance(item, ProtocolError):
-                self._queue.append(item)
+                if not self._bad_frame(item):
+                    break
                 continue
             try:
                 message = parse_message(item)
             except ProtocolError as error:
-                self._queue.append(error)
+                if not self._bad_frame(error):
+                    break
                 continue
             self._last_message = self.clock.monotonic()
+            self._garbage = 0
+            valid = True
             if found is None and wanted is not None and wanted(message):
                 found = message
                 continue
             self._handle(message)
+        self._garbage_bytes = 0 if valid else self._garbage_bytes + len(data)
+        if self._garbage_bytes > GARBAGE_BYTES:
+            self._gone_for_garbage(f"{self._garbage_bytes} bytes without a valid message")
         return found
+
+    def _bad_frame(self, error: ProtocolError) -> bool:
+        """Queue a bad frame; False once the reader has sent too many of them in a row."""
+        if not self._garbage:
+            self._first_garbage = str(error)
+        self._garbage += 1
+        if self._garbage > GARBAGE_LIMIT:
+            self._gone_for_garbage(f"more than {GARBAGE_LIMIT} bad frames in a row")
+            return False
+        self._queue.put(error)
+        return True
+
+    def _gone_for_garbage(self, what: str) -> None:
+        """The reader counts as gone: the driver loop reconnects (with backoff) to a clean stream."""
+        if self._failure is None:
+            self.garbage_disconnects += 1
+            first = self._first_garbage or "none complete"
+            self._failure = DeviceUnavailable(f"{self.where} sends garbage: {what}; first bad frame: {first}")
+
+    def _queue_reading(self, reading: Reading) -> None:
+        if not self._queue.put(reading) and not self._refusal_logged:
+            self._refusal_logged = True
+            log.warning(
+                "%s: %d readings and errors wait already: reading %s refused (refusals are counted)",
+                self.where,
+                len(self._queue),
+                reading.value,
+            )
 
     def _recv(self, timeout: float) -> bytes:
         sock = self._sock
@@ -674,11 +747,16 @@ class LlrpRfidDriver(Driver):
             now = self.clock.monotonic()
             for tag in message.tags:
                 if self._repeats.admit(tag.epc, now):
-                    self._queue.append(self._reading(tag))
+                    self._queue_reading(self._reading(tag))
         elif message.type == READER_EVENT_NOTIFICATION and message.connection_closed:
             self._failure = self._failure or DeviceUnavailable(f"{self.where} is closing the connection")
         elif message.type == ERROR_MESSAGE:
-            log.warning("%s: the reader reports an error: %s", self.where, message.status)
+            self.reader_errors += 1
+            if not self._reader_error_logged:
+                self._reader_error_logged = True
+                log.warning(
+                    "%s: the reader reports an error: %s (repeats are counted)", self.where, message.status
+                )
 
     def _send(self, message_type: int, body: bytes, *, message_id: int | None = None) -> int:
         sock = self._sock

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import Driver
+from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
@@ -58,6 +58,12 @@ COUNT_TAGS = frozenset({"GB", "GS", "GA", "GH", "GL", "NB", "NS", "NA", "NH", "G
 DECIMAL_FIELDS = {"SP": (4, 4), "SG1": (6, 6), "SG2": (1, 8), "SG3": (1, 8), "SN1": (6, 6), "SN2": (4, 4)}
 FAULT_NAMES = {"GH": "gamma_high_fault", "GL": "gamma_low_fault", "NH": "neutron_high_fault"}
 MAX_LINE = 256
+READ_CHUNK = 4096
+MAX_LINES = READ_CHUNK
+"""Most lines held between steps (one read's worth); more are refused and counted."""
+MAX_PASS_SAMPLES = 9000
+"""Most gamma (and neutron) samples kept for one pass: 30 minutes of 200 ms samples. Later ones are
+counted in ``samples_refused`` and the pass goes unchecked by gated (the monitor's verdict stands)."""
 
 _COUNT = re.compile(r"[0-9]{1,9}")
 _DECIMAL = re.compile(r" *[-+]?[0-9]{1,9}(\.[0-9]{1,9})?")
@@ -120,6 +126,7 @@ class _Occupancy:
     speed_kmh: float | None = None
     gamma_background_cps: float | None = None
     neutron_background_cps: float | None = None
+    refused: int = 0  # samples beyond MAX_PASS_SAMPLES
 
 
 class OccupancyTracker:
@@ -151,6 +158,7 @@ class OccupancyTracker:
         self._tamper: bool | None = None
         self.device_gamma_n_sigma: float | None = None
         self.device_neutron_n_sigma: float | None = None
+        self.samples_refused = 0
 
     @property
     def occupied(self) -> bool:
@@ -197,11 +205,14 @@ class OccupancyTracker:
         elif tag in ("GS", "GA", "NS", "NA"):
             if occupancy is None:
                 occupancy = self._begin(out)
+            samples = occupancy.gamma if tag[0] == "G" else occupancy.neutron
+            if len(samples) < MAX_PASS_SAMPLES:
+                samples.append(sum(record.counts))
+            else:
+                self._refuse_sample(occupancy)
             if tag[0] == "G":
-                occupancy.gamma.append(sum(record.counts))
                 occupancy.gamma_alarm |= tag == "GA"
             else:
-                occupancy.neutron.append(sum(record.counts))
                 occupancy.neutron_alarm |= tag == "NA"
         elif tag == "GX":
             if occupancy is None:
@@ -238,6 +249,17 @@ class OccupancyTracker:
         self._occupancy = occupancy
         out.add(Source.OCCUPANCY, True)
         return occupancy
+
+    def _refuse_sample(self, occupancy: _Occupancy) -> None:
+        if not occupancy.refused:
+            log.warning(
+                "%s/%s: pass longer than %d samples: later samples are not kept and gated does not check it",
+                self.lane,
+                self.device,
+                MAX_PASS_SAMPLES,
+            )
+        occupancy.refused += 1
+        self.samples_refused += 1
 
     def _end(self, out: _Out, occupancy: _Occupancy, gx: RpmRecord) -> None:
         self._occupancy = None
@@ -299,6 +321,10 @@ class OccupancyTracker:
         neutron: OccupancyResult,
     ) -> tuple[dict[str, Any], Quality]:
         value: dict[str, Any] = {"device_verdict": str(device), "n_sigma": self.n_sigma}
+        if occupancy.refused:
+            detail = f"pass longer than {MAX_PASS_SAMPLES} samples: {occupancy.refused} samples not kept"
+            value.update(verdict="unchecked", agrees=False, detail=detail)
+            return value, Quality.BAD
         if gamma is None:
             value.update(verdict="unchecked", agrees=False, detail="no gamma background before the pass")
             return value, Quality.BAD
@@ -415,7 +441,7 @@ class RapiscanRpmDriver(Driver):
         )
         self._socket: socket.socket | None = None
         self._buffer = b""
-        self._lines: deque[bytes] = deque()
+        self._lines: BoundedQueue[bytes] = BoundedQueue(MAX_LINES)
         self._pending: list[Reading] = []
         self._last_record = 0.0
 
@@ -445,14 +471,14 @@ class RapiscanRpmDriver(Driver):
         if not self._lines:
             self._receive()
         while self._lines:
-            line = self._lines.popleft()
+            line = self._lines.take()
             if not line.strip():
                 continue
             try:
                 record = parse_record(line)
             except ProtocolError as error:
                 if readings:  # hand over what this step produced; the error comes next step
-                    self._lines.appendleft(line)
+                    self._lines.put_back(line)
                     return readings
                 raise ProtocolError(f"{self._where}: {error}") from error
             readings.extend(self.tracker.feed(record))
@@ -467,7 +493,7 @@ class RapiscanRpmDriver(Driver):
             raise DeviceUnavailable(f"{self._where}: no record for {self.silence_timeout:g} s")
         sock.settimeout(min(remaining, 0.2))
         try:
-            data = sock.recv(4096)
+            data = sock.recv(READ_CHUNK)
         except TimeoutError:
             return
         except OSError as error:
@@ -478,7 +504,8 @@ class RapiscanRpmDriver(Driver):
         *complete, self._buffer = re.split(rb"\r\n|\r|\n", self._buffer)
         if complete:
             self._last_record = time.monotonic()
-        self._lines.extend(complete)
+        for line in complete:
+            self._lines.put(line)
         if len(self._buffer) > MAX_LINE:
             self._buffer = b""
             raise ProtocolError(f"{self._where}: no line end within {MAX_LINE} bytes")

@@ -1,6 +1,8 @@
 """What every serial reader driver shares: open the port (``serial_for_url``: a device, a pty or
 ``socket://``), read what has arrived, split it into frames, parse each, report a read once while
-it keeps being seen, and keep bad frames in their place in the order of the stream.
+it keeps being seen, and keep bad frames in their place in the order of the stream. What waits
+between steps is bounded (``MAX_QUEUED``), and so is what the repeat filter remembers
+(``RepeatFilter.limit``); what does not fit is refused and counted.
 
 A driver names its framing (``new_splitter``), its parser (``parse``), what counts as the same read
 again (``repeat_key``) and the reading it makes of a read (``reading``)."""
@@ -9,19 +11,22 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import serial
 
-from drivers.base import Driver
+from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Reading
 
 READ_CHUNK = 4096
 """Most bytes one step reads from the port."""
+MAX_QUEUED = 1024
+"""Most readings and bad frames held between steps; more are refused and counted."""
+REPEAT_MEMORY = 4096
+"""Most reads a repeat filter remembers at once."""
 
 Read = TypeVar("Read")
 
@@ -34,17 +39,27 @@ class Splitter(Protocol):
 
 
 class RepeatFilter:
-    """Lets a read through once, then holds it back while it is seen again within ``window`` s."""
+    """Lets a read through once, then holds it back while it is seen again within ``window`` s.
 
-    def __init__(self, window: float) -> None:
+    It remembers at most ``limit`` reads: a device sending ever new ones makes it forget the one
+    seen longest ago (counted in ``forgotten``), which is then reported again if it comes back."""
+
+    def __init__(self, window: float, limit: int = REPEAT_MEMORY) -> None:
         self.window = window
-        self._last_seen: dict[Hashable, float] = {}
+        self.limit = limit
+        self.forgotten = 0
+        self._last_seen: dict[Hashable, float] = {}  # in the order last seen, oldest first
 
     def admit(self, key: Hashable, now: float) -> bool:
-        stale = [seen_key for seen_key, seen in self._last_seen.items() if now - seen >= self.window]
-        for seen_key in stale:
-            del self._last_seen[seen_key]
-        fresh = key not in self._last_seen
+        while self._last_seen:
+            oldest = next(iter(self._last_seen))
+            if now - self._last_seen[oldest] < self.window:
+                break
+            del self._last_seen[oldest]
+        fresh = self._last_seen.pop(key, None) is None
+        if len(self._last_seen) >= self.limit:
+            del self._last_seen[next(iter(self._last_seen))]
+            self.forgotten += 1
         self._last_seen[key] = now
         return fresh
 
@@ -82,7 +97,7 @@ class SerialFrameDriver(Driver, Generic[Read]):
         self._repeats = RepeatFilter(repeat_window)
         self._port: serial.Serial | None = None
         self._splitter = self.new_splitter()
-        self._queue: deque[Reading | ProtocolError] = deque()
+        self._queue: BoundedQueue[Reading | ProtocolError] = BoundedQueue(MAX_QUEUED)
         self._failure: DeviceUnavailable | None = None
         self._last_data = 0.0
 
@@ -123,15 +138,20 @@ class SerialFrameDriver(Driver, Generic[Read]):
             self._fill()
         readings: list[Reading] = []
         while self._queue:
-            item = self._queue[0]
+            item = self._queue.first()
             if isinstance(item, ProtocolError):
                 if readings:
                     break
-                self._queue.popleft()
+                self._queue.take()
                 raise item
             readings.append(item)
-            self._queue.popleft()
+            self._queue.take()
         return readings
+
+    @property
+    def refused(self) -> int:
+        """Readings and bad frames refused because the queue was full."""
+        return self._queue.refused
 
     def close(self) -> None:
         port, self._port = self._port, None
@@ -151,15 +171,15 @@ class SerialFrameDriver(Driver, Generic[Read]):
         self._last_data = now
         for item in self._splitter.feed(data):
             if isinstance(item, ProtocolError):
-                self._queue.append(item)
+                self._queue.put(item)
                 continue
             try:
                 read = self.parse(item)
             except ProtocolError as error:
-                self._queue.append(error)
+                self._queue.put(error)
                 continue
             if read is not None and self._repeats.admit(self.repeat_key(read), now):
-                self._queue.append(self.reading(read))
+                self._queue.put(self.reading(read))
 
     def _read(self) -> bytes:
         port = self._port

@@ -22,7 +22,11 @@ What it does, as a reader does:
 - it sends KEEPALIVE every ``keepalive_interval`` seconds when given, else at the interval the client
   asked for in SET_READER_CONFIG's KeepaliveSpec.
 
-``send_raw`` sends any bytes to the connected client, for fault injection.
+``send_raw`` sends any bytes to the connected client, for fault injection. ``garbage`` makes a
+reader that babbles: from the moment a client connects (right after the connection event, so
+during the client's handshake) it sends garbage as fast as the client takes it, between its
+answers, until the client hangs up: ``"framed"`` is well-framed messages that no reader sends or
+that are malformed inside, ``"random"`` is bytes from a seeded generator.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import random
 import re
 import select
 import socket
@@ -135,6 +140,9 @@ HEADER = struct.Struct("!HII")
 _EPC = re.compile(r"[0-9A-Fa-f]+")
 _SEND_TIMEOUT = 1.0
 _MAX_MESSAGE = 1 << 20
+
+GARBAGE_KINDS = ("framed", "random")
+_GARBAGE_CHUNK = 16384
 
 # ROSpec states and the start trigger that waits for START_ROSPEC.
 _DISABLED, _INACTIVE, _ACTIVE = 0, 1, 2
@@ -268,6 +276,25 @@ def capabilities() -> bytes:
 # Reading what the client sends
 
 
+def framed_garbage(size: int, first_id: int = 1) -> bytes:
+    """About ``size`` bytes of complete messages a client must refuse: a message type no reader
+    sends, a TagReportData whose parameter runs past its end, and LLRP version 2, in turn."""
+    broken_report = struct.pack("!HH", P_TAG_REPORT_DATA, 40) + tv(TV_EPC96, bytes(11))  # 40 > 17
+    kinds = (
+        lambda number: message(0, b"", number),
+        lambda number: message(RO_ACCESS_REPORT, broken_report, number),
+        lambda number: message(KEEPALIVE, b"", number, version=2),
+    )
+    parts: list[bytes] = []
+    total, number = 0, first_id
+    while total < size:
+        part = kinds[number % len(kinds)](number & 0xFFFFFFFF)
+        parts.append(part)
+        total += len(part)
+        number += 1
+    return b"".join(parts)
+
+
 def _params(data: bytes) -> list[tuple[int, bytes]]:
     """The TLV parameters of a body, as (type, body); ``ValueError`` for a malformed list.
 
@@ -311,13 +338,22 @@ class LlrpReaderSimulator(Simulator):
         port: int = DEFAULT_PORT,
         keepalive_interval: float | None = None,
         keepalives: bool = True,
+        garbage: str | None = None,
+        seed: int = 0,
     ) -> None:
         if keepalive_interval is not None and keepalive_interval <= 0:
             raise ValueError(f"keepalive_interval {keepalive_interval} must be positive")
+        if garbage is not None and garbage not in GARBAGE_KINDS:
+            raise ValueError(f"garbage {garbage!r} is not one of {', '.join(GARBAGE_KINDS)}")
         self.host = host
         self._port = port
         self.keepalive_interval = keepalive_interval
         self.keepalives = keepalives
+        self.garbage = garbage
+        """What a connected client gets between the answers (None: nothing); may change live."""
+        self._rng = random.Random(seed)
+        self.garbage_sent = 0
+        """Bytes of garbage sent, over all connections."""
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -462,6 +498,8 @@ class LlrpReaderSimulator(Simulator):
                 wait = 0.1
                 if self._next_keepalive is not None:
                     wait = max(0.0, min(wait, self._next_keepalive - time.monotonic()))
+                if self._client is not None and self.garbage is not None:
+                    wait = 0.0
             try:
                 readable = select.select(watched, [], [], wait)[0] if watched else []
             except (OSError, ValueError):
@@ -476,6 +514,7 @@ class LlrpReaderSimulator(Simulator):
                     elif sock is self._client:
                         self._read_client()
                 self._keepalive_due()
+                self._babble()
 
     def _keepalive_due(self) -> None:
         interval = self.keepalive_interval if self.keepalive_interval is not None else self._asked_keepalive
@@ -489,6 +528,20 @@ class LlrpReaderSimulator(Simulator):
             self._next_keepalive = now + interval
             self._send(keepalive(self._reader_id()))
             self.keepalives_sent += 1
+
+    def _babble(self) -> None:
+        """One chunk of garbage to the client, when the reader babbles."""
+        kind = self.garbage
+        if self._client is None or kind is None:
+            return
+        if kind == "framed":
+            chunk = framed_garbage(_GARBAGE_CHUNK, self._reader_id())
+        else:
+            chunk = self._rng.randbytes(_GARBAGE_CHUNK)
+        client = self._client
+        self._send(chunk)
+        if self._client is client:
+            self.garbage_sent += len(chunk)
 
     def _accept(self) -> None:
         server = self._server
@@ -669,6 +722,9 @@ def register_cli(subparsers: Any) -> None:
     )
     parser.add_argument("--interval", metavar="SECONDS", type=float, default=10.0, help="between tags")
     parser.add_argument("--duration", metavar="SECONDS", type=float, default=None, help="then stop")
+    parser.add_argument(
+        "--garbage", choices=GARBAGE_KINDS, default=None, help="babble: send garbage to every client"
+    )
     parser.set_defaults(func=run_cli)
 
 
@@ -682,7 +738,7 @@ def run_cli(args: argparse.Namespace) -> int:
         print("rfid-llrp: --interval must be positive")
         return 2
     deadline = None if args.duration is None else time.monotonic() + args.duration
-    simulator = LlrpReaderSimulator(host=args.host, port=args.port)
+    simulator = LlrpReaderSimulator(host=args.host, port=args.port, garbage=args.garbage)
     try:
         simulator.start()
     except OSError as error:

@@ -4,6 +4,7 @@ the simulator over real TCP."""
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import socket
 import struct
@@ -18,7 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.rfid_llrp import (
+    GARBAGE_LIMIT,
     MAX_MESSAGE,
+    MAX_QUEUED,
+    READ_CHUNK,
     LlrpMessage,
     LlrpRfidDriver,
     LlrpStatus,
@@ -30,6 +34,7 @@ from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import DeviceState, Kind, Quality, Source
 from simulators.rfid_llrp import (
+    GARBAGE_KINDS,
     LlrpReaderSimulator,
     connection_event,
     keepalive,
@@ -562,6 +567,130 @@ def test_garbage_is_counted_and_later_tags_still_read() -> None:
                 assert any(fragment in error for error in errors), (fragment, errors)
             assert driver.frame_errors == len(errors)
             assert sink.states == [DeviceState.ONLINE]
+
+
+def driver_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "drivers.base"
+        and record.levelno >= logging.WARNING
+        and "rfid-1" in record.getMessage()
+    ]
+
+
+class Gauge:
+    """The most the driver held at any look: its queue and its splitter's partial message."""
+
+    def __init__(self, driver: LlrpRfidDriver) -> None:
+        self.driver = driver
+        self.queued = 0
+        self.buffered = 0
+
+    def look(self) -> None:
+        self.queued = max(self.queued, self.driver.queued)
+        self.buffered = max(self.buffered, self.driver._splitter.buffered)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("garbage", GARBAGE_KINDS)
+def test_a_reader_babbling_through_the_handshake_is_offline_and_holds_little(
+    garbage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="drivers.base")
+    with LlrpReaderSimulator(port=0, garbage=garbage, seed=11) as simulator:
+        driver = make_driver(simulator.port, connect_timeout=2.0)
+        gauge = Gauge(driver)
+        with running(driver) as sink:
+
+            def babbled_at_three_connections() -> bool:
+                gauge.look()
+                return simulator.connections >= 3 and sink.state is DeviceState.OFFLINE
+
+            wait_until("three connections to a babbling reader", babbled_at_three_connections, timeout=90)
+            assert simulator.garbage_sent > 0
+            assert gauge.queued <= MAX_QUEUED and gauge.buffered <= MAX_MESSAGE + READ_CHUNK
+            assert DeviceState.ONLINE not in sink.states
+            assert sink.readings == []
+            # The first failure is logged, the reconnects that fail the same way only counted.
+            assert len(driver_warnings(caplog)) == 1, driver_warnings(caplog)
+            assert driver.failures_while_down >= 2
+            if garbage == "framed":
+                detail = sink.statuses[-1][1]
+                assert "garbage" in detail and f"more than {GARBAGE_LIMIT} bad frames" in detail
+                assert driver.garbage_disconnects >= 2
+
+            simulator.garbage = None  # the reader is repaired
+            online_and_inventorying(simulator, sink)
+            simulator.present_tag(EPC1)
+            sink.wait_for("a tag after the repair", lambda: sink.values() == [EPC1.lower()])
+            assert any("online again" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.timeout(90)
+def test_a_reader_that_starts_babbling_is_cut_off_and_held_offline() -> None:
+    with LlrpReaderSimulator(port=0) as simulator:
+        driver = make_driver(simulator.port)
+        gauge = Gauge(driver)
+        with running(driver) as sink:
+            online_and_inventorying(simulator, sink)
+            simulator.present_tag(EPC1)
+            sink.wait_for("the first tag", lambda: sink.values() == [EPC1.lower()])
+            simulator.garbage = "framed"
+
+            def cut_off_twice() -> bool:
+                gauge.look()
+                return driver.garbage_disconnects >= 2
+
+            wait_until("the driver to hang up on the reader twice", cut_off_twice)
+            assert gauge.queued <= GARBAGE_LIMIT
+            assert sink.states == [DeviceState.ONLINE, DeviceState.OFFLINE]
+            # At most the bad frames of one connection before it was cut are handed on.
+            assert 1 <= len(sink.errors) <= GARBAGE_LIMIT * driver.garbage_disconnects
+            simulator.garbage = None
+            sink.wait_for("the reader back online", lambda: sink.state is DeviceState.ONLINE)
+            assert sink.states == [DeviceState.ONLINE, DeviceState.OFFLINE, DeviceState.ONLINE]
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_new_tags_is_refused_beyond_the_queue_and_counted() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        driver = make_driver(server.getsockname()[1], repeat_window=60.0)
+        accepted: list[socket.socket] = []
+
+        def reader() -> None:
+            peer, _ = server.accept()
+            accepted.append(peer)
+            peer.sendall(connection_event(0, 1))
+            buffer = b""
+            for _ in range(6):  # answer the handshake's six requests with success
+                while len(buffer) < 10 or len(buffer) < struct.unpack_from("!I", buffer, 2)[0]:
+                    buffer += peer.recv(65536)
+                word, length, message_id = struct.unpack_from("!HII", buffer)
+                buffer = buffer[length:]
+                answer = {3: 13, 41: 51, 21: 31, 20: 30, 24: 34, 22: 32}[word & 0x3FF]
+                peer.sendall(response(answer, message_id))
+            # One report of more distinct tags than the driver queues, in one read.
+            tags = [tag_report_data(f"{number:024X}") for number in range(3 * MAX_QUEUED)]
+            peer.sendall(ro_access_report(tags, 99))
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        try:
+            driver.connect()
+            thread.join(timeout=WAIT)
+            readings: list[object] = []
+            deadline = time.monotonic() + WAIT
+            while not readings and time.monotonic() < deadline:
+                readings = list(driver.step())
+            assert len(readings) == MAX_QUEUED and driver.refused == 2 * MAX_QUEUED
+            assert driver.queued == 0
+        finally:
+            driver.close()
+            for peer in accepted:
+                peer.close()
 
 
 @pytest.mark.timeout(60)
