@@ -25,6 +25,11 @@ no vehicle has passed on it. Once the PLC itself ends a permit (vehicle passed, 
 the grant is spent. After a reconnect a grant whose lease is still valid is written again. Every
 pymodbus exception and error response is translated here into ``DeviceUnavailable`` or
 ``ProtocolError``.
+
+A Modbus exception response is an answer but not a working PLC: a PLC that refuses the heartbeat,
+the permit or the read is not under gated's control. When every cycle has failed for
+``offline_after`` seconds the barrier is reported offline (while the connection stays open), and
+online again with the first cycle that works; the first error is logged, repeats are counted.
 """
 
 from __future__ import annotations
@@ -135,9 +140,12 @@ class ModbusBarrier:
         on_state: Callable[[BarrierState], None] | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 2.0,
+        offline_after: float = 1.0,
     ) -> None:
         if heartbeat_interval <= 0:
             raise ValueError(f"heartbeat_interval {heartbeat_interval} must be positive")
+        if offline_after <= 0:
+            raise ValueError(f"offline_after {offline_after} must be positive")
         self.lane = lane
         self.device = device
         self.host = host
@@ -150,6 +158,7 @@ class ModbusBarrier:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.healthy: Callable[[], bool] = lambda: True
+        self.offline_after = offline_after
         self.frame_errors = 0
         self.connects = 0
         self.watchdog_ms: int | None = None
@@ -163,6 +172,8 @@ class ModbusBarrier:
         self._beat = 0
         self._state: BarrierState | None = None
         self._unhealthy_logged = False
+        self._failing_since: float | None = None  # first failed cycle with no good one after it
+        self._failures = 0  # failed cycles since then
 
     @property
     def _where(self) -> str:
@@ -259,6 +270,7 @@ class ModbusBarrier:
 
         A bad frame is counted and the cycle goes on; a lost connection raises ``DeviceUnavailable``."""
         next_beat = time.monotonic()
+        self._failing_since, self._failures = None, 0
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -273,7 +285,9 @@ class ModbusBarrier:
                 self._write_permit()
                 self._observe(self._read())
             except ProtocolError as error:
-                self._frame_error(error)
+                self._cycle_failed(error)
+            else:
+                self._cycle_worked()
             self._wake.wait(max(0.0, next_beat - time.monotonic()))
         self._write_permit_best_effort()
 
@@ -368,12 +382,9 @@ class ModbusBarrier:
             log.warning("%s: could not withdraw the permit on stop: %s", self._where, error)
 
     def _observe(self, registers: list[int]) -> None:
-        """Decode one read, end a grant the PLC ended, and report a change."""
-        try:
-            current = decode(registers)
-        except ProtocolError as error:
-            self._frame_error(error)
-            return
+        """Decode one read, end a grant the PLC ended, and report a change (``ProtocolError`` for a
+        read that does not decode)."""
+        current = decode(registers)
         spent: str | None = None
         with self._lock:
             grant = self._grant
@@ -430,10 +441,32 @@ class ModbusBarrier:
             raise ProtocolError(f"{self._where}: response without registers: {response}")
         return registers
 
-    def _frame_error(self, error: ProtocolError) -> None:
+    def _cycle_failed(self, error: ProtocolError) -> None:
+        """Count a failed cycle; report the barrier offline once every cycle failed for a while."""
         self.frame_errors += 1
-        if self.frame_errors == 1 or self.frame_errors % 100 == 0:
-            log.warning("%s: %s (%d so far)", self._where, error, self.frame_errors)
+        self._failures += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("%s: %s (repeats are counted until it answers again)", self._where, error)
+            return
+        if now - self._failing_since < self.offline_after:
+            return
+        with self._lock:
+            reported = self._state is not None and not self._state.online
+        if not reported:
+            log.warning(
+                "%s: every cycle failed for %.1f s (%d times): reported offline",
+                self._where,
+                now - self._failing_since,
+                self._failures,
+            )
+        self._report_offline()
+
+    def _cycle_worked(self) -> None:
+        if self._failing_since is not None:
+            log.info("%s: answering again after %d failed cycles", self._where, self._failures)
+            self._failing_since, self._failures = None, 0
 
     # -- reporting -------------------------------------------------------------------------------
 

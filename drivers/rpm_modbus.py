@@ -9,6 +9,10 @@ Three parts, split the way a reader looks for them:
 - ``ModbusRpmDriver``, the connector: polls the monitor with pymodbus and translates every pymodbus
   exception and error response into ``DeviceUnavailable`` or ``ProtocolError``. No other module of
   gated imports pymodbus.
+
+A Modbus exception response is an answer but not a reading: each one is a failed poll, so a
+monitor that answers every poll with one goes degraded, then offline (``drivers.base``), and
+never counts as online. Until one poll after connecting has succeeded the monitor is degraded.
 """
 
 from __future__ import annotations
@@ -267,6 +271,7 @@ class ModbusRpmDriver(Driver):
         self._carry: list[Reading] = []
         self._client: ModbusTcpClient | None = None
         self._next_poll = 0.0
+        self._unproven: str | None = None  # why no poll has succeeded on this connection yet
 
     @property
     def _where(self) -> str:
@@ -289,9 +294,14 @@ class ModbusRpmDriver(Driver):
         # ends after "online" is then always reported, however late the first poll would come.
         try:
             self._carry = list(self.detector.changes(decode(self.profile, self.read_registers())))
-        except ProtocolError:
+            self._unproven = None
+        except ProtocolError as error:
             self._carry = []  # step() reports the error; the first good read takes the baseline
+            self._unproven = f"no usable answer since connecting: {error}"
         self._next_poll = time.monotonic() + self.poll_interval
+
+    def degraded(self) -> str | None:
+        return self._unproven
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -306,7 +316,9 @@ class ModbusRpmDriver(Driver):
         if delay > 0:
             time.sleep(delay)
         self._next_poll = max(self._next_poll + self.poll_interval, time.monotonic())
-        return self.detector.changes(decode(self.profile, self.read_registers()))
+        readings = self.detector.changes(decode(self.profile, self.read_registers()))
+        self._unproven = None
+        return readings
 
     def read_registers(self) -> list[int]:
         """One read of every register the profile names."""

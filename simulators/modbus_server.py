@@ -13,6 +13,7 @@ import socket
 import threading
 from abc import abstractmethod
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
@@ -34,6 +35,9 @@ class ModbusTcpSimulator(Simulator):
     Port 0 picks a free port at construction; ``.port`` keeps it across stop/start. The server
     starts with ``registers()`` and, while it serves, runs the device's ``_cycle()`` on its loop.
     ``on_access`` (a pymodbus ``SimDevice`` action) sees every request of a master.
+
+    ``refuse()`` makes the device answer requests with a Modbus exception instead (a device
+    failure, an address it no longer has), as a faulty device or a misconfigured gateway does.
     """
 
     name = "modbus-sim"  # names the server's thread
@@ -44,6 +48,10 @@ class ModbusTcpSimulator(Simulator):
         self.port = port or free_port(host)
         self.unit = unit
         self._access_action = on_access
+        self._refusal: tuple[ExcCodes, int, bool, bool] | None = None  # code, every, reads, writes
+        self._requests = 0
+        self.refused = 0
+        """Requests answered with an exception by ``refuse()``."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
@@ -56,6 +64,41 @@ class ModbusTcpSimulator(Simulator):
     @abstractmethod
     async def _cycle(self) -> None:
         """The device's own cycle, run on the server's loop until the server stops."""
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def refuse(self, code: int | None, *, every: int = 1, reads: bool = True, writes: bool = True) -> None:
+        """Answer every ``every``-th read (``reads``) and write (``writes``) request with Modbus
+        exception ``code`` (2: illegal data address, 4: server device failure); None answers again."""
+        if every < 1:
+            raise ValueError(f"every {every} must be at least 1")
+        self._requests = 0
+        self._refusal = None if code is None else (ExcCodes(code), every, reads, writes)
+
+    async def _access(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        written: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Every request of a master: refused while ``refuse()`` says so, else the device's own."""
+        refusal = self._refusal
+        # The device's own updates (``_serve_values``) come this way too, as a "read" with values.
+        own_update = written is not None and function_code == READ_HOLDING_REGISTERS
+        if refusal is not None and not own_update:
+            code, every, reads, writes = refusal
+            if writes if written is not None else reads:
+                self._requests += 1
+                if self._requests % every == 0:
+                    self.refused += 1
+                    return code
+        action = self._access_action
+        if action is None:
+            return None
+        return await action(function_code, start_address, address, count, registers, written)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -104,7 +147,7 @@ class ModbusTcpSimulator(Simulator):
         device = SimDevice(
             id=self.unit,
             simdata=[SimData(address=0, values=self.registers(), datatype=DataType.REGISTERS)],
-            action=self._access_action,
+            action=self._access,
         )
         try:
             server = ModbusTcpServer(device, address=(self.host, self.port))

@@ -19,7 +19,8 @@ first), not from gated's driver:
 
 The server is a real pymodbus Modbus TCP server with its own event loop in its own thread. Live
 counts are Poisson draws from a seeded generator, refreshed every 200 ms. Script methods are
-thread-safe and return once the server shows the change.
+thread-safe and return once the server shows the change. ``refuse(code)`` (``--refuse`` on the
+command line) answers polls with a Modbus exception instead, as a failing monitor does.
 """
 
 from __future__ import annotations
@@ -239,6 +240,16 @@ def register_cli(subparsers: Any) -> None:
         "--alarm-every", type=int, default=0, metavar="N", help="every Nth pass is a gamma alarm (0: never)"
     )
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until interrupted)")
+    parser.add_argument(
+        "--refuse",
+        type=int,
+        default=None,
+        metavar="CODE",
+        help="answer polls with this Modbus exception (2: illegal address, 4: device failure)",
+    )
+    parser.add_argument(
+        "--refuse-every", type=int, default=1, metavar="N", help="with --refuse: only every Nth poll"
+    )
     parser.set_defaults(func=run_cli)
 
 
@@ -251,6 +262,8 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         gamma_background_cps=args.background_cps,
     )
+    if args.refuse is not None:
+        simulator.refuse(args.refuse, every=args.refuse_every)
     simulator.start()
     print(f"rpm-modbus simulator on {simulator.host}:{simulator.port} unit {simulator.unit}", flush=True)
     occupancy = min(args.pass_every / 2, 2.0)

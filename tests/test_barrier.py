@@ -8,6 +8,7 @@ heartbeat change, when the barrier reached closed), never with the test's sleeps
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -481,6 +482,27 @@ def test_simulator_restart_offline_then_online_and_a_valid_lease_reopens() -> No
         wait_until("online again", lambda: log.online() == [True, False, True])
         wait_until("open again", lambda: sim.state() == OPEN)
         assert sim.token() == 51
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("reads", [True, False], ids=["every-request", "writes-only"])
+def test_a_plc_answering_with_exceptions_is_offline_until_it_answers_again(
+    reads: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="drivers.barrier_modbus")
+    with rig() as (sim, barrier, log):
+        sim.refuse(4, reads=reads)  # server device failure: the heartbeat no longer reaches the PLC
+        wait_until("offline", lambda: log.online() == [True, False])
+        wait_until("more refusals", lambda: sim.refused >= 20)
+        assert barrier.connects == 1  # still connected: the PLC answers, but not as a working PLC
+        assert barrier.frame_errors >= 20
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 2, warnings  # the first error, then going offline; repeats counted
+        assert "exception 4" in warnings[0]
+        sim.refuse(None)
+        wait_until("online again", lambda: log.online() == [True, False, True])
+        assert any("answering again" in r.getMessage() for r in caplog.records)
+        open_for(sim, barrier, 71)
 
 
 @pytest.mark.timeout(120)

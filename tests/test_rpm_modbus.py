@@ -347,7 +347,9 @@ def test_occupancy_fault_and_tamper_edges(profile: RpmProfile) -> None:
 # -- driver against the simulator over TCP ----------------------------------------------------------
 
 
-def make_driver(profile: RpmProfile, port: int, *, unit: int = 1) -> ModbusRpmDriver:
+def make_driver(
+    profile: RpmProfile, port: int, *, unit: int = 1, offline_after: float = 5.0
+) -> ModbusRpmDriver:
     return ModbusRpmDriver(
         LANE,
         DEVICE,
@@ -359,6 +361,7 @@ def make_driver(profile: RpmProfile, port: int, *, unit: int = 1) -> ModbusRpmDr
         timeout=2.0,
         backoff_initial=0.05,
         backoff_max=0.5,
+        offline_after=offline_after,
     )
 
 
@@ -501,7 +504,7 @@ def test_simulator_restart_goes_offline_then_online_and_passes_still_count(profi
 
 
 @pytest.mark.timeout(60)
-def test_wrong_unit_id_counts_protocol_errors_without_crashing(profile: RpmProfile) -> None:
+def test_wrong_unit_id_counts_protocol_errors_and_is_never_online(profile: RpmProfile) -> None:
     with ModbusRpmSimulator(unit=1) as sim:
         driver = make_driver(profile, sim.port, unit=9)
         sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
@@ -509,9 +512,66 @@ def test_wrong_unit_id_counts_protocol_errors_without_crashing(profile: RpmProfi
             sink.wait_for("frame errors", lambda: len(sink.errors) >= 3)
             assert thread.is_alive()
         assert driver.frame_errors >= 3 and sink.readings == []
-        assert sink.states == [DeviceState.ONLINE]
+        # Every poll answered with an exception: connected, but not a working monitor.
+        assert sink.states[0] is DeviceState.DEGRADED and DeviceState.ONLINE not in sink.states
+        assert "exception 4" in sink.statuses[0][1]
         message = sink.errors[0]
         assert "unit 9" in message and "exception 4" in message and f":{sim.port}" in message
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("code", "name"), [(4, "device failure"), (2, "illegal data address")])
+def test_a_monitor_answering_every_poll_with_an_exception_is_offline_until_it_answers(
+    profile: RpmProfile, code: int, name: str
+) -> None:
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
+    with ModbusRpmSimulator(seed=7) as sim:
+        sim.refuse(code)
+        with running(make_driver(profile, sim.port, offline_after=1.0), sink):
+            sink.wait_for("offline", lambda: sink.state is DeviceState.OFFLINE)
+            assert sink.states == [DeviceState.DEGRADED, DeviceState.OFFLINE]
+            assert f"exception {code} ({name})" in sink.statuses[-1][1]
+            assert sim.refused >= 3 and len(sink.errors) >= 3
+            sim.refuse(None)
+            sink.wait_for("online", lambda: sink.state is DeviceState.ONLINE)
+            assert sink.states == [
+                DeviceState.DEGRADED,
+                DeviceState.OFFLINE,
+                DeviceState.DEGRADED,
+                DeviceState.ONLINE,
+            ]
+            sim.begin_pass()
+            sim.end_pass(gamma_alarm=True)
+            assert pass_readings(sink, 1)[Source.SCREENING].value == ScreeningVerdict.GAMMA_ALARM
+
+
+@pytest.mark.timeout(90)
+def test_a_monitor_that_starts_refusing_polls_goes_degraded_then_offline_and_comes_back(
+    profile: RpmProfile,
+) -> None:
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
+    with ModbusRpmSimulator(seed=7) as sim, running(make_driver(profile, sim.port, offline_after=2.0), sink):
+        sink.wait_for("online", lambda: DeviceState.ONLINE in sink.states)
+        sim.refuse(4)
+        sink.wait_for("offline", lambda: sink.state is DeviceState.OFFLINE)
+        assert sink.states == [DeviceState.ONLINE, DeviceState.DEGRADED, DeviceState.OFFLINE]
+        sim.refuse(None)
+        sink.wait_for("online again", lambda: sink.state is DeviceState.ONLINE)
+        assert sink.states[-2:] == [DeviceState.DEGRADED, DeviceState.ONLINE]
+
+
+@pytest.mark.timeout(90)
+def test_a_monitor_refusing_every_other_poll_is_degraded_not_offline(profile: RpmProfile) -> None:
+    sink = RecordingSink(LANE, DEVICE, timeout=WAIT)
+    with ModbusRpmSimulator(seed=7) as sim, running(make_driver(profile, sim.port, offline_after=0.5), sink):
+        sink.wait_for("online", lambda: DeviceState.ONLINE in sink.states)
+        sim.refuse(6, every=2)
+        sink.wait_for("degraded", lambda: sink.state is DeviceState.DEGRADED)
+        # Forty refused polls of 50 ms in every other one: far longer than offline_after.
+        sink.wait_for("forty refused polls", lambda: sim.refused >= 40)
+        assert sink.states == [DeviceState.ONLINE, DeviceState.DEGRADED]
+        sim.refuse(None)
+        sink.wait_for("online again", lambda: sink.state is DeviceState.ONLINE)
 
 
 @pytest.mark.timeout(60)
