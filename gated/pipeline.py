@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gated.clock import Clock, rfc3339
@@ -61,6 +61,11 @@ _WORSE = {DeviceState.ONLINE: 0, DeviceState.DEGRADED: 1, DeviceState.OFFLINE: 2
 """A device going down this scale raises a device_fault alarm."""
 
 STORAGE_RETRY_SECONDS = 1.0  # how often a failing database is tried again
+# Readings and frame errors waiting for the pipeline thread at most; beyond, they are dropped and
+# counted (device status changes and node alarms always get in: they are few and they matter).
+MAX_QUEUED_INPUTS = 10_000
+# After readings of a lane were dropped, visits opened until this long after are not released.
+DROPPED_TAINT_SECONDS = 30.0
 
 DecisionListener = Callable[[Visit, list[Decision]], None]
 VisitListener = Callable[[Visit], None]
@@ -72,6 +77,7 @@ class PipelineStats:
     decisions: int = 0
     frame_errors: dict[str, int] = field(default_factory=dict)
     storage_failures: int = 0
+    dropped_inputs: int = 0  # readings and frame errors refused by the full queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,15 @@ class _NodeAlarm:
     severity: str
 
 
-_Event = Reading | _Status | _FrameError | _NodeAlarm
+@dataclass(frozen=True, slots=True)
+class _Dropped:
+    """Readings of this device were dropped (the queue was full): its lane's visits lack evidence."""
+
+    lane: str
+    device: str
+
+
+_Event = Reading | _Status | _FrameError | _NodeAlarm | _Dropped
 StorageListener = Callable[[bool, str], None]
 
 
@@ -128,6 +142,10 @@ class Pipeline:
         # thread, so a listener only takes note and returns.
         self.visit_listeners: list[VisitListener] = []
         self._queue: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._inputs_lock = threading.Lock()
+        self._queued_inputs = 0  # readings and frame errors in the queue
+        self._dropped_pending: set[tuple[str, str]] = set()  # _Dropped markers not yet handled
+        self._dropped_until: dict[str, datetime] = {}
         self._pending = Batch()  # stored-but-failed work, retried before anything new
         self._pending_decided: list[tuple[Visit, list[Decision]]] = []
         self.correlators = {
@@ -173,13 +191,37 @@ class Pipeline:
 
     # -- DriverSink: called from driver threads ----------------------------------------------
     def reading(self, reading: Reading) -> None:
-        self._queue.put(reading)
+        if self._admit(reading.lane, reading.device):
+            self._queue.put(reading)
 
     def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
         self._queue.put(_Status(lane, device, state, detail))
 
     def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
-        self._queue.put(_FrameError(lane, device, str(error)))
+        if self._admit(lane, device, reading=False):
+            self._queue.put(_FrameError(lane, device, str(error)))
+
+    def _admit(self, lane: str, device: str, *, reading: bool = True) -> bool:
+        """Room for one more reading or frame error? When not, count it and, for a reading, make
+        sure the lane learns that evidence was lost (one marker per device at a time)."""
+        with self._inputs_lock:
+            if self._queued_inputs < MAX_QUEUED_INPUTS:
+                self._queued_inputs += 1
+                return True
+            self.stats.dropped_inputs += 1
+            first = self.stats.dropped_inputs == 1 or self.stats.dropped_inputs % 10_000 == 0
+            marker = reading and (lane, device) not in self._dropped_pending
+            if marker:
+                self._dropped_pending.add((lane, device))
+        if first:
+            log.error(
+                "the pipeline is %d inputs behind: dropping readings (%d so far); no release for their lanes",
+                MAX_QUEUED_INPUTS,
+                self.stats.dropped_inputs,
+            )
+        if marker:
+            self._queue.put(_Dropped(lane, device))
+        return False
 
     def node_alarm(self, alarm: str, text: str, severity: str = "medium") -> None:
         """An alarm about the node itself, raised on every lane (from any thread)."""
@@ -221,9 +263,15 @@ class Pipeline:
             pass
         batch = Batch()
         decided: list[tuple[Visit, list[Decision]]] = []
+        taken = sum(1 for event in events if isinstance(event, Reading | _FrameError))
+        if taken:
+            with self._inputs_lock:
+                self._queued_inputs -= taken
         for event in events:
             if isinstance(event, Reading):
                 self._on_reading(event, batch, decided)
+            elif isinstance(event, _Dropped):
+                self._on_dropped(event, batch)
             elif isinstance(event, _Status):
                 self._on_status(event, batch)
             elif isinstance(event, _FrameError):
@@ -419,6 +467,24 @@ class Pipeline:
             self.topics, self.holds.state(), self.clock.now(), self.config.holds.max_age_seconds
         )
 
+    def _on_dropped(self, event: _Dropped, batch: Batch) -> None:
+        with self._inputs_lock:
+            self._dropped_pending.discard((event.lane, event.device))
+        if event.lane not in self.correlators:
+            return
+        now = self.clock.now()
+        if self._dropped_until.get(event.lane, now) <= now:
+            text = (
+                f"readings of {event.device} were dropped (gated is {MAX_QUEUED_INPUTS} inputs behind): "
+                f"visits of the next {DROPPED_TAINT_SECONDS:g} s are not released"
+            )
+            alarm = alarm_message(
+                self.topics, lane=event.lane, alarm="input_overflow", text=text, ts=now, device=event.device
+            )
+            batch.messages.append(alarm)
+        # Every visit opened before this goes to a person: any of them may lack the lost evidence.
+        self._dropped_until[event.lane] = now + timedelta(seconds=DROPPED_TAINT_SECONDS)
+
     # -- deciding and committing ---------------------------------------------------------------
     def _decide(self, visit: Visit, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
         expected = self._expected(visit)
@@ -426,6 +492,9 @@ class Pipeline:
         holds = self._holds_for(numbers | (expected or frozenset()))
         now = self.clock.now()
         offline = self._offline_seen.get(visit.lane, set()) | set(self._offline(visit.lane))
+        dropped_until = self._dropped_until.get(visit.lane)
+        if dropped_until is not None and visit.opened_at < dropped_until:
+            offline.add("readings dropped")
         decisions = decide(
             visit,
             holds,
