@@ -53,6 +53,7 @@ line break cannot forge a log line.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -82,6 +83,7 @@ MAX_METADATA_BYTES = 64 * 1024
 """A metadata file larger than this is malformed."""
 
 MAX_PER_STEP = 16
+MAX_LISTED = 10_000  # inbox names looked at per step (the first, in name order)
 """Most metadata files handled by one step, so a full inbox does not stall the loop."""
 
 MAX_NAME_BYTES = 255
@@ -361,19 +363,27 @@ class NiiFolderDriver(Driver):
     def _scan_inbox(self) -> None:
         try:
             # Every kind of entry, not only regular files: a link or FIFO named *.json is refused.
-            names = sorted(entry.name for entry in os.scandir(self.inbox))
+            # Only the first names are kept, so a flooded inbox costs time, not memory.
+            with os.scandir(self.inbox) as entries:
+                names = heapq.nsmallest(
+                    MAX_LISTED,
+                    (
+                        entry.name
+                        for entry in entries
+                        if entry.name.endswith(".json") and not is_temporary(entry.name)
+                    ),
+                )
         except OSError as error:
             raise DeviceUnavailable(f"cannot list inbox {str(self.inbox)!r}: {error}") from error
         handled = 0
         for name in names:
             if handled >= MAX_PER_STEP:
                 break
-            if not name.endswith(".json") or is_temporary(name):
-                continue
             if self._take(name):
                 handled += 1
-        present = set(names)
-        self._waiting_since = {name: since for name, since in self._waiting_since.items() if name in present}
+        self._waiting_since = {
+            name: since for name, since in self._waiting_since.items() if os.path.lexists(self.inbox / name)
+        }
 
     def _take(self, name: str) -> bool:
         """Handle one metadata file; False when it is left waiting for its image."""
