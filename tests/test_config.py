@@ -276,7 +276,9 @@ def test_clear_text_is_allowed_on_loopback_and_in_a_declared_lab(tmp_path: Path)
         'host = "::1"',
         'host = "10.0.0.5"\nlab_cleartext = true',
     ):
-        result = gated("check-config", "--config", str(write(tmp_path, MQTT_BASE + "\n[mqtt]\n" + mqtt + "\n")))
+        result = gated(
+            "check-config", "--config", str(write(tmp_path, MQTT_BASE + "\n[mqtt]\n" + mqtt + "\n"))
+        )
         assert result.returncode == 0, (mqtt, result.stderr)
 
 

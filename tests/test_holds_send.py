@@ -362,7 +362,10 @@ def test_the_gated_command_runs_keygen_and_send(tmp_path: Path, mosquitto: Mosqu
     ],
 )
 def test_an_unsafe_or_broken_broker_link_exits_78(
-    broker: str, extra: list[str], wanted: str, customs_key: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+    broker: str,
+    extra: list[str],
+    wanted: str,
+    customs_key: tuple[Path, str],
 ) -> None:
     argv = ["send", "--broker", broker, *extra, "--site", SITE, "--key", str(customs_key[0]), *PLACE]
     parser = argparse.ArgumentParser(prog="gated holds")
