@@ -122,7 +122,7 @@ def test_missing_weights_are_refused(tmp_path: Path) -> None:
 def test_bench_ocr_reports_both_engines_side_by_side() -> None:
     """A short run: RapidOCR on every frame, EasyOCR on the first two (or reported unavailable)."""
     pytest.importorskip("rapidocr")
-    from gated.bench_ocr import bench_ocr
+    from gated.bench.ocr import bench_ocr
 
     result = bench_ocr(quick=True, frames=6, easyocr_frames=2, visits=1, plates=2)
     assert result["bench"] == "ocr"

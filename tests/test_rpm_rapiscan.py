@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.rpm_rapiscan import RapiscanRpmDriver, RpmRecord, parse_record
-from gated.bench_rpm import bench_rpm
+from gated.bench.rpm import bench_rpm
 from gated.errors import ProtocolError
 from gated.model import DeviceState, Kind, Quality, Reading, ScreeningVerdict, Source
 from gated.radiation import (

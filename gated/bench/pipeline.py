@@ -1,16 +1,10 @@
-"""`gated bench NAME`: benchmarks that print progress to stderr and one JSON object last on stdout.
-
-Comparisons run side by side in the same process and are reported as ratios, since the machines
-they run on are shared and noisy.
-"""
+"""`gated bench pipeline`: gated's durable path against plain paho, side by side on one mosquitto
+the bench starts; the ratio is what counts, since the machines it runs on are shared and noisy."""
 
 from __future__ import annotations
 
 import os
-import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,164 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gated.bench_commands import bench_commands
+from gated.bench.common import Mosquitto, machine, progress
 from gated.errors import GatedError
-from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source, Visit
-from gated.policy import HoldListStatus, PolicySettings, decide
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-    }
-
-
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _visit(index: int) -> Visit:
-    now = datetime.now(UTC)
-    visit = Visit(id=f"v{index}", lane="lane-1", opened_at=now, trigger="rfid:epc", close_cause="complete")
-    for reading in (
-        Reading("lane-1", Kind.RFID, "rfid-1", Source.EPC, f"e28011{index:010x}", now),
-        Reading("lane-1", Kind.OCR, "ocr-1", Source.CONTAINER_NUMBER, "MSKU4135329", now, confidence=0.97),
-        Reading("lane-1", Kind.OCR, "ocr-1", Source.PASSAGE_END, 1, now),
-        Reading(
-            "lane-1", Kind.RPM, "rpm-1", Source.SCREENING, str(ScreeningVerdict.CLEAR), now, Quality.GOOD
-        ),
-    ):
-        visit = visit.with_reading(reading)
-    return visit
-
-
-def bench_policy(quick: bool) -> dict[str, Any]:
-    count = 2_000 if quick else 50_000
-    visits = [_visit(i) for i in range(count)]
-    status = HoldListStatus(loaded=True, confirmed_at=datetime.now(UTC), version=1)
-    settings = PolicySettings(hold_list_max_age_seconds=3600)
-    _progress(f"deciding {count} visits")
-    start = time.perf_counter()
-    for visit in visits:
-        decide(visit, {}, status, settings, now=datetime.now(UTC))
-    elapsed = time.perf_counter() - start
-    return {
-        "bench": "policy",
-        "visits": count,
-        "decisions_per_second": round(count / elapsed),
-        "machine": machine(),
-    }
-
-
-def bench_store(quick: bool) -> dict[str, Any]:
-    """Readings stored durably (SQLite, WAL, synchronous=FULL) one per transaction vs in batches."""
-    from gated.db import open_engine
-    from gated.messages import Topics, reading_message
-    from gated.store import Batch, Store
-
-    count = 500 if quick else 5_000
-    topics = Topics("bench")
-    now = datetime.now(UTC)
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for label, batch_size in (("single", 1), ("batched", 200)):
-            engine = open_engine(Path(folder) / f"{label}.db")
-            store = Store(engine, site="bench", node="bench")
-            readings = [
-                Reading("lane-1", Kind.RPM, "rpm-1", Source.GAMMA_CPS, 250.0 + i, now, units="cps")
-                for i in range(count)
-            ]
-            _progress(f"storing {count} readings, {batch_size} per transaction")
-            start = time.perf_counter()
-            for offset in range(0, count, batch_size):
-                chunk = readings[offset : offset + batch_size]
-                store.write(Batch(readings=chunk, messages=[reading_message(topics, r) for r in chunk]))
-            results[label] = count / (time.perf_counter() - start)
-            engine.dispose()
-    return {
-        "bench": "store",
-        "readings": count,
-        "single_per_second": round(results["single"]),
-        "batched_per_second": round(results["batched"]),
-        "batched_over_single": round(results["batched"] / results["single"], 2),
-        "machine": machine(),
-    }
-
-
-# -- pipeline: gated's durable path against plain paho, on one mosquitto ------------------------
+from gated.model import Kind, Reading
 
 PIPELINE_ROUNDS = 3
 PIPELINE_MAX_INFLIGHT = 100
 PIPELINE_SOURCE = "tamper"
 _RUN_TIMEOUT = 600.0
-
-
-def _mosquitto_binary() -> str:
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
-    found = shutil.which("mosquitto", path=search)
-    if found is None:
-        raise GatedError(
-            "the pipeline benchmark needs mosquitto (Debian package `mosquitto`), "
-            "which is not installed or not on PATH, /usr/sbin or /usr/local/sbin"
-        )
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Mosquitto:
-    """A mosquitto broker of the benchmark's own, on a free loopback port, stopped by its PID."""
-
-    def __init__(self, folder: Path) -> None:
-        self.binary = _mosquitto_binary()
-        self.port = _free_port()
-        self.log = folder / "mosquitto.log"
-        self.conf = folder / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence false",
-            # Nothing may be dropped or throttled by broker defaults: the bench counts arrivals.
-            "max_queued_messages 0",
-            "max_inflight_messages 0",
-            "log_dest stderr",
-        ]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            lines.append("user root")  # no privilege drop: nothing here is owned by `mosquitto`
-        self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise GatedError(f"mosquitto did not start: {self.log.read_text(errors='replace')[-2000:]}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 def count_messages() -> None:
@@ -226,7 +70,7 @@ class _Subscriber:
             [
                 sys.executable,
                 "-c",
-                "from gated.bench import count_messages; count_messages()",
+                "from gated.bench.pipeline import count_messages; count_messages()",
                 str(port),
                 topic,
             ],
@@ -432,9 +276,9 @@ def bench_pipeline(quick: bool) -> dict[str, Any]:
     plain_received: list[int] = []
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        broker = _Mosquitto(folder)
+        broker = Mosquitto(folder)
         broker.start()
-        _progress(f"mosquitto on 127.0.0.1:{broker.port}; {count} readings, {PIPELINE_ROUNDS} rounds")
+        progress(f"mosquitto on 127.0.0.1:{broker.port}; {count} readings, {PIPELINE_ROUNDS} rounds")
         subscriber: _Subscriber | None = None
         try:
             subscriber = _Subscriber(broker.port, f"gated/v1/{site}/+/reading/#")
@@ -451,7 +295,7 @@ def bench_pipeline(quick: bool) -> dict[str, Any]:
                         rate = _plain_once(broker.port, payloads, f"r{round_}")
                         plain_rates.append(rate)
                         plain_received.append(subscriber.wait_for(before + count) - before)
-                    _progress(f"round {round_ + 1}: {path:5} {rate:8.0f} readings/s")
+                    progress(f"round {round_ + 1}: {path:5} {rate:8.0f} readings/s")
         finally:
             if subscriber is not None:
                 subscriber.stop()
@@ -475,31 +319,3 @@ def bench_pipeline(quick: bool) -> dict[str, Any]:
         "peak_rss_mb": _peak_rss_mb(),
         "machine": machine(),
     }
-
-
-def bench_rpm(quick: bool) -> dict[str, Any]:
-    from gated.bench_rpm import bench_rpm as run
-
-    return run(quick)
-
-
-def bench_ocr(quick: bool) -> dict[str, Any]:
-    from gated.bench_ocr import bench_ocr as run
-
-    return run(quick)
-
-
-BENCHES = {
-    "commands": bench_commands,
-    "policy": bench_policy,
-    "store": bench_store,
-    "pipeline": bench_pipeline,
-    "rpm": bench_rpm,
-    "ocr": bench_ocr,
-}
-
-
-def run_bench(name: str, *, quick: bool = False) -> dict[str, Any]:
-    if name not in BENCHES:
-        raise GatedError(f"no benchmark {name!r}; choose from {', '.join(BENCHES)}")
-    return BENCHES[name](quick)

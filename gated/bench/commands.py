@@ -30,7 +30,7 @@ FLOOD_ISSUE_SECONDS = 30.0
 def bench_commands(quick: bool) -> dict[str, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gated.bench import _free_port, _Mosquitto, _progress, machine
+    from gated.bench.common import Mosquitto, free_port, machine, progress
     from gated.signing import public_key_text
 
     burst = 2_000 if quick else 20_000
@@ -38,19 +38,19 @@ def bench_commands(quick: bool) -> dict[str, Any]:
     key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        broker = _Mosquitto(folder)
+        broker = Mosquitto(folder)
         broker.start()
         try:
-            daemon = _daemon(folder, broker.port, public_key_text(key.public_key()), _free_port())
+            daemon = _daemon(folder, broker.port, public_key_text(key.public_key()), free_port())
             watcher = _Decisions(broker.port)
             try:
                 daemon.start()
                 if not daemon.publisher.wait_connected(15):
                     raise GatedError("the daemon did not connect to the benchmark's broker")
                 time.sleep(1.0)
-                _progress(f"{trucks} trucks on a quiet broker")
+                progress(f"{trucks} trucks on a quiet broker")
                 quiet = _trucks(daemon, watcher, trucks, "q")
-                _progress(f"{trucks} trucks while {burst} hold commands arrive")
+                progress(f"{trucks} trucks while {burst} hold commands arrive")
                 flooder = _start_flood(broker.port, burst, key)
                 flood_started = time.monotonic()
                 loud = _trucks(daemon, watcher, trucks, "f")
@@ -195,7 +195,7 @@ def _start_flood(port: int, count: int, key: Any) -> subprocess.Popen[bytes]:
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
-    code = "from gated.bench_commands import flood; flood()"
+    code = "from gated.bench.commands import flood; flood()"
     return subprocess.Popen(
         [sys.executable, "-c", code, str(port), str(count), raw],
         stdout=subprocess.PIPE,

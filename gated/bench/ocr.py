@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gated.bench import machine
+from gated.bench.common import machine
 from ocr.assemble import NOTHING, decide, vote_containers
 from ocr.engine import OcrEngine
 from ocr.errors import OcrError
@@ -299,7 +299,7 @@ def bench_ocr(
 
 
 def main() -> int:
-    """``python -m gated.bench_ocr [--quick]``: the bench on its own, last stdout line JSON."""
+    """``python -m gated.bench.ocr [--quick]``: the bench on its own, last stdout line JSON."""
     import json
 
     print(json.dumps(bench_ocr("--quick" in sys.argv[1:])))

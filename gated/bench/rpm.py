@@ -55,7 +55,7 @@ def _estimated_background(rng: random.Random) -> float:
 
 
 def bench_rpm(quick: bool) -> dict[str, Any]:
-    from gated.bench import machine
+    from gated.bench.common import machine
     from simulators.rpm_rapiscan import simulate_occupancy
 
     occupancies = 5_000 if quick else 100_000
