@@ -39,13 +39,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final, Literal, Self
 
+from pydantic import Field
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
 from gated.clock import Clock, SystemClock
 from gated.errors import DeviceUnavailable, ProtocolError
+from gated.model import Kind
+from gated.settings import DeviceSettings, DriverContext
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +124,51 @@ def _shut(client: ModbusTcpClient) -> None:
     client.close()  # type: ignore[no-untyped-call]
 
 
+class BarrierModbusDevice(DeviceSettings):
+    driver: Literal["barrier-modbus"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247)
+    lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=30,
+        description="How long a permit to open lasts if no vehicle passes: seconds, for the truck "
+        "at the barrier, never long enough for the next one to use it.",
+    )
+    release_window_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="A RELEASE opens the barrier only if the truck's newest reading is at most this "
+        "old: a decision that comes after its truck has gone grants nothing.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        0.25, gt=0, le=2, description="Keep well below the PLC's watchdog timeout."
+    )
+    timeout_seconds: float = Field(1.0, gt=0, le=30)
+
+
 class ModbusBarrier:
     """One barrier PLC on Modbus TCP, held open only by a heartbeat and a leased permit.
 
     Beats are paced with the real monotonic clock; lease deadlines use the injected ``clock``
     (tests pass a manual clock to expire a lease without waiting)."""
+
+    kind: Final = Kind.BARRIER
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: BarrierModbusDevice, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            host=settings.host,
+            port=settings.port,
+            unit=settings.unit,
+            heartbeat_interval=settings.heartbeat_interval_seconds,
+            timeout=settings.timeout_seconds,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

@@ -45,8 +45,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
-from drivers.serial_frames import SerialFrameDriver
+from drivers.serial_frames import SerialFrameDriver, SerialReaderSettings
 from gated.errors import ProtocolError
 from gated.model import Kind, Quality, Reading
 
@@ -215,6 +216,10 @@ class FrameSplitter:
             buffer = buffer[end + 2 :]
         self._buffer = buffer
         return out
+
+
+class CredentialSerialDevice(SerialReaderSettings):
+    driver: Literal["credential-serial"]
 
 
 class SerialCredentialDriver(SerialFrameDriver[CardRead]):

@@ -62,11 +62,13 @@ import stat
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
+
+from pydantic import Field
 
 from drivers.base import Driver
 from gated.clock import Clock, rfc3339
@@ -74,6 +76,7 @@ from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError,
 from gated.evidence import EvidenceRejected, EvidenceStore, NotRegularFile, open_regular
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading
+from gated.settings import DeviceSettings, DriverContext
 
 SOURCE = "scan_result"
 """The reading source of one scan's outcome."""
@@ -270,10 +273,34 @@ def _write_new(path: Path, text: str) -> None:
         target.write(text)
 
 
+class NiiFolderDevice(DeviceSettings):
+    driver: Literal["nii-folder"]
+    inbox: str = Field(description="Where the scanner drops image + metadata pairs (relative to the config).")
+    poll_interval_seconds: float = Field(0.5, gt=0, le=60)
+    image_grace_seconds: float = Field(10.0, gt=0, description="How long metadata may wait for its image.")
+    max_bytes: int = Field(2 * 1024**3, gt=0, description="Larger images are quarantined.")
+
+    def with_paths(self, resolve: Callable[[str], str]) -> Self:
+        return self.model_copy(update={"inbox": resolve(self.inbox)})
+
+
 class NiiFolderDriver(Driver):
     """Picks up finished NII scans from a drop folder and reports each with its image as evidence."""
 
     kind = Kind.NII
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: NiiFolderDevice, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            inbox=Path(settings.inbox),
+            evidence=context.evidence,
+            poll_interval=settings.poll_interval_seconds,
+            image_grace=settings.image_grace_seconds,
+            max_bytes=settings.max_bytes,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

@@ -54,13 +54,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypedDict, Unpack
+from typing import Any, Final, Literal, Self, TypedDict, Unpack
+
+from pydantic import Field, field_validator
 
 from drivers.base import Driver
 from gated.clock import Clock
 from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError
 from gated.iso6346 import ContainerNumber
 from gated.model import Kind, Quality, Reading, Source
+from gated.settings import DeviceSettings, DriverContext
 
 MAX_LINE: Final = 65536
 VIEWS: Final = frozenset({"rear", "side", "top", "front"})
@@ -287,10 +290,38 @@ class _DriverOptions(TypedDict, total=False):
     backoff_max: float
 
 
+class OcrCameraDevice(DeviceSettings):
+    driver: Literal["ocr-camera"]
+    host: str = Field(description="The camera's name or address only (no user, password or path).")
+    port: int = Field(ge=1, le=65535)
+    min_confidence: float = Field(0.9, ge=0, le=1)
+    silence_timeout_seconds: float = Field(3.0, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _plain_host(cls, value: str) -> str:
+        # A user:password@ written here would be shown in every connection error: refuse it unshown.
+        if not value or any(char in value for char in "@/") or not value.isprintable() or " " in value:
+            raise ValueError("a host is a name or an address, without a user, password, scheme or path")
+        return value
+
+
 class SmartCameraDriver(Driver):
     """Connects to the camera's TCP port and turns its pushed messages into readings."""
 
     kind = Kind.OCR
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: OcrCameraDevice, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            host=settings.host,
+            port=settings.port,
+            min_confidence=settings.min_confidence,
+            silence_timeout=settings.silence_timeout_seconds,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

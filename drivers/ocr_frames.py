@@ -53,6 +53,7 @@ frames with.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -61,19 +62,28 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, TypedDict, TypeVar, Unpack
-from urllib.parse import urlsplit
+from typing import Any, Final, Generic, Literal, Self, TypedDict, TypeVar, Unpack
+from urllib.parse import quote, urlsplit
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
-from gated.errors import ContainerNumberError, DeviceUnavailable, GatedError, ProtocolError, StorageError
+from gated.errors import (
+    ConfigError,
+    ContainerNumberError,
+    DeviceUnavailable,
+    GatedError,
+    ProtocolError,
+    StorageError,
+)
 from gated.evidence import EvidenceStore
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
 from gated.redact import error_text, printable, redact, redact_url, shown
+from gated.settings import DeviceSettings, DriverContext, Strict
 from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote_containers
 from ocr.engine import Image, TextBox
 from ocr.frames import Frame, FrameSource, open_source, select_frames, sharpness
@@ -279,6 +289,194 @@ def _without_credentials(url: str) -> str:
     return printable(redact_url(url), None)
 
 
+FRAME_SOURCE_SCHEMES = frozenset({"", "http", "https", "rtsp", "rtsps", "file"})
+_SCHEME_WITHOUT_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/")
+PLATE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class PlateFormatConfig(Strict):
+    """One licence plate layout a plate view may see (``ocr.plate.PlateFormat``)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    pattern: str = Field(
+        description='L a letter, D a digit, a space or a dash between groups, e.g. "LL-DDD-LL"; 4 to 10 '
+        "characters."
+    )
+    letters: str = Field(
+        PLATE_LETTERS, description="The letters the format issues (capitals); others are never read into it."
+    )
+
+    @model_validator(mode="after")
+    def _valid_format(self) -> PlateFormatConfig:
+        self.to_format()
+        return self
+
+    def to_format(self) -> PlateFormat:
+        try:
+            return PlateFormat(self.name, self.pattern, self.letters)
+        except ConfigError as error:
+            # pydantic reports a ValueError with the key path in front of it.
+            raise ValueError("; ".join(error.problems)) from None
+
+
+class OcrFramesDevice(DeviceSettings):
+    """A plain IP camera (or several, one per view) whose frames gated reads itself."""
+
+    driver: Literal["ocr-frames"]
+    views: list[str] = Field(
+        min_length=1,
+        max_length=4,
+        description="One frame source per camera view: http(s):// MJPEG, rtsp(s)://, a video file or "
+        "a folder of images (relative to the config file). A camera's user goes in the URL "
+        "(rtsp://gated@cam-1/stream), its password in view_password_file.",
+    )
+    view_password_file: str | None = Field(
+        None,
+        description="File holding the password of the views and plate_views that name a user without a "
+        "password (rtsp://gated@cam-1/stream); relative to the config file, read at start, one trailing "
+        "newline stripped. A view with user:password@ keeps its own. Keeps the password out of the "
+        "config and out of every message.",
+    )
+    engine: Literal["rapidocr", "easyocr"] = Field("rapidocr", description="The OCR engine.")
+    min_confidence: float = Field(
+        0.8, ge=0, le=1, description="Below this the number is reported as uncertain (goes to a clerk)."
+    )
+    pre_trigger_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="Frames this long before the visit's trigger are considered (never as far back as "
+        "the previous truck).",
+    )
+    post_trigger_seconds: float = Field(
+        1.5,
+        ge=0,
+        le=10,
+        description="Frames up to this long after the trigger are considered; the read starts then.",
+    )
+    frames_per_view: int = Field(
+        2, ge=1, le=10, description="The sharpest frames of each view that are read (each costs OCR time)."
+    )
+    sample_fps: float = Field(
+        5.0, gt=0, le=30, description="Frames per second kept from each view (the rest are dropped)."
+    )
+    silence_timeout_seconds: float = Field(
+        5.0, gt=0, description="A live view without a frame for this long is offline."
+    )
+    plate_views: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Frame sources aimed at the truck's front (same kinds as views): their sharpest "
+        "frames_per_view frames are read for the licence plate, reported as a licence_plate reading "
+        "that never decides anything.",
+    )
+    plate_formats: list[PlateFormatConfig] | None = Field(
+        None,
+        min_length=1,
+        description="The plate layouts the lane sees; default: generic shapes (ABC 1234, 7ABC123, "
+        "AB-123-CD, AB 123CD, AB12 CDE, 1234 BCD).",
+    )
+    plate_min_confidence: float = Field(
+        DEFAULT_MIN_CONFIDENCE,
+        ge=0,
+        le=1,
+        description="Below this the plate is reported as uncertain (a plate has no check digit: keep it "
+        "high).",
+    )
+
+    @field_validator("views", "plate_views")
+    @classmethod
+    def _known_sources(cls, views: list[str]) -> list[str]:
+        for view in views:
+            problem = _view_problem(view)
+            if problem:
+                # The view as written may hold a password: the message shows it without.
+                raise ValueError(f"view {redact_url(view)!r}: {problem}")
+        return views
+
+    @model_validator(mode="after")
+    def _password_file_used(self) -> OcrFramesDevice:
+        # A password file no view can use would be ignored: refuse it rather than drop it.
+        if self.view_password_file is not None and not any(
+            _names_user_only(view) for view in (*self.views, *self.plate_views)
+        ):
+            raise ValueError(
+                "view_password_file needs a view that names a user without a password (rtsp://USER@host/path)"
+            )
+        return self
+
+    @field_validator("plate_formats")
+    @classmethod
+    def _unique_format_names(cls, formats: list[PlateFormatConfig] | None) -> list[PlateFormatConfig] | None:
+        names = [plate_format.name for plate_format in formats or []]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"plate format names must be unique: {', '.join(duplicates)}")
+        return formats
+
+    @model_validator(mode="after")
+    def _plate_settings_need_plate_views(self) -> OcrFramesDevice:
+        # Plate settings without a plate view would be ignored: refuse them rather than drop them.
+        unused = sorted({"plate_formats", "plate_min_confidence"} & self.model_fields_set)
+        if unused and not self.plate_views:
+            raise ValueError(f"{' and '.join(unused)} need plate_views")
+        return self
+
+    def with_paths(self, resolve: Callable[[str], str]) -> Self:
+        return self.model_copy(
+            update={
+                "views": [resolve(view) for view in self.views],
+                "plate_views": [resolve(view) for view in self.plate_views],
+                "view_password_file": None
+                if self.view_password_file is None
+                else resolve(self.view_password_file),
+            }
+        )
+
+    def plate_format_list(self) -> tuple[PlateFormat, ...]:
+        """The configured plate formats, or the defaults."""
+        if self.plate_formats is None:
+            return DEFAULT_FORMATS
+        return tuple(plate_format.to_format() for plate_format in self.plate_formats)
+
+
+def _view_problem(view: str) -> str | None:
+    """What is wrong with a frame source as written, or None."""
+    scheme = view.partition("://")[0].lower() if "://" in view else ""
+    if scheme not in FRAME_SOURCE_SCHEMES or not view.strip():
+        return "use http(s)://, rtsp(s)://, file://, or a path to a video file or an image folder"
+    if not scheme and _SCHEME_WITHOUT_SLASHES.match(view):
+        return "a URL needs '://' after its scheme"
+    if scheme in _LIVE_SCHEMES:
+        if not view.isprintable() or " " in view:
+            return "a URL has no spaces or control characters (percent-encode them)"
+        parts = urlsplit(view)
+        try:
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError:
+            return "the port is not a number from 1 to 65535"
+        if not parts.hostname:
+            return "the URL names no host"
+    return None
+
+
+def _names_user_only(view: str) -> bool:
+    """A live view with a user and no password: the one view_password_file completes."""
+    if "://" not in view or view.partition("://")[0].lower() not in _LIVE_SCHEMES:
+        return False
+    parts = urlsplit(view)
+    return parts.username is not None and parts.password is None
+
+
+def with_password(view: str, password: str) -> str:
+    """``view`` with ``password`` for its user, when it names a user without one."""
+    if not _names_user_only(view):
+        return view
+    parts = urlsplit(view)
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
+
+
 class _DriverOptions(TypedDict, total=False):
     backoff_initial: float
     backoff_max: float
@@ -289,6 +487,26 @@ class FramesCameraDriver(Driver):
     """Reads container numbers from camera frames around each visit's trigger (module docstring)."""
 
     kind = Kind.OCR
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: OcrFramesDevice, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            views=settings.views,
+            pool=context.ocr_pools(settings.engine),
+            evidence=context.evidence,
+            min_confidence=settings.min_confidence,
+            pre_trigger=settings.pre_trigger_seconds,
+            post_trigger=settings.post_trigger_seconds,
+            frames_per_view=settings.frames_per_view,
+            sample_fps=settings.sample_fps,
+            silence_timeout=settings.silence_timeout_seconds,
+            plate_views=settings.plate_views,
+            plate_formats=settings.plate_format_list(),
+            plate_min_confidence=settings.plate_min_confidence,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

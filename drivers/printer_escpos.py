@@ -27,16 +27,18 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal, Self
 from urllib.parse import quote
 
 from escpos.exceptions import DeviceNotFoundError
 from escpos.exceptions import Error as EscposError
 from escpos.printer import Network
+from pydantic import Field
 
 from gated.errors import DeviceUnavailable, GatedError
 from gated.model import Decision, Kind, Outcome, Reason, check_identifier
 from gated.policy import RADIATION_ALARM, most_severe
+from gated.settings import DeviceSettings, DriverContext
 
 TITLE: Final = "GATE PASS"
 QR_SCHEME: Final = "gated:pass"
@@ -150,6 +152,24 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
+class PrinterEscposDevice(DeviceSettings):
+    driver: Literal["printer-escpos"]
+    host: str
+    port: int = Field(9100, ge=1, le=65535)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    secondary_inspection_place: str | None = Field(None, description='Where to go, e.g. "bay 3".')
+    holding_area_place: str | None = Field(None, description='Where held trucks park, e.g. "area B".')
+
+    def places(self) -> dict[Outcome, str]:
+        """Where a pass sends the truck, for the outcomes that have a place here."""
+        places = {}
+        if self.secondary_inspection_place:
+            places[Outcome.SECONDARY_INSPECTION] = self.secondary_inspection_place
+        if self.holding_area_place:
+            places[Outcome.HOLD] = self.holding_area_place
+        return places
+
+
 class EscposPrinter:
     """A lane's ticket printer: an output device that prints ``GatePass`` values.
 
@@ -157,6 +177,12 @@ class EscposPrinter:
     thermal printers expect; a lock keeps two passes from interleaving on one printer."""
 
     kind: Final = Kind.PRINTER
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: PrinterEscposDevice, context: DriverContext) -> Self:
+        return cls(
+            lane, settings.id, host=settings.host, port=settings.port, timeout=settings.timeout_seconds
+        )
 
     def __init__(
         self,

@@ -61,12 +61,16 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, Self
+
+from pydantic import Field
 
 from drivers.base import BoundedQueue, Driver
 from drivers.serial_frames import RepeatFilter
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, Source
+from gated.settings import DeviceSettings, DriverContext
 
 log = logging.getLogger(__name__)
 
@@ -491,10 +495,30 @@ def rospec(rospec_id: int = ROSPEC_ID) -> bytes:
     return _tlv(P_ROSPEC, struct.pack("!IBB", rospec_id, 0, 0) + boundary + aispec + report)
 
 
+class RfidLlrpDevice(DeviceSettings):
+    driver: Literal["rfid-llrp"]
+    host: str
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
+    silence_timeout_seconds: float = Field(3.0, gt=0, description="No keepalive for this long: offline.")
+
+
 class LlrpRfidDriver(Driver):
     """Inventories an LLRP reader and reports each truck's EPC once."""
 
     kind = Kind.RFID
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: RfidLlrpDevice, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            host=settings.host,
+            port=settings.port,
+            repeat_window=settings.repeat_window_seconds,
+            silence_timeout=settings.silence_timeout_seconds,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-from drivers.serial_frames import SerialFrameDriver
+from pydantic import Field
+
+from drivers.serial_frames import SerialFrameDriver, SerialReaderSettings
 from gated.errors import ProtocolError
 from gated.model import Kind, Quality, Reading, Source
 
@@ -189,6 +192,11 @@ class FrameSplitter:
             out.append(_malformed(f"line longer than {MAX_LINE} bytes", line))
         elif line.strip(b" \t\r\n"):
             out.append(line)
+
+
+class RfidSerialDevice(SerialReaderSettings):
+    driver: Literal["rfid-serial"]
+    repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
 
 
 class SerialRfidDriver(SerialFrameDriver[TagRead]):

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Self
 
+from pydantic import Field
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
 from drivers.base import Driver
-from drivers.profile import Resource, RpmProfile
+from drivers.profile import Resource, RpmProfile, load_profile
 from gated.clock import Clock
-from gated.errors import DeviceUnavailable, ProtocolError
+from gated.errors import ConfigError, DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
+from gated.settings import DeviceSettings, DriverContext
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,26 @@ def _shut(client: ModbusTcpClient) -> None:
     client.close()  # type: ignore[no-untyped-call]
 
 
+class RpmModbusDevice(DeviceSettings):
+    driver: Literal["rpm-modbus"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247)
+    profile: str = Field(description="Register map profile (TOML), relative to the config file.")
+    poll_interval_seconds: float = Field(0.2, gt=0, le=10)
+    timeout_seconds: float = Field(1.0, gt=0, le=30)
+
+    def with_paths(self, resolve: Callable[[str], str]) -> Self:
+        return self.model_copy(update={"profile": resolve(self.profile)})
+
+    def problems(self) -> list[str]:
+        try:
+            load_profile(self.profile)
+        except ConfigError as error:
+            return error.problems
+        return []
+
+
 class ModbusRpmDriver(Driver):
     """Polls one RPM over Modbus TCP and reports occupancy, pass results, faults and tamper.
 
@@ -245,6 +267,21 @@ class ModbusRpmDriver(Driver):
     readings (tests pass a manual clock without stalling the poll loop)."""
 
     kind = Kind.RPM
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: RpmModbusDevice, context: DriverContext) -> Self:
+        """Raises ``ConfigError`` when the device profile does not load."""
+        return cls(
+            lane,
+            settings.id,
+            host=settings.host,
+            port=settings.port,
+            unit=settings.unit,
+            profile=load_profile(settings.profile),
+            poll_interval=settings.poll_interval_seconds,
+            timeout=settings.timeout_seconds,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

@@ -44,13 +44,16 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Self
+
+from pydantic import Field
 
 from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
 from gated.radiation import SAMPLE_INTERVAL_S, OccupancyResult, analyse_occupancy
+from gated.settings import DeviceSettings, DriverContext
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +405,16 @@ def _peak_sample_cps(samples: list[int]) -> float:
     return max(samples, default=0) / SAMPLE_INTERVAL_S
 
 
+class RpmRapiscanDevice(DeviceSettings):
+    driver: Literal["rpm-rapiscan"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    n_sigma: float = Field(
+        5.0, gt=0, le=50, description="gated's own alarm rule: background + n * sqrt(background)."
+    )
+    silence_timeout_seconds: float = Field(2.0, gt=0, description="Records come every 200 ms.")
+
+
 class RapiscanRpmDriver(Driver):
     """Reads one RPM's record stream over TCP and reports passes, faults and tamper.
 
@@ -410,6 +423,18 @@ class RapiscanRpmDriver(Driver):
     200 ms) makes the monitor unavailable; the loop in ``Driver.run`` reconnects."""
 
     kind = Kind.RPM
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: RpmRapiscanDevice, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            host=settings.host,
+            port=settings.port,
+            n_sigma=settings.n_sigma,
+            silence_timeout=settings.silence_timeout_seconds,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from collections.abc import Hashable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 import serial
+from pydantic import Field
 
 from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Reading
+from gated.settings import DeviceSettings, DriverContext
 
 READ_CHUNK = 4096
 """Most bytes one step reads from the port."""
@@ -64,11 +66,30 @@ class RepeatFilter:
         return fresh
 
 
+class SerialReaderSettings(DeviceSettings):
+    """What every serial reader is configured with; each reader's model adds its ``driver`` name."""
+
+    url: str = Field(description="A tty path, or socket://host:port for a serial device server.")
+    baudrate: int = Field(9600, gt=0)
+    repeat_window_seconds: float = Field(5.0, gt=0)
+
+
 class SerialFrameDriver(Driver, Generic[Read]):
     """A reader on a serial line that sends frames (reads and heartbeats) on its own."""
 
     clear_queue_on_connect = False
     """True where reads queued before a reconnect are stale by the time they would be reported."""
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: SerialReaderSettings, context: DriverContext) -> Self:
+        return cls(
+            lane,
+            settings.id,
+            url=settings.url,
+            baudrate=settings.baudrate,
+            repeat_window=settings.repeat_window_seconds,
+            clock=context.clock,
+        )
 
     def __init__(
         self,

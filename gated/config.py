@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from drivers.barrier_modbus import BarrierModbusDevice as BarrierModbusDevice  # re-exported
+from drivers.ocr_frames import OcrFramesDevice, with_password
+from drivers.registry import DEVICE_TYPES
 from gated.errors import ConfigError, GatedError
-from gated.model import IDENTIFIER, RESERVED_LANE_IDS
+from gated.model import RESERVED_LANE_IDS
 from gated.redact import redact_url
-from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, PlateFormat
-
-Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern, max_length=64)]
+from gated.settings import DeviceSettings, Identifier, Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class MqttTlsConfig(_Strict):
+class MqttTlsConfig(Strict):
     """TLS to the broker: its certificate is checked against ``ca_file`` and the host name."""
 
     ca_file: str | None = Field(
@@ -50,7 +45,7 @@ class MqttTlsConfig(_Strict):
         return self
 
 
-class MqttConfig(_Strict):
+class MqttConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     keepalive: int = Field(30, ge=5, le=3600, description="Seconds between MQTT keepalive pings.")
@@ -117,7 +112,7 @@ def cleartext_problem(host: str, tls: bool, lab: bool) -> str | None:
     )
 
 
-class StorageConfig(_Strict):
+class StorageConfig(Strict):
     database: str = Field(
         "/var/lib/gated/gated.db",
         description="SQLite file path (relative to the config file) or an SQLAlchemy URL; give a "
@@ -169,7 +164,7 @@ class StorageConfig(_Strict):
         return self
 
 
-class CredentialsConfig(_Strict):
+class CredentialsConfig(Strict):
     security_level: Literal["normal", "raised"] = Field(
         "normal", description="The cancelled-card list may be 7 days old at normal level, 1 day at raised."
     )
@@ -178,7 +173,7 @@ class CredentialsConfig(_Strict):
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
-class CustomsKeyConfig(_Strict):
+class CustomsKeyConfig(Strict):
     """A customs signing key whose hold commands gated trusts (``gated holds keygen`` prints one)."""
 
     id: str = Field(pattern=KEY_ID_PATTERN, max_length=64, description="The key id commands name in 'key'.")
@@ -199,7 +194,7 @@ class CustomsKeyConfig(_Strict):
         return value
 
 
-class HoldsConfig(_Strict):
+class HoldsConfig(Strict):
     max_age_seconds: int = Field(
         ge=1,
         description="Required. A hold list not confirmed by an authenticated full view (customs' signed "
@@ -229,242 +224,7 @@ class HoldsConfig(_Strict):
         return self
 
 
-class RfidSerialDevice(_Strict):
-    id: Identifier
-    driver: Literal["rfid-serial"]
-    url: str = Field(description="A tty path, or socket://host:port for a serial device server.")
-    baudrate: int = Field(9600, gt=0)
-    repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
-
-
-class RfidLlrpDevice(_Strict):
-    id: Identifier
-    driver: Literal["rfid-llrp"]
-    host: str
-    port: int = Field(5084, ge=1, le=65535)
-    repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
-    silence_timeout_seconds: float = Field(3.0, gt=0, description="No keepalive for this long: offline.")
-
-
-class RpmModbusDevice(_Strict):
-    id: Identifier
-    driver: Literal["rpm-modbus"]
-    host: str
-    port: int = Field(502, ge=1, le=65535)
-    unit: int = Field(1, ge=0, le=247)
-    profile: str = Field(description="Register map profile (TOML), relative to the config file.")
-    poll_interval_seconds: float = Field(0.2, gt=0, le=10)
-    timeout_seconds: float = Field(1.0, gt=0, le=30)
-
-
-class RpmRapiscanDevice(_Strict):
-    id: Identifier
-    driver: Literal["rpm-rapiscan"]
-    host: str
-    port: int = Field(ge=1, le=65535)
-    n_sigma: float = Field(
-        5.0, gt=0, le=50, description="gated's own alarm rule: background + n * sqrt(background)."
-    )
-    silence_timeout_seconds: float = Field(2.0, gt=0, description="Records come every 200 ms.")
-
-
-class OcrCameraDevice(_Strict):
-    id: Identifier
-    driver: Literal["ocr-camera"]
-    host: str = Field(description="The camera's name or address only (no user, password or path).")
-    port: int = Field(ge=1, le=65535)
-    min_confidence: float = Field(0.9, ge=0, le=1)
-    silence_timeout_seconds: float = Field(3.0, gt=0)
-
-    @field_validator("host")
-    @classmethod
-    def _plain_host(cls, value: str) -> str:
-        # A user:password@ written here would be shown in every connection error: refuse it unshown.
-        if not value or any(char in value for char in "@/") or not value.isprintable() or " " in value:
-            raise ValueError("a host is a name or an address, without a user, password, scheme or path")
-        return value
-
-
-FRAME_SOURCE_SCHEMES = frozenset({"", "http", "https", "rtsp", "rtsps", "file"})
-LIVE_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps"})
-_SCHEME_WITHOUT_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/")
-PLATE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-class PlateFormatConfig(_Strict):
-    """One licence plate layout a plate view may see (``ocr.plate.PlateFormat``)."""
-
-    name: str = Field(min_length=1, max_length=64)
-    pattern: str = Field(
-        description='L a letter, D a digit, a space or a dash between groups, e.g. "LL-DDD-LL"; 4 to 10 '
-        "characters."
-    )
-    letters: str = Field(
-        PLATE_LETTERS, description="The letters the format issues (capitals); others are never read into it."
-    )
-
-    @model_validator(mode="after")
-    def _valid_format(self) -> PlateFormatConfig:
-        self.to_format()
-        return self
-
-    def to_format(self) -> PlateFormat:
-        try:
-            return PlateFormat(self.name, self.pattern, self.letters)
-        except ConfigError as error:
-            # pydantic reports a ValueError with the key path in front of it.
-            raise ValueError("; ".join(error.problems)) from None
-
-
-class OcrFramesDevice(_Strict):
-    """A plain IP camera (or several, one per view) whose frames gated reads itself."""
-
-    id: Identifier
-    driver: Literal["ocr-frames"]
-    views: list[str] = Field(
-        min_length=1,
-        max_length=4,
-        description="One frame source per camera view: http(s):// MJPEG, rtsp(s)://, a video file or "
-        "a folder of images (relative to the config file). A camera's user goes in the URL "
-        "(rtsp://gated@cam-1/stream), its password in view_password_file.",
-    )
-    view_password_file: str | None = Field(
-        None,
-        description="File holding the password of the views and plate_views that name a user without a "
-        "password (rtsp://gated@cam-1/stream); relative to the config file, read at start, one trailing "
-        "newline stripped. A view with user:password@ keeps its own. Keeps the password out of the "
-        "config and out of every message.",
-    )
-    engine: Literal["rapidocr", "easyocr"] = Field("rapidocr", description="The OCR engine.")
-    min_confidence: float = Field(
-        0.8, ge=0, le=1, description="Below this the number is reported as uncertain (goes to a clerk)."
-    )
-    pre_trigger_seconds: float = Field(
-        1.0,
-        ge=0,
-        le=10,
-        description="Frames this long before the visit's trigger are considered (never as far back as "
-        "the previous truck).",
-    )
-    post_trigger_seconds: float = Field(
-        1.5,
-        ge=0,
-        le=10,
-        description="Frames up to this long after the trigger are considered; the read starts then.",
-    )
-    frames_per_view: int = Field(
-        2, ge=1, le=10, description="The sharpest frames of each view that are read (each costs OCR time)."
-    )
-    sample_fps: float = Field(
-        5.0, gt=0, le=30, description="Frames per second kept from each view (the rest are dropped)."
-    )
-    silence_timeout_seconds: float = Field(
-        5.0, gt=0, description="A live view without a frame for this long is offline."
-    )
-    plate_views: list[str] = Field(
-        default_factory=list,
-        max_length=4,
-        description="Frame sources aimed at the truck's front (same kinds as views): their sharpest "
-        "frames_per_view frames are read for the licence plate, reported as a licence_plate reading "
-        "that never decides anything.",
-    )
-    plate_formats: list[PlateFormatConfig] | None = Field(
-        None,
-        min_length=1,
-        description="The plate layouts the lane sees; default: generic shapes (ABC 1234, 7ABC123, "
-        "AB-123-CD, AB 123CD, AB12 CDE, 1234 BCD).",
-    )
-    plate_min_confidence: float = Field(
-        DEFAULT_MIN_CONFIDENCE,
-        ge=0,
-        le=1,
-        description="Below this the plate is reported as uncertain (a plate has no check digit: keep it "
-        "high).",
-    )
-
-    @field_validator("views", "plate_views")
-    @classmethod
-    def _known_sources(cls, views: list[str]) -> list[str]:
-        for view in views:
-            problem = _view_problem(view)
-            if problem:
-                # The view as written may hold a password: the message shows it without.
-                raise ValueError(f"view {redact_url(view)!r}: {problem}")
-        return views
-
-    @model_validator(mode="after")
-    def _password_file_used(self) -> OcrFramesDevice:
-        # A password file no view can use would be ignored: refuse it rather than drop it.
-        if self.view_password_file is not None and not any(
-            _names_user_only(view) for view in (*self.views, *self.plate_views)
-        ):
-            raise ValueError(
-                "view_password_file needs a view that names a user without a password (rtsp://USER@host/path)"
-            )
-        return self
-
-    @field_validator("plate_formats")
-    @classmethod
-    def _unique_format_names(cls, formats: list[PlateFormatConfig] | None) -> list[PlateFormatConfig] | None:
-        names = [plate_format.name for plate_format in formats or []]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"plate format names must be unique: {', '.join(duplicates)}")
-        return formats
-
-    @model_validator(mode="after")
-    def _plate_settings_need_plate_views(self) -> OcrFramesDevice:
-        # Plate settings without a plate view would be ignored: refuse them rather than drop them.
-        unused = sorted({"plate_formats", "plate_min_confidence"} & self.model_fields_set)
-        if unused and not self.plate_views:
-            raise ValueError(f"{' and '.join(unused)} need plate_views")
-        return self
-
-    def plate_format_list(self) -> tuple[PlateFormat, ...]:
-        """The configured plate formats, or the defaults."""
-        if self.plate_formats is None:
-            return DEFAULT_FORMATS
-        return tuple(plate_format.to_format() for plate_format in self.plate_formats)
-
-
-def _view_problem(view: str) -> str | None:
-    """What is wrong with a frame source as written, or None."""
-    scheme = view.partition("://")[0].lower() if "://" in view else ""
-    if scheme not in FRAME_SOURCE_SCHEMES or not view.strip():
-        return "use http(s)://, rtsp(s)://, file://, or a path to a video file or an image folder"
-    if not scheme and _SCHEME_WITHOUT_SLASHES.match(view):
-        return "a URL needs '://' after its scheme"
-    if scheme in LIVE_SCHEMES:
-        if not view.isprintable() or " " in view:
-            return "a URL has no spaces or control characters (percent-encode them)"
-        parts = urlsplit(view)
-        try:
-            parts.port  # noqa: B018 (parsing it is the check)
-        except ValueError:
-            return "the port is not a number from 1 to 65535"
-        if not parts.hostname:
-            return "the URL names no host"
-    return None
-
-
-def _names_user_only(view: str) -> bool:
-    """A live view with a user and no password: the one view_password_file completes."""
-    if "://" not in view or view.partition("://")[0].lower() not in LIVE_SCHEMES:
-        return False
-    parts = urlsplit(view)
-    return parts.username is not None and parts.password is None
-
-
-def _with_password(view: str, password: str) -> str:
-    """``view`` with ``password`` for its user, when it names a user without one."""
-    if not _names_user_only(view):
-        return view
-    parts = urlsplit(view)
-    user, _, host = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
-
-
-class OcrConfig(_Strict):
+class OcrConfig(Strict):
     workers: int = Field(
         1,
         ge=1,
@@ -474,91 +234,23 @@ class OcrConfig(_Strict):
     )
 
 
-class BarrierModbusDevice(_Strict):
-    id: Identifier
-    driver: Literal["barrier-modbus"]
-    host: str
-    port: int = Field(502, ge=1, le=65535)
-    unit: int = Field(1, ge=0, le=247)
-    lease_seconds: float = Field(
-        10.0,
-        gt=0,
-        le=30,
-        description="How long a permit to open lasts if no vehicle passes: seconds, for the truck "
-        "at the barrier, never long enough for the next one to use it.",
-    )
-    release_window_seconds: float = Field(
-        5.0,
-        gt=0,
-        le=60,
-        description="A RELEASE opens the barrier only if the truck's newest reading is at most this "
-        "old: a decision that comes after its truck has gone grants nothing.",
-    )
-    heartbeat_interval_seconds: float = Field(
-        0.25, gt=0, le=2, description="Keep well below the PLC's watchdog timeout."
-    )
-    timeout_seconds: float = Field(1.0, gt=0, le=30)
+DEVICE_KINDS: dict[str, str] = {name: device.kind.value for name, device in DEVICE_TYPES.items()}
+"""The lane role (rfid, ocr, rpm, ...) of each ``driver = "..."`` name."""
 
-
-class PrinterEscposDevice(_Strict):
-    id: Identifier
-    driver: Literal["printer-escpos"]
-    host: str
-    port: int = Field(9100, ge=1, le=65535)
-    timeout_seconds: float = Field(5.0, gt=0, le=60)
-    secondary_inspection_place: str | None = Field(None, description='Where to go, e.g. "bay 3".')
-    holding_area_place: str | None = Field(None, description='Where held trucks park, e.g. "area B".')
-
-
-class CredentialSerialDevice(_Strict):
-    id: Identifier
-    driver: Literal["credential-serial"]
-    url: str = Field(description="A tty path, or socket://host:port for a serial device server.")
-    baudrate: int = Field(9600, gt=0)
-    repeat_window_seconds: float = Field(5.0, gt=0)
-
-
-class NiiFolderDevice(_Strict):
-    id: Identifier
-    driver: Literal["nii-folder"]
-    inbox: str = Field(description="Where the scanner drops image + metadata pairs (relative to the config).")
-    poll_interval_seconds: float = Field(0.5, gt=0, le=60)
-    image_grace_seconds: float = Field(10.0, gt=0, description="How long metadata may wait for its image.")
-    max_bytes: int = Field(2 * 1024**3, gt=0, description="Larger images are quarantined.")
-
-
-DeviceConfig = Annotated[
-    RfidSerialDevice
-    | RfidLlrpDevice
-    | RpmModbusDevice
-    | RpmRapiscanDevice
-    | OcrCameraDevice
-    | OcrFramesDevice
-    | BarrierModbusDevice
-    | PrinterEscposDevice
-    | CredentialSerialDevice
-    | NiiFolderDevice,
-    Field(discriminator="driver"),
-]
+if TYPE_CHECKING:
+    DeviceConfig = DeviceSettings
+else:
+    # The union of every registered settings model, told apart by its driver name.
+    DeviceConfig = Annotated[
+        Union[tuple(device.settings for device in DEVICE_TYPES.values())],  # noqa: UP007
+        Field(discriminator="driver"),
+    ]
 
 RequiredKind = Literal["rfid", "ocr", "rpm", "credential"]
 DEFAULT_REQUIRE: tuple[RequiredKind, ...] = ("ocr", "rpm")
 
-DEVICE_KINDS = {
-    "rfid-serial": "rfid",
-    "rfid-llrp": "rfid",
-    "rpm-modbus": "rpm",
-    "rpm-rapiscan": "rpm",
-    "ocr-camera": "ocr",
-    "ocr-frames": "ocr",
-    "barrier-modbus": "barrier",
-    "printer-escpos": "printer",
-    "credential-serial": "credential",
-    "nii-folder": "nii",
-}
 
-
-class LaneConfig(_Strict):
+class LaneConfig(Strict):
     id: Identifier
     visit_timeout_seconds: float = Field(
         60.0, gt=0, description="A visit closes after this long even if incomplete (and cannot release)."
@@ -585,7 +277,7 @@ class LaneConfig(_Strict):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"device ids must be unique within a lane: {', '.join(duplicates)}")
-        barriers = [device.id for device in self.devices if isinstance(device, BarrierModbusDevice)]
+        barriers = [device.id for device in self.devices if DEVICE_KINDS[device.driver] == "barrier"]
         if len(barriers) > 1:
             raise ValueError(f"a lane has one barrier, not {len(barriers)}: {', '.join(barriers)}")
         kinds = {DEVICE_KINDS[device.driver] for device in self.devices}
@@ -595,7 +287,7 @@ class LaneConfig(_Strict):
         return self
 
 
-class GateConfig(_Strict):
+class GateConfig(Strict):
     site: Identifier
     node: Identifier = "gate-1"
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig())
@@ -680,21 +372,7 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
 
     lanes = []
     for lane in config.lanes:
-        devices: list[DeviceConfig] = []
-        for device in lane.devices:
-            if isinstance(device, RpmModbusDevice):
-                device = device.model_copy(update={"profile": resolve(device.profile)})
-            elif isinstance(device, NiiFolderDevice):
-                device = device.model_copy(update={"inbox": resolve(device.inbox)})
-            elif isinstance(device, OcrFramesDevice):
-                device = device.model_copy(
-                    update={
-                        "views": [resolve(view) for view in device.views],
-                        "plate_views": [resolve(view) for view in device.plate_views],
-                        "view_password_file": _maybe(resolve, device.view_password_file),
-                    }
-                )
-            devices.append(device)
+        devices = [device.with_paths(resolve) for device in lane.devices]
         lanes.append(lane.model_copy(update={"devices": devices}))
     storage = config.storage.model_copy(
         update={
@@ -744,8 +422,8 @@ def _read_password_files(config: GateConfig, source: str) -> GateConfig:
                 password = read_password_file(device.view_password_file, key)
                 device = device.model_copy(
                     update={
-                        "views": [_with_password(view, password) for view in device.views],
-                        "plate_views": [_with_password(view, password) for view in device.plate_views],
+                        "views": [with_password(view, password) for view in device.views],
+                        "plate_views": [with_password(view, password) for view in device.plate_views],
                     }
                 )
             devices.append(device)

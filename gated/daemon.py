@@ -18,13 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from drivers.barrier_modbus import BarrierModbusDevice
 from drivers.base import Driver
 from drivers.ocr_frames import FramesCameraDriver
+from drivers.printer_escpos import PrinterEscposDevice
 from gated.clock import Clock, SystemClock
-from gated.config import BarrierModbusDevice, GateConfig, PrinterEscposDevice
+from gated.config import GateConfig
 from gated.credentials import CancelledCardList
 from gated.db import open_engine
-from gated.devices import build_barrier, build_driver, build_printer, check_devices, printer_places
+from gated.devices import build_barrier, build_driver, build_printer, check_devices, is_reader
 from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
 from gated.gate import GateControl, PassPrinter
@@ -35,6 +37,7 @@ from gated.model import Decision, Visit
 from gated.pipeline import Pipeline
 from gated.preadvice import PreadviceStore
 from gated.publisher import MqttPublisher
+from gated.settings import DriverContext
 from gated.store import Store
 from ocr.pool import OcrPool
 
@@ -90,18 +93,19 @@ class Daemon:
         self.evidence = EvidenceStore(Path(config.storage.evidence))
         # OCR worker processes, one pool per engine, shared by every frames camera.
         self.ocr_pools: dict[str, OcrPool] = {}
+        context = DriverContext(self.clock, self.evidence, self._ocr_pool)
         self.drivers: list[Driver] = [
-            build_driver(lane.id, device, self.clock, self.evidence, self._ocr_pool)
+            build_driver(lane.id, device, context)
             for lane in config.lanes
             for device in lane.devices
-            if not isinstance(device, BarrierModbusDevice | PrinterEscposDevice)
+            if is_reader(device)
         ]
         # A visit opening on a lane (tag read, portal occupancy) is what its frames cameras read.
         for driver in self.drivers:
             if isinstance(driver, FramesCameraDriver):
                 self.pipeline.visit_listeners.append(driver.visit_opened)
         self.printers = [
-            PassPrinter(self.pipeline, build_printer(lane.id, device), self.clock, printer_places(device))
+            PassPrinter(self.pipeline, build_printer(lane.id, device, context), self.clock, device.places())
             for lane in config.lanes
             for device in lane.devices
             if isinstance(device, PrinterEscposDevice)
@@ -110,7 +114,7 @@ class Daemon:
             self.pipeline,
             {
                 lane.id: (
-                    build_barrier(lane.id, device, self.clock),
+                    build_barrier(lane.id, device, context),
                     device.lease_seconds,
                     device.release_window_seconds,
                 )

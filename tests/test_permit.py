@@ -23,12 +23,15 @@ from gated.clock import ManualClock
 from gated.config import BarrierModbusDevice, ConfigError, validate
 from gated.db import open_engine
 from gated.devices import build_barrier
+from gated.evidence import EvidenceStore
 from gated.gate import GateControl, permit_token
 from gated.holds import HoldStore
 from gated.iso6346 import check_digit
 from gated.model import Decision, DeviceState, Kind, Outcome, Reading, Source, Visit
 from gated.pipeline import Pipeline
+from gated.settings import DriverContext
 from gated.store import Store
+from ocr.pool import OcrPool
 from simulators.barrier_plc import CAUSE_PERMIT_WITHDRAWN, CLOSED, OPEN, OPENING, BarrierPlcSimulator
 from tests.test_barrier import stays, wait_until
 
@@ -133,7 +136,15 @@ def gate(tmp_path: Path, caplog: pytest.LogCaptureFixture, **barrier: object) ->
         # As the daemon builds it, with the lane's settings from the validated config.
         control = GateControl(
             pipeline,
-            {LANE: (build_barrier(LANE, device, clock), device.lease_seconds, device.release_window_seconds)},
+            {
+                LANE: (
+                    build_barrier(
+                        LANE, device, DriverContext(clock, EvidenceStore(tmp_path / "ev"), OcrPool)
+                    ),
+                    device.lease_seconds,
+                    device.release_window_seconds,
+                )
+            },
             clock,
             alive=lambda: True,
         )

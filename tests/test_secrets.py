@@ -32,6 +32,7 @@ from gated.errors import ConfigError, DeviceUnavailable, StorageError
 from gated.evidence import EvidenceStore
 from gated.model import DeviceState
 from gated.redact import HIDDEN, redact, redact_url, shown
+from gated.settings import DriverContext
 from ocr.pool import OcrPool
 from simulators.camera_frames import encode_jpeg, render_empty_lane
 from tests.postgres import postgres_server
@@ -423,7 +424,8 @@ def camera_config(tmp_path: Path, port: int, password: str) -> Path:
 def run_camera(config: Path, caplog: pytest.LogCaptureFixture, state: DeviceState) -> list[str]:
     device = load_config(config).lanes[0].devices[0]
     assert isinstance(device, OcrFramesDevice)
-    driver = build_driver("lane-1", device, SystemClock(), EvidenceStore(config.parent / "ev"), OcrPool)
+    context = DriverContext(SystemClock(), EvidenceStore(config.parent / "ev"), OcrPool)
+    driver = build_driver("lane-1", device, context)
     sink = RecordingSink("lane-1", "cam-1")
     with caplog.at_level(logging.DEBUG), driver_running(driver, sink):
         sink.wait_for(f"the camera {state}", lambda: state in sink.states)
