@@ -1,12 +1,14 @@
-"""An embedded MQTT broker (amqtt) for `gated demo`, so the demo needs nothing installed.
+"""An embedded MQTT broker (amqtt) for `gated demo`, so the demo needs no broker installed.
 
 It runs on its own thread and event loop, bound to loopback only. Production and the tests use
-mosquitto: amqtt is about three times slower and keeps nothing on disk.
+mosquitto: amqtt is about three times slower and keeps nothing on disk, so it is an extra
+(`pip install 'gated[demo]'`), not a dependency of the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import socket
 import threading
@@ -15,6 +17,15 @@ from typing import Any
 from gated.errors import GatedError
 
 log = logging.getLogger(__name__)
+
+
+def require_amqtt() -> None:
+    """Raise a one-line ``GatedError`` saying how to install amqtt when it is missing."""
+    if importlib.util.find_spec("amqtt") is None:
+        raise GatedError(
+            "the embedded MQTT broker needs amqtt: pip install 'gated[demo]' "
+            "(or give an external broker with --broker mqtt://HOST:PORT)"
+        )
 
 
 class EmbeddedBroker:
@@ -28,6 +39,7 @@ class EmbeddedBroker:
         self._error: BaseException | None = None
 
     def start(self, timeout: float = 15.0) -> None:
+        require_amqtt()
         with socket.socket() as probe:
             try:
                 probe.bind((self.host, self.port))

@@ -1,0 +1,24 @@
+"""``gated query CONTAINER``: everything known about one container number."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from gated.cli.common import EX_OK, HELP, open_database
+
+
+def register(commands: Any, database: argparse.ArgumentParser) -> None:
+    query = commands.add_parser("query", parents=[database], help=HELP["query"])
+    query.add_argument("container")
+    query.add_argument("--json", action="store_true")
+    query.set_defaults(handler=_query)
+
+
+def _query(args: argparse.Namespace) -> int:
+    from gated.query import query_container, render_text
+
+    report = query_container(open_database(args), args.container)
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return EX_OK
