@@ -4,23 +4,30 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test bench lint typecheck schema system-deps clean
 
-# The project itself: enough for the demo and the daemon.
+# The project itself: enough for the daemon (the demo adds its broker below).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-# What the tests and benchmarks need on top: test tools, and the second OCR engine (PyTorch).
+# The demo's embedded MQTT broker (amqtt), an extra: the daemon itself uses a real broker.
+$(DEMO_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+# What the tests and benchmarks need on top: test tools, the second OCR engine (PyTorch), and
+# the demo's broker (the tests run the demo).
 $(TEST_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,easyocr]'
+	$(BIN)/python -m pip install --quiet -e '.[test,easyocr,demo]'
 	touch $(TEST_STAMP)
 
 ## The demo gate: embedded broker, simulated lanes, the daemon, scripted trucks (Ctrl-C to stop).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/gated demo $(DEMO_ARGS)
 
 system-deps:
