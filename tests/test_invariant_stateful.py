@@ -24,6 +24,7 @@ from gated.model import Decision, DeviceState, Kind, Quality, Reading, Source, V
 from gated.pipeline import Pipeline
 from gated.policy import may_open
 from gated.store import Batch, OutboxRow, Store
+from tests.conftest import examples
 from tests.customs import confirm_hold_list
 
 BOXES = [f"MSKU{n:06d}{check_digit(f'MSKU{n:06d}')}" for n in range(100001, 100005)]
@@ -173,7 +174,7 @@ class GateMachine(RuleBasedStateMachine):
 
 
 GateMachine.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=examples(40),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
