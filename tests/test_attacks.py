@@ -486,7 +486,8 @@ def test_arbitrary_commands_while_trucks_pass(
         def drive() -> None:
             for truck in trucks:
                 lane.drive(truck)
-                time.sleep(1.5)
+                # Decided before the next tag comes: a new truck, not one superseding it.
+                decisions(customs, truck.containers[0].code, before)
 
         driver = threading.Thread(target=drive, daemon=True)
         driver.start()

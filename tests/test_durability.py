@@ -112,7 +112,10 @@ def test_broker_killed_mid_run_loses_nothing(
     tmp_path: Path, persistent_broker: Mosquitto, subscriber_factory: Any
 ) -> None:
     customs = subscriber_factory(persistent_broker.port, client_id="customs-durable", durable=True)
-    time.sleep(1.5)  # the broker's snapshot now holds the durable session
+    subscribed = time.time()
+    snapshot = persistent_broker.workdir / "mosquitto.db"
+    # A snapshot written after the subscription holds the durable session (the broker saves every second).
+    wait_until(lambda: snapshot.exists() and snapshot.stat().st_mtime > subscribed, 10, "a broker snapshot")
     daemon = Daemon(daemon_config(tmp_path, persistent_broker.port))
     daemon.start()
     try:

@@ -14,6 +14,7 @@ import pytest
 from simulators.lane import BARRIER_OPEN, ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto, Received
 from tests.gate import gated, number, start_daemon, write_config
+from tests.sinks import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "gated/v1/e2e"
@@ -96,9 +97,15 @@ def test_one_lane_end_to_end(
             Truck("unreadable", "e28011606000020000000005", (ContainerSighting("#?7 X", confidence=0.2),)),
         ]
         opened = {}
+
+        def decided() -> int:
+            return sum(map(len, decisions_by_container(customs.snapshot()).values()))
+
         for truck in trucks:
+            before = decided()
             opened[truck.label] = lane.drive(truck)
-            time.sleep(1.5)  # settle, so the next tag is a new truck rather than a superseding one
+            # Its visit is decided before the next tag comes: a new truck, not one superseding it.
+            wait_until(f"the decision on the {truck.label} truck", lambda n=before: decided() > n, timeout=30)
         # The barrier opened for the clean truck only, and closed behind it.
         assert opened == {
             "clean": True,

@@ -189,7 +189,10 @@ def test_the_daemon_decides_trucks_over_tls_and_keeps_its_session(
 
         lane = ScriptedLane(lane_devices, pace=0.5)
         lane.drive(Truck("clean", "e28011606000020000000001", (ContainerSighting(CLEAN),)))
-        time.sleep(1.5)
+        # Decided before the next tag comes: a new truck, not one superseding it.
+        observer.wait_for(
+            lambda topic, payload: topic.endswith("/decision") and CLEAN.encode() in payload, 60
+        )
         lane.drive(Truck("held", "e28011606000020000000002", (ContainerSighting(HELD),)))
         observer.wait_for(lambda topic, payload: topic.endswith("/decision") and HELD.encode() in payload, 60)
         outcomes = {
