@@ -22,13 +22,14 @@ File format (UTF-8)::
 
 One card per line, ``card_id`` (8-32 hex digits, either case) optionally followed by a comma and a
 reason (CSV quoting allowed). Lines starting with ``#`` are comments; ``# list-date: <RFC 3339>``
-gives the list's date. An optional first line ``card_id[,reason]`` is a header. Blank lines are
-ignored. Any bad line rejects the whole file, with one "file:line: problem" per problem.
+gives the list's date. An optional first line naming the columns (``card_id[,reason]``) is a
+header. JSON lines (``{"card_id": ..., "reason": ...}``, with the same ``#`` lines) work too; the
+file is read by ``gated.importfile`` (a byte order mark is dropped). Blank lines are ignored. Any
+bad line rejects the whole file, with one "file:line: problem" per problem.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import GatedError, StorageError
+from gated.importfile import raise_problems, read_import_file
 from gated.model import Reason
 from gated.redact import error_text
 
@@ -73,8 +75,9 @@ CARD_ID_MIN_DIGITS = 8
 CARD_ID_MAX_DIGITS = 32
 MAX_REASON = 256
 MAX_SOURCE = 1024
-MAX_REPORTED_PROBLEMS = 20
 _STATE_ID = 1
+_COLUMNS = {"card_id": "card_id", "reason": "reason"}
+_COLUMN_ORDER = ("card_id", "reason")  # of a list without a header
 _CARD_ID = re.compile(r"[0-9A-Fa-f]+")
 _LIST_DATE = re.compile(r"#\s*list-date\s*:\s*(.*)$", re.IGNORECASE)
 
@@ -236,59 +239,32 @@ def _parse_list_date(text: str) -> datetime:
 
 
 def _read_list(path: Path) -> tuple[list[_Entry], datetime | None]:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CancelledListError(f"{path}: cannot read: {error.strerror or error}") from None
-    try:
-        content = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise CancelledListError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    read = read_import_file(path, _COLUMNS, CancelledListError, headerless=_COLUMN_ORDER, comments=True)
     problems: list[str] = []
     entries: list[_Entry] = []
     first_seen: dict[str, int] = {}
     list_date: datetime | None = None
     list_date_line = 0
-    data_lines = 0
-    for number, line in enumerate(content.splitlines(), start=1):
-        text = line.strip()
-        if not text:
+    for number, text in read.comments:
+        match = _LIST_DATE.match(text)
+        if match is None:
             continue
-        if text.startswith("#"):
-            match = _LIST_DATE.match(text)
-            if match is None:
-                continue
-            if list_date_line:
-                problems.append(f"{path}:{number}: second list-date (the first is on line {list_date_line})")
-                continue
-            list_date_line = number
-            try:
-                list_date = _parse_list_date(match.group(1))
-            except ValueError as error:
-                problems.append(
-                    f"{path}:{number}: list-date {match.group(1).strip()!r} is not RFC 3339: {error}"
-                )
+        if list_date_line:
+            problems.append(f"{path}:{number}: second list-date (the first is on line {list_date_line})")
             continue
-        data_lines += 1
+        list_date_line = number
         try:
-            fields = next(csv.reader([text], strict=True))
-        except csv.Error as error:
-            problems.append(f"{path}:{number}: malformed CSV: {error}")
-            continue
-        fields = [item.strip() for item in fields]
-        if data_lines == 1 and fields and fields[0].lower() == "card_id":
-            if len(fields) > 2 or (len(fields) == 2 and fields[1].lower() != "reason"):
-                problems.append(f"{path}:{number}: the header must be card_id or card_id,reason")
-            continue
-        if len(fields) not in (1, 2):
-            problems.append(f"{path}:{number}: expected card_id[,reason], got {len(fields)} fields")
-            continue
+            list_date = _parse_list_date(match.group(1))
+        except ValueError as error:
+            problems.append(f"{path}:{number}: list-date {match.group(1).strip()!r} is not RFC 3339: {error}")
+    for row in read.rows:
+        number = row.line
         try:
-            card_id = normalise_card_id(fields[0])
+            card_id = normalise_card_id(row.values.get("card_id"))
         except ValueError as error:
             problems.append(f"{path}:{number}: {error}")
             continue
-        reason = fields[1] if len(fields) == 2 and fields[1] else None
+        reason = (row.values.get("reason") or "").strip() or None
         if reason is not None and (len(reason) > MAX_REASON or not reason.isprintable()):
             problems.append(f"{path}:{number}: reason must be printable text of at most {MAX_REASON} chars")
             continue
@@ -299,11 +275,7 @@ def _read_list(path: Path) -> tuple[list[_Entry], datetime | None]:
             continue
         first_seen[card_id] = number
         entries.append(_Entry(card_id, reason))
-    if problems:
-        shown = problems[:MAX_REPORTED_PROBLEMS]
-        if len(problems) > MAX_REPORTED_PROBLEMS:
-            shown.append(f"... and {len(problems) - MAX_REPORTED_PROBLEMS} more problems")
-        raise CancelledListError(f"{path}: {len(problems)} problem(s), nothing imported\n" + "\n".join(shown))
+    raise_problems(path, problems, CancelledListError)
     return entries, list_date
 
 

@@ -2,26 +2,23 @@
 
 When a truck's tag has a pre-advice and the camera reads a container that is not on it, the
 evidence contradicts itself and the visit goes to an operator. A tag without pre-advice
-contradicts nothing. Imported from CSV (header: tag, container[, truck]) or JSON lines, as one
-transaction: a bad line rejects the whole file.
+contradicts nothing. Imported from CSV (header: tag, container[, truck]) or JSON lines, read by
+``gated.importfile``, as one transaction: a bad line rejects the whole file.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Column, Engine, Integer, String, Table, UniqueConstraint, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from gated.clock import Clock, SystemClock
 from gated.db import UTCDateTime, metadata
-from gated.errors import ContainerNumberError, HoldListError, PayloadError, StorageError
+from gated.errors import ContainerNumberError, HoldListError, StorageError
+from gated.importfile import raise_problems, read_import_file
 from gated.iso6346 import ContainerNumber
-from gated.jsonsafe import parse_json
 from gated.redact import error_text, shown
 
 preadvice = Table(
@@ -36,8 +33,8 @@ preadvice = Table(
     UniqueConstraint("tag", "container", name="uq_preadvice_tag_container"),
 )
 
-MAX_PROBLEMS = 20
 MAX_TRUCK = 64
+_COLUMNS = {"tag": "tag", "container": "container", "truck": "truck"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +53,12 @@ def _tag(value: object) -> str:
     return tag
 
 
-def _row(record: dict[str, Any]) -> PreadviceRow:
-    unknown = set(record) - {"tag", "container", "truck"}
-    if unknown:
-        raise ValueError(f"unknown column(s): {', '.join(shown(name, 80) for name in sorted(unknown))}")
+def _row(record: dict[str, str | None]) -> PreadviceRow:
     try:
-        container = str(
-            ContainerNumber.parse(str(record.get("container", "")), require_valid_check_digit=False)
-        )
+        container = str(ContainerNumber.parse(record.get("container") or "", require_valid_check_digit=False))
     except ContainerNumberError as error:
         raise ValueError(str(error)) from None
     truck = record.get("truck")
-    if truck is not None and not isinstance(truck, str):
-        raise ValueError("truck must be text")
     # `preadvice list` prints it: no control characters that could fake a line or move the cursor.
     if truck is not None and (len(truck.strip()) > MAX_TRUCK or not truck.isprintable()):
         raise ValueError(f"truck must be printable text of at most {MAX_TRUCK} characters")
@@ -76,38 +66,17 @@ def _row(record: dict[str, Any]) -> PreadviceRow:
 
 
 def read_file(path: Path) -> list[PreadviceRow]:
-    """Parse a pre-advice file; raises ``HoldListError`` with one line per bad line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise HoldListError(f"{path}: cannot read: {error}") from None
-    records: list[tuple[int, Any]] = []
-    if text.lstrip().startswith("{"):
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append((number, parse_json(line, max_bytes=16384, max_depth=4)))
-                except PayloadError as error:
-                    records.append((number, error))
-    else:
-        reader = csv.DictReader(io.StringIO(text))
-        for number, record in enumerate(reader, start=2):
-            records.append((number, {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}))
+    """Parse a pre-advice file (see ``gated.importfile``); raises ``HoldListError`` with one
+    "file:line: problem" per bad line."""
+    read = read_import_file(path, _COLUMNS, HoldListError)
     rows: list[PreadviceRow] = []
     problems: list[str] = []
-    for number, record in records:
+    for row in read.rows:
         try:
-            if isinstance(record, Exception):
-                raise ValueError(f"not JSON: {record}")
-            if not isinstance(record, dict):
-                raise ValueError("each line must be an object")
-            rows.append(_row(record))
+            rows.append(_row({name: value.strip() if value else value for name, value in row.values.items()}))
         except ValueError as error:
-            problems.append(f"{path}:{number}: {error}")
-    if problems:
-        shown = problems[:MAX_PROBLEMS]
-        more = len(problems) - len(shown)
-        raise HoldListError("\n".join(shown + ([f"... and {more} more"] if more else [])))
+            problems.append(f"{path}:{row.line}: {error}")
+    raise_problems(path, problems, HoldListError)
     return rows
 
 

@@ -3,10 +3,6 @@ nothing, with the refusals that keep a truncated or old list from clearing conta
 
 from __future__ import annotations
 
-import csv
-import io
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from gated.clock import rfc3339
-from gated.errors import ContainerNumberError, HoldListError, PayloadError
+from gated.errors import ContainerNumberError, HoldListError
 from gated.holds.model import (
     MAX_NOTE,
     MAX_REFERENCE,
@@ -32,7 +28,7 @@ from gated.holds.model import (
     optional_text,
 )
 from gated.holds.store import HoldStore, Transaction, holds, manifest
-from gated.jsonsafe import parse_json
+from gated.importfile import FileRow, raise_problems, read_import_file
 
 SHRINK_FLOOR = 10
 """A full list replacing one of at least this many holds may not shrink below half of it unasked."""
@@ -40,11 +36,8 @@ MAX_IMPORT_AGE = timedelta(days=1)
 """An imported list dated longer ago than this is refused unless the operator says so."""
 MAX_FUTURE = timedelta(minutes=10)
 """How far ahead of gated's clock a list's date may be (clock skew)."""
-MAX_REPORTED_PROBLEMS = 20
-MAX_JSON_LINE_BYTES = 16384
-MAX_JSON_LINE_DEPTH = 4
 
-
+# The names a file may give each column (as importfile.column_key spells them).
 _COLUMN_ALIASES = {
     "container": "container",
     "container_number": "container",
@@ -64,113 +57,6 @@ _HOLD_COLUMNS = frozenset({"agency", "hold_type", "code", "reference", "note", "
 _MANIFEST_COLUMNS = frozenset({"container", "bill_of_lading"})
 
 
-def _column(name: str) -> str | None:
-    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
-    return _COLUMN_ALIASES.get(key)
-
-
-@dataclass(frozen=True, slots=True)
-class _FileRow:
-    line: int
-    values: dict[str, object]
-
-
-def _read_rows(path: Path) -> tuple[list[_FileRow], set[str]]:
-    """The rows of a CSV (with header) or JSON lines file, keyed by canonical column name, and the
-    set of columns the file uses. Any malformed line fails the whole file."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise HoldListError(f"{path}: cannot read: {error.strerror or error}") from None
-    try:
-        content = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise HoldListError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    first = next((line.strip() for line in content.splitlines() if line.strip()), "")
-    if first.startswith("{"):
-        return _read_json_lines(path, content)
-    return _read_csv(path, content)
-
-
-def _read_json_lines(path: Path, content: str) -> tuple[list[_FileRow], set[str]]:
-    rows: list[_FileRow] = []
-    columns: set[str] = set()
-    problems: list[str] = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = parse_json(line, max_bytes=MAX_JSON_LINE_BYTES, max_depth=MAX_JSON_LINE_DEPTH)
-        except PayloadError as error:
-            problems.append(f"{path}:{number}: not valid JSON: {error}")
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
-            continue
-        values: dict[str, object] = {}
-        for key, item in value.items():
-            name = _column(key)
-            if name is None:
-                problems.append(f"{path}:{number}: unknown key {key!r}")
-                continue
-            if name in values:
-                # "container" and "container_number" at once: which one is held must not be a guess.
-                problems.append(f"{path}:{number}: {key!r} names the {name} a second time")
-                continue
-            if item is not None and not isinstance(item, str):
-                problems.append(f"{path}:{number}: {key} must be text, got {type(item).__name__}")
-                continue
-            values[name] = item
-        columns.update(values)
-        rows.append(_FileRow(number, values))
-    _raise_problems(path, problems)
-    return rows, columns
-
-
-def _read_csv(path: Path, content: str) -> tuple[list[_FileRow], set[str]]:
-    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
-    problems: list[str] = []
-    names: list[str] = []
-    rows: list[_FileRow] = []
-    try:
-        header = next(reader, None)
-        if header is None:
-            return [], set()
-        for raw in header:
-            name = _column(raw)
-            if name is None:
-                problems.append(f"{path}:1: unknown column {raw!r}")
-            elif name in names:
-                problems.append(f"{path}:1: column {raw!r} appears twice")
-            names.append(name or "")
-        _raise_problems(path, problems)
-        start = reader.line_num + 1
-        for record in reader:
-            line = start
-            start = reader.line_num + 1
-            if not any(cell.strip() for cell in record):
-                continue
-            if len(record) > len(names):
-                problems.append(f"{path}:{line}: {len(record)} fields, the header has {len(names)}")
-                continue
-            values: dict[str, object] = dict(zip(names, record, strict=False))
-            rows.append(_FileRow(line, values))
-    except csv.Error as error:
-        problems.append(f"{path}:{reader.line_num}: malformed CSV: {error}")
-        rows = []
-    _raise_problems(path, problems)
-    return rows, set(names)
-
-
-def _raise_problems(path: Path, problems: Sequence[str]) -> None:
-    if not problems:
-        return
-    shown = list(problems[:MAX_REPORTED_PROBLEMS])
-    if len(problems) > MAX_REPORTED_PROBLEMS:
-        shown.append(f"... and {len(problems) - MAX_REPORTED_PROBLEMS} more problems")
-    raise HoldListError(f"{path}: {len(problems)} problem(s), nothing imported\n" + "\n".join(shown))
-
-
 def _detect_kind(path: Path, columns: set[str]) -> ImportKind:
     if columns & _HOLD_COLUMNS:
         return "holds"
@@ -180,9 +66,6 @@ def _detect_kind(path: Path, columns: set[str]) -> ImportKind:
         f"{path}: cannot tell a hold list from a manifest (columns: {', '.join(sorted(columns)) or 'none'});"
         " give the kind"
     )
-
-
-# --- the store ----------------------------------------------------------------------------------------
 
 
 def import_file(
@@ -214,7 +97,8 @@ def import_file(
     if kind not in (None, "holds", "manifest"):
         raise HoldListError(f"unknown import kind {kind!r}: use holds or manifest")
     file = Path(path)
-    rows, columns = _read_rows(file)
+    read = read_import_file(file, _COLUMN_ALIASES, HoldListError)
+    rows, columns = read.rows, set(read.columns)
     if kind is None:
         kind = _detect_kind(file, columns)
     why = optional_text("reason", reason, MAX_NOTE)
@@ -227,7 +111,7 @@ def import_file(
 
 
 def _import_manifest(
-    store: HoldStore, file: Path, rows: list[_FileRow], columns: set[str], actor: str, reason: str | None
+    store: HoldStore, file: Path, rows: list[FileRow], columns: set[str], actor: str, reason: str | None
 ) -> ImportResult:
     extra = columns - _MANIFEST_COLUMNS
     if extra or (rows and columns != _MANIFEST_COLUMNS):
@@ -249,7 +133,7 @@ def _import_manifest(
             )
         except (HoldListError, ContainerNumberError) as error:
             problems.append(f"{file}:{row.line}: {error}")
-    _raise_problems(file, problems)
+    raise_problems(file, problems, HoldListError)
     added = 0
     with store.writing("import a manifest") as tx:
         now = store.clock.now()
@@ -293,7 +177,7 @@ def _import_manifest(
 def _import_holds(
     store: HoldStore,
     file: Path,
-    rows: list[_FileRow],
+    rows: list[FileRow],
     columns: set[str],
     actor: str,
     reason: str | None,
@@ -337,7 +221,7 @@ def _import_holds(
             specs.append((row.line, spec))
         except HoldListError as error:
             problems.append(f"{file}:{row.line}: {error}")
-    _raise_problems(file, problems)
+    raise_problems(file, problems, HoldListError)
     if not specs and not checks.allow_empty:
         raise HoldListError(
             f"{file}: no holds in the file: refused, since an empty or truncated list would clear "
@@ -363,7 +247,7 @@ def _import_holds(
                 if count == 0:
                     problems.append(f"{file}:{line}: no active hold matches ({describe(spec)})")
                 released += count
-        _raise_problems(file, problems)
+        raise_problems(file, problems, HoldListError)
         version = tx.changed(changed=placed + released > 0)
         # Customs' word that the list is out of step outweighs a partial file: only a full one clears it.
         confirmed = replace or not tx.out_of_step()
