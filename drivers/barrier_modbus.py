@@ -159,44 +159,28 @@ class ModbusBarrier:
 
     @classmethod
     def from_settings(cls, lane: str, settings: BarrierModbusDevice, context: DriverContext) -> Self:
-        return cls(
-            lane,
-            settings.id,
-            host=settings.host,
-            port=settings.port,
-            unit=settings.unit,
-            heartbeat_interval=settings.heartbeat_interval_seconds,
-            timeout=settings.timeout_seconds,
-            clock=context.clock,
-        )
+        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: BarrierModbusDevice,
         *,
-        host: str,
-        port: int = 502,
-        unit: int = 1,
-        heartbeat_interval: float = 0.25,
-        timeout: float = 1.0,
         clock: Clock | None = None,
         on_state: Callable[[BarrierState], None] | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 2.0,
         offline_after: float = 1.0,
     ) -> None:
-        if heartbeat_interval <= 0:
-            raise ValueError(f"heartbeat_interval {heartbeat_interval} must be positive")
         if offline_after <= 0:
             raise ValueError(f"offline_after {offline_after} must be positive")
         self.lane = lane
-        self.device = device
-        self.host = host
-        self.port = port
-        self.unit = unit
-        self.heartbeat_interval = heartbeat_interval
-        self.timeout = timeout
+        self.device = settings.id
+        self.host = settings.host
+        self.port = settings.port
+        self.unit = settings.unit
+        self.heartbeat_interval = settings.heartbeat_interval_seconds
+        self.timeout = settings.timeout_seconds
         self.clock: Clock = clock or SystemClock()
         self.on_state = on_state
         self.backoff_initial = backoff_initial

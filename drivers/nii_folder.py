@@ -291,46 +291,27 @@ class NiiFolderDriver(Driver):
 
     @classmethod
     def from_settings(cls, lane: str, settings: NiiFolderDevice, context: DriverContext) -> Self:
-        return cls(
-            lane,
-            settings.id,
-            inbox=Path(settings.inbox),
-            evidence=context.evidence,
-            poll_interval=settings.poll_interval_seconds,
-            image_grace=settings.image_grace_seconds,
-            max_bytes=settings.max_bytes,
-            clock=context.clock,
-        )
+        return cls(lane, settings, evidence=context.evidence, clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: NiiFolderDevice,
         *,
-        inbox: Path,
         evidence: EvidenceStore,
         quarantine: Path | None = None,
         done: Path | None = None,
-        poll_interval: float = 0.5,
-        image_grace: float = 10.0,
-        max_bytes: int = 2 * 1024**3,
         clock: Clock | None = None,
         **kwargs: float,
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval {poll_interval} must be positive")
-        if image_grace < 0:
-            raise ValueError(f"image_grace {image_grace} must not be negative")
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes {max_bytes} must be positive")
-        self.inbox = Path(inbox)
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
+        self.inbox = Path(settings.inbox)
         self.evidence = evidence
         self.quarantine = Path(quarantine) if quarantine is not None else self.inbox / QUARANTINE
         self.done = Path(done) if done is not None else self.inbox / DONE
-        self.poll_interval = poll_interval
-        self.image_grace = image_grace
-        self.max_bytes = max_bytes
+        self.poll_interval = settings.poll_interval_seconds
+        self.image_grace = settings.image_grace_seconds
+        self.max_bytes = settings.max_bytes
         self._queue: deque[tuple[Reading, tuple[Path, ...]] | ProtocolError] = deque()
         self._handed_over: list[Path] = []
         self._waiting_since: dict[str, float] = {}

@@ -313,40 +313,22 @@ class SmartCameraDriver(Driver):
 
     @classmethod
     def from_settings(cls, lane: str, settings: OcrCameraDevice, context: DriverContext) -> Self:
-        return cls(
-            lane,
-            settings.id,
-            host=settings.host,
-            port=settings.port,
-            min_confidence=settings.min_confidence,
-            silence_timeout=settings.silence_timeout_seconds,
-            clock=context.clock,
-        )
+        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: OcrCameraDevice,
         *,
-        host: str,
-        port: int,
-        min_confidence: float = 0.9,
-        silence_timeout: float = 3.0,
         clock: Clock | None = None,
         **kwargs: Unpack[_DriverOptions],
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} is outside 1..65535")
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence {min_confidence} is outside 0..1")
-        if not silence_timeout > 0:
-            raise ValueError(f"silence_timeout {silence_timeout} must be positive")
-        self.host = host
-        self.port = port
-        self.min_confidence = min_confidence
-        self.silence_timeout = silence_timeout
-        self.poll_timeout = min(0.25, silence_timeout / 4)
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
+        self.host = settings.host
+        self.port = settings.port
+        self.min_confidence = settings.min_confidence
+        self.silence_timeout = settings.silence_timeout_seconds
+        self.poll_timeout = min(0.25, self.silence_timeout / 4)
         self._sock: socket.socket | None = None
         self._partial = bytearray()
         self._discarding = False

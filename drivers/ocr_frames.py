@@ -342,20 +342,23 @@ class OcrFramesDevice(DeviceSettings):
         0.8, ge=0, le=1, description="Below this the number is reported as uncertain (goes to a clerk)."
     )
     pre_trigger_seconds: float = Field(
-        1.0,
+        DEFAULT_PRE_TRIGGER,
         ge=0,
         le=10,
         description="Frames this long before the visit's trigger are considered (never as far back as "
         "the previous truck).",
     )
     post_trigger_seconds: float = Field(
-        1.5,
+        DEFAULT_POST_TRIGGER,
         ge=0,
         le=10,
         description="Frames up to this long after the trigger are considered; the read starts then.",
     )
     frames_per_view: int = Field(
-        2, ge=1, le=10, description="The sharpest frames of each view that are read (each costs OCR time)."
+        DEFAULT_FRAMES_PER_VIEW,
+        ge=1,
+        le=10,
+        description="The sharpest frames of each view that are read (each costs OCR time).",
     )
     sample_fps: float = Field(
         5.0, gt=0, le=30, description="Frames per second kept from each view (the rest are dropped)."
@@ -492,65 +495,35 @@ class FramesCameraDriver(Driver):
     def from_settings(cls, lane: str, settings: OcrFramesDevice, context: DriverContext) -> Self:
         return cls(
             lane,
-            settings.id,
-            views=settings.views,
+            settings,
             pool=context.ocr_pools(settings.engine),
             evidence=context.evidence,
-            min_confidence=settings.min_confidence,
-            pre_trigger=settings.pre_trigger_seconds,
-            post_trigger=settings.post_trigger_seconds,
-            frames_per_view=settings.frames_per_view,
-            sample_fps=settings.sample_fps,
-            silence_timeout=settings.silence_timeout_seconds,
-            plate_views=settings.plate_views,
-            plate_formats=settings.plate_format_list(),
-            plate_min_confidence=settings.plate_min_confidence,
             clock=context.clock,
         )
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: OcrFramesDevice,
         *,
-        views: Sequence[str],
         pool: OcrPool,
         evidence: EvidenceStore,
-        min_confidence: float = 0.8,
-        pre_trigger: float = DEFAULT_PRE_TRIGGER,
-        post_trigger: float = DEFAULT_POST_TRIGGER,
-        frames_per_view: int = DEFAULT_FRAMES_PER_VIEW,
-        sample_fps: float = 5.0,
-        silence_timeout: float = 5.0,
-        plate_views: Sequence[str] = (),
-        plate_formats: Sequence[PlateFormat] = DEFAULT_FORMATS,
-        plate_min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         clock: Clock | None = None,
         **kwargs: Unpack[_DriverOptions],
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
-        if not views:
-            raise ValueError("an ocr-frames camera needs at least one view")
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence {min_confidence} is outside 0..1")
-        if pre_trigger < 0 or post_trigger < 0 or frames_per_view < 1 or sample_fps <= 0:
-            raise ValueError("trigger windows must not be negative, frames_per_view and sample_fps positive")
-        if not 0.0 <= plate_min_confidence <= 1.0:
-            raise ValueError(f"plate_min_confidence {plate_min_confidence} is outside 0..1")
-        if plate_views and not plate_formats:
-            raise ValueError("plate views need at least one plate format")
-        self.views = list(views)
-        self.plate_views = list(plate_views)
-        self.plate_formats = tuple(plate_formats)
-        self.plate_min_confidence = plate_min_confidence
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
+        self.views = list(settings.views)
+        self.plate_views = list(settings.plate_views)
+        self.plate_formats = settings.plate_format_list()
+        self.plate_min_confidence = settings.plate_min_confidence
         self.pool = pool
         self.evidence = evidence
-        self.min_confidence = min_confidence
-        self.pre_trigger = pre_trigger
-        self.post_trigger = post_trigger
-        self.frames_per_view = frames_per_view
-        self.sample_fps = sample_fps
-        self.silence_timeout = silence_timeout
+        self.min_confidence = settings.min_confidence
+        self.pre_trigger = settings.pre_trigger_seconds
+        self.post_trigger = settings.post_trigger_seconds
+        self.frames_per_view = settings.frames_per_view
+        self.sample_fps = settings.sample_fps
+        self.silence_timeout = settings.silence_timeout_seconds
         self.poll_interval = 0.1
         # Figures for logs, tests and benchmarks.
         self.reads = 0

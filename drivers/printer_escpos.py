@@ -180,33 +180,18 @@ class EscposPrinter:
 
     @classmethod
     def from_settings(cls, lane: str, settings: PrinterEscposDevice, context: DriverContext) -> Self:
-        return cls(
-            lane, settings.id, host=settings.host, port=settings.port, timeout=settings.timeout_seconds
-        )
+        return cls(lane, settings)
 
-    def __init__(
-        self,
-        lane: str,
-        device: str,
-        *,
-        host: str,
-        port: int = 9100,
-        timeout: float = 5.0,
-        qr_size: int = QR_MODULE_SIZE,
-    ) -> None:
+    def __init__(self, lane: str, settings: PrinterEscposDevice, *, qr_size: int = QR_MODULE_SIZE) -> None:
         self.lane = check_identifier("lane", lane)
-        self.device = check_identifier("device", device)
-        if not host:
+        self.device = settings.id
+        if not settings.host:
             raise ValueError("printer host must not be empty")
-        if not 0 < port < 65536:
-            raise ValueError(f"printer port {port} is outside 1..65535")
-        if not timeout > 0:
-            raise ValueError(f"printer timeout {timeout} must be positive")
         if not 1 <= qr_size <= 16:
             raise ValueError(f"QR module size {qr_size} is outside 1..16")
-        self.host = host
-        self.port = port
-        self.timeout = timeout
+        self.host = settings.host
+        self.port = settings.port
+        self.timeout = settings.timeout_seconds
         self.qr_size = qr_size
         self._lock = threading.Lock()
 

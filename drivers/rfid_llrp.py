@@ -510,44 +510,31 @@ class LlrpRfidDriver(Driver):
 
     @classmethod
     def from_settings(cls, lane: str, settings: RfidLlrpDevice, context: DriverContext) -> Self:
-        return cls(
-            lane,
-            settings.id,
-            host=settings.host,
-            port=settings.port,
-            repeat_window=settings.repeat_window_seconds,
-            silence_timeout=settings.silence_timeout_seconds,
-            clock=context.clock,
-        )
+        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: RfidLlrpDevice,
         *,
-        host: str,
-        port: int = DEFAULT_PORT,
-        repeat_window: float = 5.0,
-        silence_timeout: float = 3.0,
         read_timeout: float = 0.2,
         connect_timeout: float = 5.0,
         clock: Clock | None = None,
         **kwargs: float,
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
+        silence_timeout = settings.silence_timeout_seconds
         if read_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("read_timeout and connect_timeout must be positive")
-        if repeat_window < 0:
-            raise ValueError(f"repeat_window {repeat_window} must not be negative")
         if silence_timeout <= read_timeout:
             raise ValueError(f"silence_timeout {silence_timeout} must be longer than read_timeout")
-        self.host = host
-        self.port = port
+        self.host = settings.host
+        self.port = settings.port
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
         self.silence_timeout = silence_timeout
         self.keepalive_ms = max(100, int(silence_timeout * 1000 / 3))
-        self._repeats = RepeatFilter(repeat_window)
+        self._repeats = RepeatFilter(settings.repeat_window_seconds)
         self._sock: socket.socket | None = None
         self._splitter = MessageSplitter()
         self._queue: BoundedQueue[Reading | ProtocolError] = BoundedQueue(MAX_QUEUED)

@@ -271,40 +271,26 @@ class ModbusRpmDriver(Driver):
     @classmethod
     def from_settings(cls, lane: str, settings: RpmModbusDevice, context: DriverContext) -> Self:
         """Raises ``ConfigError`` when the device profile does not load."""
-        return cls(
-            lane,
-            settings.id,
-            host=settings.host,
-            port=settings.port,
-            unit=settings.unit,
-            profile=load_profile(settings.profile),
-            poll_interval=settings.poll_interval_seconds,
-            timeout=settings.timeout_seconds,
-            clock=context.clock,
-        )
+        return cls(lane, settings, profile=load_profile(settings.profile), clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: RpmModbusDevice,
         *,
-        host: str,
-        port: int = 502,
-        unit: int = 1,
         profile: RpmProfile,
-        poll_interval: float = 0.2,
-        timeout: float = 1.0,
         clock: Clock | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
-        self.host = host
-        self.port = port
-        self.unit = unit
+        """``profile`` is the register map that ``settings.profile`` names, loaded."""
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
+        self.host = settings.host
+        self.port = settings.port
+        self.unit = settings.unit
         self.profile = profile
-        self.poll_interval = poll_interval
-        self.timeout = timeout
-        self.detector = RpmChangeDetector(lane, device, self.clock)
+        self.poll_interval = settings.poll_interval_seconds
+        self.timeout = settings.timeout_seconds
+        self.detector = RpmChangeDetector(lane, settings.id, self.clock)
         self._carry: list[Reading] = []
         self._client: ModbusTcpClient | None = None
         self._next_poll = 0.0

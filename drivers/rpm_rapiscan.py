@@ -426,41 +426,29 @@ class RapiscanRpmDriver(Driver):
 
     @classmethod
     def from_settings(cls, lane: str, settings: RpmRapiscanDevice, context: DriverContext) -> Self:
-        return cls(
-            lane,
-            settings.id,
-            host=settings.host,
-            port=settings.port,
-            n_sigma=settings.n_sigma,
-            silence_timeout=settings.silence_timeout_seconds,
-            clock=context.clock,
-        )
+        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: RpmRapiscanDevice,
         *,
-        host: str,
-        port: int,
-        n_sigma: float = 5.0,
-        silence_timeout: float = 2.0,
         connect_timeout: float = 2.0,
         window_s: float = 1.0,
         neutron_interval_s: float = 1.0,
         clock: Clock | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
-        self.host = host
-        self.port = port
-        self.silence_timeout = silence_timeout
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
+        self.host = settings.host
+        self.port = settings.port
+        self.silence_timeout = settings.silence_timeout_seconds
         self.connect_timeout = connect_timeout
         self.tracker = OccupancyTracker(
             lane,
-            device,
+            settings.id,
             self.clock,
-            n_sigma=n_sigma,
+            n_sigma=settings.n_sigma,
             window_s=window_s,
             neutron_interval_s=neutron_interval_s,
         )

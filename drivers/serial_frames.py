@@ -82,40 +82,28 @@ class SerialFrameDriver(Driver, Generic[Read]):
 
     @classmethod
     def from_settings(cls, lane: str, settings: SerialReaderSettings, context: DriverContext) -> Self:
-        return cls(
-            lane,
-            settings.id,
-            url=settings.url,
-            baudrate=settings.baudrate,
-            repeat_window=settings.repeat_window_seconds,
-            clock=context.clock,
-        )
+        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,
         lane: str,
-        device: str,
+        settings: SerialReaderSettings,
         *,
-        url: str,
-        baudrate: int = 9600,
         read_timeout: float = 0.2,
-        repeat_window: float = 5.0,
         silence_timeout: float = 3.0,
         clock: Clock | None = None,
         **kwargs: float,
     ) -> None:
-        super().__init__(lane, device, clock=clock, **kwargs)
+        super().__init__(lane, settings.id, clock=clock, **kwargs)
         if read_timeout <= 0:
             raise ValueError(f"read_timeout {read_timeout} must be positive")
-        if repeat_window < 0:
-            raise ValueError(f"repeat_window {repeat_window} must not be negative")
         if silence_timeout <= read_timeout:
             raise ValueError(f"silence_timeout {silence_timeout} must be longer than read_timeout")
-        self.url = url
-        self.baudrate = baudrate
+        self.url = settings.url
+        self.baudrate = settings.baudrate
         self.read_timeout = read_timeout
         self.silence_timeout = silence_timeout
-        self._repeats = RepeatFilter(repeat_window)
+        self._repeats = RepeatFilter(settings.repeat_window_seconds)
         self._port: serial.Serial | None = None
         self._splitter = self.new_splitter()
         self._queue: BoundedQueue[Reading | ProtocolError] = BoundedQueue(MAX_QUEUED)

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.barrier_modbus import BarrierState, ModbusBarrier, decode
+from drivers.barrier_modbus import BarrierModbusDevice, BarrierState, ModbusBarrier, decode
 from gated.clock import ManualClock
 from gated.errors import ProtocolError
 from simulators.barrier_plc import (
@@ -129,13 +129,12 @@ class StateLog:
 def make_barrier(
     port: int, log: StateLog, *, clock: ManualClock | None = None, unit: int = 1
 ) -> ModbusBarrier:
+    settings = BarrierModbusDevice(
+        id=DEVICE, driver="barrier-modbus", host="127.0.0.1", port=port, unit=unit, timeout_seconds=1.0
+    )
     return ModbusBarrier(
         LANE,
-        DEVICE,
-        host="127.0.0.1",
-        port=port,
-        unit=unit,
-        timeout=1.0,
+        settings,
         clock=clock,
         on_state=log,
         backoff_initial=0.05,
@@ -415,8 +414,9 @@ def test_network_cut_closes_by_watchdog_and_a_valid_lease_reopens_after() -> Non
 
 DRIVER_SCRIPT = """
 import sys, time
-from drivers.barrier_modbus import ModbusBarrier
-barrier = ModbusBarrier("lane-1", "barrier-1", host="127.0.0.1", port=int(sys.argv[1]))
+from drivers.barrier_modbus import BarrierModbusDevice, ModbusBarrier
+settings = BarrierModbusDevice(id="barrier-1", driver="barrier-modbus", host="127.0.0.1", port=int(sys.argv[1]))
+barrier = ModbusBarrier("lane-1", settings)
 barrier.start()
 barrier.grant(77, 600.0)
 print("granted", flush=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from drivers.base import FORWARDED_ERRORS, BoundedQueue, Driver
-from drivers.ocr_frames import MAX_PENDING_READS, FramesCameraDriver, Trigger
-from drivers.rfid_serial import SerialRfidDriver
+from drivers.ocr_frames import MAX_PENDING_READS, FramesCameraDriver, OcrFramesDevice, Trigger
+from drivers.rfid_serial import RfidSerialDevice, SerialRfidDriver
 from drivers.rpm_rapiscan import MAX_PASS_SAMPLES, OccupancyTracker, parse_record
 from drivers.serial_frames import MAX_QUEUED, READ_CHUNK, RepeatFilter
 from gated.clock import ManualClock
@@ -58,7 +58,8 @@ def test_a_serial_reader_babbling_over_tcp_fills_the_queue_only_to_its_bound() -
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        driver = SerialRfidDriver("lane-1", "rfid-1", url=f"socket://127.0.0.1:{server.getsockname()[1]}")
+        url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+        driver = SerialRfidDriver("lane-1", RfidSerialDevice(id="rfid-1", driver="rfid-serial", url=url))
         driver.connect()
         peer, _ = server.accept()
         try:
@@ -98,9 +99,8 @@ def test_an_endless_pass_keeps_its_first_samples_and_goes_unchecked() -> None:
 
 def test_a_camera_takes_only_so_many_visits_to_read_at_once(tmp_path: Path) -> None:
     pool = OcrPool("rapidocr")  # never started: nothing is read here
-    camera = FramesCameraDriver(
-        "lane-1", "ocr-1", views=[str(tmp_path)], pool=pool, evidence=EvidenceStore(tmp_path / "evidence")
-    )
+    settings = OcrFramesDevice(id="ocr-1", driver="ocr-frames", views=[str(tmp_path)])
+    camera = FramesCameraDriver("lane-1", settings, pool=pool, evidence=EvidenceStore(tmp_path / "evidence"))
     for number in range(MAX_PENDING_READS + 5):
         camera.trigger(Trigger(f"visit-{number}", time.time()))
     assert camera.triggers_refused == 5

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 from drivers.credential_serial import (
     MAX_FRAME,
     CardRead,
+    CredentialSerialDevice,
     FrameSplitter,
     SerialCredentialDriver,
     parse_frame,
@@ -88,9 +89,13 @@ def cards_read(sink: RecordingSink) -> list[tuple[str, bool]]:
     return [(value["card_id"], value["authenticated"]) for value in sink.values() if isinstance(value, dict)]
 
 
-def make_driver(url: str, **options: object) -> SerialCredentialDriver:
-    settings: dict[str, object] = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
-    return SerialCredentialDriver("lane-1", "card-1", url=url, **settings)  # type: ignore[arg-type]
+def make_driver(url: str, **options: Any) -> SerialCredentialDriver:
+    """A driver on ``url``; ``repeat_window`` goes into its settings, the rest to the driver."""
+    settings: dict[str, Any] = {"id": "card-1", "driver": "credential-serial", "url": url}
+    if "repeat_window" in options:
+        settings["repeat_window_seconds"] = options.pop("repeat_window")
+    options = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
+    return SerialCredentialDriver("lane-1", CredentialSerialDevice.model_validate(settings), **options)
 
 
 @contextmanager

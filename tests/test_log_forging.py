@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.ocr_frames import FramesCameraDriver
+from drivers.ocr_frames import FramesCameraDriver, OcrFramesDevice
 from gated.clock import ManualClock
 from gated.config import HoldsConfig, validate
 from gated.db import open_engine
@@ -215,9 +215,8 @@ def test_a_file_name_in_a_camera_folder_cannot_forge_a_line(
     junk = folder / f"bad\n{FORGED.replace('/', '-')}.jpg"
     junk.write_bytes(b"not a jpeg")
     os.utime(junk, (time.time() - 60, time.time() - 60))  # settled: counted at once
-    driver = FramesCameraDriver(
-        "lane-1", "cam-1", views=[str(folder)], pool=OcrPool(), evidence=EvidenceStore(tmp_path / "ev")
-    )
+    settings = OcrFramesDevice(id="cam-1", driver="ocr-frames", views=[str(folder)])
+    driver = FramesCameraDriver("lane-1", settings, pool=OcrPool(), evidence=EvidenceStore(tmp_path / "ev"))
     sink = RecordingSink("lane-1", "cam-1")
     with caplog.at_level(logging.DEBUG), driver_running(driver, sink):
         sink.wait_for("the bad file counted", lambda: bool(sink.errors))

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.nii_folder import SOURCE, NiiFolderDriver, ScanMetadata, parse_metadata
+from drivers.nii_folder import SOURCE, NiiFolderDevice, NiiFolderDriver, ScanMetadata, parse_metadata
 from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError, StorageError
 from gated.evidence import EvidenceRejected, EvidenceStore, sha256_from_uri
@@ -39,15 +39,26 @@ def running(driver: NiiFolderDriver) -> Iterator[RecordingSink]:
         yield sink
 
 
-def make_driver(inbox: Path, store: EvidenceStore, **options: Any) -> NiiFolderDriver:
-    settings_: dict[str, Any] = {
-        "poll_interval": 0.02,
-        "image_grace": 0.3,
-        "backoff_initial": 0.05,
-        "backoff_max": 0.2,
-        **options,
+def make_driver(
+    inbox: Path, store: EvidenceStore, *, settings_check: bool = True, **options: Any
+) -> NiiFolderDriver:
+    """A fast-polling driver; ``settings_check=False`` lets a test use values the config refuses."""
+    values: dict[str, Any] = {
+        "id": DEVICE,
+        "driver": "nii-folder",
+        "inbox": str(inbox),
+        "poll_interval_seconds": options.pop("poll_interval", 0.02),
+        "image_grace_seconds": options.pop("image_grace", 0.3),
     }
-    return NiiFolderDriver(LANE, DEVICE, inbox=inbox, evidence=store, **settings_)
+    if "max_bytes" in options:
+        values["max_bytes"] = options.pop("max_bytes")
+    settings_ = (
+        NiiFolderDevice.model_validate(values)
+        if settings_check
+        else NiiFolderDevice.model_construct(**values)
+    )
+    options = {"backoff_initial": 0.05, "backoff_max": 0.2, **options}
+    return NiiFolderDriver(LANE, settings_, evidence=store, **options)
 
 
 def sha256_of(path: Path) -> str:
@@ -477,7 +488,10 @@ def test_arbitrary_metadata_is_either_a_reading_or_quarantined(body: Any, with_i
                 with suppress(OSError):
                     (inbox / image).write_bytes(b"pixels")
         (inbox / "scan.json").write_text(json.dumps(body), encoding="utf-8")
-        driver = make_driver(inbox, EvidenceStore(Path(folder) / "evidence"), image_grace=0.0)
+        # No grace at all (the config asks for some): a missing image is quarantined at once.
+        driver = make_driver(
+            inbox, EvidenceStore(Path(folder) / "evidence"), settings_check=False, image_grace=0.0
+        )
         driver.connect()
         try:
             readings = driver.step()

@@ -23,6 +23,7 @@ from drivers.ocr_camera import (
     CameraMessage,
     ContainerRead,
     Heartbeat,
+    OcrCameraDevice,
     PassageEnd,
     SmartCameraDriver,
     parse_message,
@@ -97,11 +98,11 @@ class RecordingSink:
         return self.of(source)
 
 
-def make_driver(port: int, **options: Any) -> SmartCameraDriver:
-    options.setdefault("silence_timeout", SILENCE)
-    return SmartCameraDriver(
-        LANE, DEVICE, host="127.0.0.1", port=port, backoff_initial=0.05, backoff_max=0.5, **options
-    )
+def make_driver(port: int, *, clock: ManualClock | None = None, **settings: Any) -> SmartCameraDriver:
+    """A driver for the camera on ``port``; ``settings`` as in the config (validated like it)."""
+    settings.setdefault("silence_timeout_seconds", SILENCE)
+    device = OcrCameraDevice(id=DEVICE, driver="ocr-camera", host="127.0.0.1", port=port, **settings)
+    return SmartCameraDriver(LANE, device, clock=clock, backoff_initial=0.05, backoff_max=0.5)
 
 
 @contextmanager
@@ -388,7 +389,7 @@ def test_driver_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="min_confidence"):
         make_driver(1234, min_confidence=1.5)
     with pytest.raises(ValueError, match="silence_timeout"):
-        make_driver(1234, silence_timeout=0)
+        make_driver(1234, silence_timeout_seconds=0)
     with pytest.raises(ValueError, match="port"):
         make_driver(0)
 

@@ -14,11 +14,19 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from drivers.ocr_frames import FramesCameraDriver, Trigger, crop_bounds, plate_reading_for, readings_for
+from drivers.ocr_frames import (
+    FramesCameraDriver,
+    OcrFramesDevice,
+    Trigger,
+    crop_bounds,
+    plate_reading_for,
+    readings_for,
+)
 from gated.errors import ProtocolError
 from gated.evidence import EvidenceStore
 from gated.model import DeviceState, Evidence, Quality, Reading, Source, Visit
@@ -101,18 +109,22 @@ def running(driver: FramesCameraDriver, sink: Sink) -> Iterator[None]:
 def make_driver(
     camera: MjpegCameraSimulator, pool: OcrPool, evidence: EvidenceStore, *more_views: str
 ) -> FramesCameraDriver:
-    return FramesCameraDriver(
-        "lane-1",
-        "ocr-1",
-        views=[camera.url, *more_views],
-        pool=pool,
-        evidence=evidence,
-        pre_trigger=0.5,
-        post_trigger=0.5,
-        frames_per_view=2,
-        sample_fps=10,
-        silence_timeout=2.0,
-        backoff_max=0.5,
+    settings = frames_settings(views=[camera.url, *more_views], frames_per_view=2)
+    return FramesCameraDriver("lane-1", settings, pool=pool, evidence=evidence, backoff_max=0.5)
+
+
+def frames_settings(**values: Any) -> OcrFramesDevice:
+    """A camera's settings with short trigger windows and a quick frame rate, for tests."""
+    return OcrFramesDevice.model_validate(
+        {
+            "id": "ocr-1",
+            "driver": "ocr-frames",
+            "pre_trigger_seconds": 0.5,
+            "post_trigger_seconds": 0.5,
+            "sample_fps": 10.0,
+            "silence_timeout_seconds": 2.0,
+            **values,
+        }
     )
 
 
@@ -390,20 +402,8 @@ def plate_driver(
     evidence: EvidenceStore,
     frames_per_view: int,
 ) -> FramesCameraDriver:
-    return FramesCameraDriver(
-        "lane-1",
-        "ocr-1",
-        views=[camera.url],
-        plate_views=[front.url],
-        pool=pool,
-        evidence=evidence,
-        pre_trigger=0.5,
-        post_trigger=0.5,
-        frames_per_view=frames_per_view,
-        sample_fps=10,
-        silence_timeout=2.0,
-        backoff_max=0.5,
-    )
+    settings = frames_settings(views=[camera.url], plate_views=[front.url], frames_per_view=frames_per_view)
+    return FramesCameraDriver("lane-1", settings, pool=pool, evidence=evidence, backoff_max=0.5)
 
 
 def read_plate_visit(driver: FramesCameraDriver, sink: Sink, visit: str) -> Reading:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from drivers.printer_escpos import (
     EscposPrinter,
     GatePass,
+    PrinterEscposDevice,
     instructions_for,
     render_pass,
 )
@@ -60,8 +61,14 @@ def simulator() -> Iterator[EscposPrinterSimulator]:
         yield running
 
 
+def printer_settings(port: int, timeout: float) -> PrinterEscposDevice:
+    return PrinterEscposDevice(
+        id="printer-1", driver="printer-escpos", host="127.0.0.1", port=port, timeout_seconds=timeout
+    )
+
+
 def printer_for(simulator: EscposPrinterSimulator, lane: str = "lane-1") -> EscposPrinter:
-    return EscposPrinter(lane, "printer-1", host="127.0.0.1", port=simulator.port, timeout=2.0)
+    return EscposPrinter(lane, printer_settings(simulator.port, 2.0))
 
 
 def only_job(simulator: EscposPrinterSimulator) -> PrintJob:
@@ -148,7 +155,7 @@ def test_passes_for_two_trucks_come_out_as_two_jobs_in_order(simulator: EscposPr
 @pytest.mark.timeout(20)
 def test_printer_not_listening_is_device_unavailable_naming_host_and_port() -> None:
     port = free_port()
-    printer = EscposPrinter("lane-1", "printer-1", host="127.0.0.1", port=port, timeout=1.0)
+    printer = EscposPrinter("lane-1", printer_settings(port, 1.0))
     gate_pass = render_pass(
         [decision("MSKU4135329", Outcome.RELEASE)],
         lane="lane-1",
@@ -363,7 +370,7 @@ def test_gated_sim_printer_escpos_cli_prints_each_job(capsys: pytest.CaptureFixt
     result: list[int] = []
     runner = threading.Thread(target=lambda: result.append(args.func(args)))
     runner.start()
-    printer = EscposPrinter("lane-1", "printer-1", host="127.0.0.1", port=port, timeout=1.0)
+    printer = EscposPrinter("lane-1", printer_settings(port, 1.0))
     deadline = time.monotonic() + 5
     while not printer.check():
         assert time.monotonic() < deadline, "the simulator never listened"

@@ -27,6 +27,7 @@ from drivers.rfid_llrp import (
     LlrpRfidDriver,
     LlrpStatus,
     MessageSplitter,
+    RfidLlrpDevice,
     TagReport,
     parse_message,
 )
@@ -62,8 +63,14 @@ WAIT = 20.0
 
 
 def make_driver(port: int, **options: Any) -> LlrpRfidDriver:
-    settings: dict[str, Any] = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
-    return LlrpRfidDriver("lane-1", "rfid-1", host="127.0.0.1", port=port, **settings)
+    """A driver for the reader on ``port``; ``repeat_window`` and ``silence_timeout`` go into its
+    settings, the rest to the driver."""
+    settings: dict[str, Any] = {"id": "rfid-1", "driver": "rfid-llrp", "host": "127.0.0.1", "port": port}
+    for option in ("repeat_window", "silence_timeout"):
+        if option in options:
+            settings[f"{option}_seconds"] = options.pop(option)
+    options = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
+    return LlrpRfidDriver("lane-1", RfidLlrpDevice.model_validate(settings), **options)
 
 
 @contextmanager

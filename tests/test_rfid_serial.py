@@ -13,12 +13,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.rfid_serial import MAX_LINE, FrameSplitter, SerialRfidDriver, TagRead, parse_frame
+from drivers.rfid_serial import (
+    MAX_LINE,
+    FrameSplitter,
+    RfidSerialDevice,
+    SerialRfidDriver,
+    TagRead,
+    parse_frame,
+)
 from drivers.serial_frames import RepeatFilter
 from gated.clock import ManualClock
 from gated.errors import DeviceUnavailable, ProtocolError
@@ -48,9 +56,13 @@ def encode(body: str, *, lower_checksum: bool = False) -> bytes:
     return f"${body}*{digits}\r\n".encode("ascii")
 
 
-def make_driver(url: str, **options: object) -> SerialRfidDriver:
-    settings: dict[str, object] = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
-    return SerialRfidDriver("lane-1", "rfid-1", url=url, **settings)  # type: ignore[arg-type]
+def make_driver(url: str, **options: Any) -> SerialRfidDriver:
+    """A driver on ``url``; ``repeat_window`` goes into its settings, the rest to the driver."""
+    settings: dict[str, Any] = {"id": "rfid-1", "driver": "rfid-serial", "url": url}
+    if "repeat_window" in options:
+        settings["repeat_window_seconds"] = options.pop("repeat_window")
+    options = {"backoff_initial": 0.1, "backoff_max": 0.5, **options}
+    return SerialRfidDriver("lane-1", RfidSerialDevice.model_validate(settings), **options)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.profile import RpmProfile, load_profile, parse_profile
-from drivers.rpm_modbus import ModbusRpmDriver, RpmChangeDetector, RpmSnapshot, decode
+from drivers.rpm_modbus import ModbusRpmDriver, RpmChangeDetector, RpmModbusDevice, RpmSnapshot, decode
 from gated.clock import ManualClock
 from gated.errors import ConfigError, DeviceUnavailable, ProtocolError
 from gated.model import DeviceState, Kind, Quality, Reading, ScreeningVerdict, Source
@@ -350,15 +350,20 @@ def test_occupancy_fault_and_tamper_edges(profile: RpmProfile) -> None:
 def make_driver(
     profile: RpmProfile, port: int, *, unit: int = 1, offline_after: float = 5.0
 ) -> ModbusRpmDriver:
-    return ModbusRpmDriver(
-        LANE,
-        DEVICE,
+    settings = RpmModbusDevice(
+        id=DEVICE,
+        driver="rpm-modbus",
         host="127.0.0.1",
         port=port,
         unit=unit,
+        profile=str(PROFILE_PATH),
+        poll_interval_seconds=0.05,
+        timeout_seconds=2.0,
+    )
+    return ModbusRpmDriver(
+        LANE,
+        settings,
         profile=profile,
-        poll_interval=0.05,
-        timeout=2.0,
         backoff_initial=0.05,
         backoff_max=0.5,
         offline_after=offline_after,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.rpm_rapiscan import RapiscanRpmDriver, RpmRecord, parse_record
+from drivers.rpm_rapiscan import RapiscanRpmDriver, RpmRapiscanDevice, RpmRecord, parse_record
 from gated.bench.rpm import bench_rpm
 from gated.errors import ProtocolError
 from gated.model import DeviceState, Kind, Quality, Reading, ScreeningVerdict, Source
@@ -226,8 +226,15 @@ def test_garbage_only_raises_protocol_error(line: bytes) -> None:
 
 
 def make_driver(port: int, **options: Any) -> RapiscanRpmDriver:
-    settings: dict[str, Any] = {"backoff_initial": 0.05, "backoff_max": 0.5, **options}
-    return RapiscanRpmDriver(LANE, DEVICE, host="127.0.0.1", port=port, **settings)
+    """A driver for the monitor on ``port``; ``n_sigma`` and ``silence_timeout`` go into its
+    settings, the rest to the driver."""
+    settings: dict[str, Any] = {"id": DEVICE, "driver": "rpm-rapiscan", "host": "127.0.0.1", "port": port}
+    if "n_sigma" in options:
+        settings["n_sigma"] = options.pop("n_sigma")
+    if "silence_timeout" in options:
+        settings["silence_timeout_seconds"] = options.pop("silence_timeout")
+    options = {"backoff_initial": 0.05, "backoff_max": 0.5, **options}
+    return RapiscanRpmDriver(LANE, RpmRapiscanDevice.model_validate(settings), **options)
 
 
 @contextmanager

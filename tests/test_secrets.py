@@ -342,8 +342,9 @@ def test_a_camera_that_cannot_be_reached_shows_no_password_or_token(
         f"http://admin:{CAMERA_PASSWORD}@127.0.0.1:{port}/video?channel=1&token={TOKEN}",
         f"http://admin:{CAMERA_PASSWORD}@127.0.0.1:99999/video",  # past the config's checks
     ]
+    settings = OcrFramesDevice.model_construct(id="cam-1", driver="ocr-frames", views=views)  # unchecked
     driver = FramesCameraDriver(
-        "lane-1", "cam-1", views=views, pool=OcrPool(), evidence=EvidenceStore(tmp_path), backoff_max=0.2
+        "lane-1", settings, pool=OcrPool(), evidence=EvidenceStore(tmp_path), backoff_max=0.2
     )
     sink = RecordingSink("lane-1", "cam-1")
     with caplog.at_level(logging.DEBUG), driver_running(driver, sink):
@@ -477,13 +478,9 @@ def test_a_view_with_its_own_password_keeps_it(tmp_path: Path) -> None:
 
 
 def test_a_view_error_from_the_frame_source_is_redacted(tmp_path: Path) -> None:
-    driver = FramesCameraDriver(
-        "lane-1",
-        "cam-1",
-        views=[f"http://admin:{CAMERA_PASSWORD}@127.0.0.1:99999/v"],
-        pool=OcrPool(),
-        evidence=EvidenceStore(tmp_path),
-    )
+    views = [f"http://admin:{CAMERA_PASSWORD}@127.0.0.1:99999/v"]  # past the config's checks
+    settings = OcrFramesDevice.model_construct(id="cam-1", driver="ocr-frames", views=views)
+    driver = FramesCameraDriver("lane-1", settings, pool=OcrPool(), evidence=EvidenceStore(tmp_path))
     with pytest.raises(DeviceUnavailable) as down:
         driver.connect()
     assert CAMERA_PASSWORD not in str(down.value) and "127.0.0.1:99999" in str(down.value)
