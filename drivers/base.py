@@ -24,12 +24,13 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from gated.clock import Clock, SystemClock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import DeviceState, Kind, Reading
 from gated.redact import printable
+from gated.settings import DriverContext
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,12 @@ class Driver(ABC):
     """Base of every driver. Subclasses implement the three protocol steps only."""
 
     kind: Kind
+
+    @classmethod
+    def from_settings(cls, lane: str, settings: Any, context: DriverContext) -> Self:
+        """The driver for one configured device (its settings model). A driver that needs more of
+        the context than the clock overrides this."""
+        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,

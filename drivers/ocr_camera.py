@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, Self, TypedDict, Unpack
+from typing import Any, Final, Literal, TypedDict, Unpack
 
 from pydantic import Field, field_validator
 
@@ -63,7 +63,7 @@ from gated.clock import Clock
 from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError
 from gated.iso6346 import ContainerNumber
 from gated.model import Kind, Quality, Reading, Source
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings
 
 MAX_LINE: Final = 65536
 VIEWS: Final = frozenset({"rear", "side", "top", "front"})
@@ -310,10 +310,6 @@ class SmartCameraDriver(Driver):
     """Connects to the camera's TCP port and turns its pushed messages into readings."""
 
     kind = Kind.OCR
-
-    @classmethod
-    def from_settings(cls, lane: str, settings: OcrCameraDevice, context: DriverContext) -> Self:
-        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,

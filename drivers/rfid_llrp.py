@@ -61,7 +61,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Literal
 
 from pydantic import Field
 
@@ -70,7 +70,7 @@ from drivers.serial_frames import RepeatFilter
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, Source
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
 
@@ -507,10 +507,6 @@ class LlrpRfidDriver(Driver):
     """Inventories an LLRP reader and reports each truck's EPC once."""
 
     kind = Kind.RFID
-
-    @classmethod
-    def from_settings(cls, lane: str, settings: RfidLlrpDevice, context: DriverContext) -> Self:
-        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,

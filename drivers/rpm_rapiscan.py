@@ -44,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -53,7 +53,7 @@ from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
 from gated.radiation import SAMPLE_INTERVAL_S, OccupancyResult, analyse_occupancy
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings
 
 log = logging.getLogger(__name__)
 
@@ -423,10 +423,6 @@ class RapiscanRpmDriver(Driver):
     200 ms) makes the monitor unavailable; the loop in ``Driver.run`` reconnects."""
 
     kind = Kind.RPM
-
-    @classmethod
-    def from_settings(cls, lane: str, settings: RpmRapiscanDevice, context: DriverContext) -> Self:
-        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from collections.abc import Hashable, Sequence
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import serial
 from pydantic import Field
@@ -21,7 +21,7 @@ from drivers.base import BoundedQueue, Driver
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Reading
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings
 
 READ_CHUNK = 4096
 """Most bytes one step reads from the port."""
@@ -79,10 +79,6 @@ class SerialFrameDriver(Driver, Generic[Read]):
 
     clear_queue_on_connect = False
     """True where reads queued before a reconnect are stale by the time they would be reported."""
-
-    @classmethod
-    def from_settings(cls, lane: str, settings: SerialReaderSettings, context: DriverContext) -> Self:
-        return cls(lane, settings, clock=context.clock)
 
     def __init__(
         self,
