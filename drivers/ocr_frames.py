@@ -83,7 +83,7 @@ from gated.evidence import EvidenceStore
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
 from gated.redact import error_text, printable, redact, redact_url, shown
-from gated.settings import DeviceSettings, DriverContext, Strict
+from gated.settings import DeviceSettings, DriverContext, Strict, read_password_file
 from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote_containers
 from ocr.engine import Image, TextBox
 from ocr.frames import Frame, FrameSource, open_source, select_frames, sharpness
@@ -436,6 +436,17 @@ class OcrFramesDevice(DeviceSettings):
             }
         )
 
+    def with_passwords(self, key: str) -> Self:
+        if self.view_password_file is None:
+            return self
+        password = read_password_file(self.view_password_file, f"{key}.view_password_file")
+        return self.model_copy(
+            update={
+                "views": [_with_password(view, password) for view in self.views],
+                "plate_views": [_with_password(view, password) for view in self.plate_views],
+            }
+        )
+
     def plate_format_list(self) -> tuple[PlateFormat, ...]:
         """The configured plate formats, or the defaults."""
         if self.plate_formats is None:
@@ -471,7 +482,7 @@ def _names_user_only(view: str) -> bool:
     return parts.username is not None and parts.password is None
 
 
-def with_password(view: str, password: str) -> str:
+def _with_password(view: str, password: str) -> str:
     """``view`` with ``password`` for its user, when it names a user without one."""
     if not _names_user_only(view):
         return view

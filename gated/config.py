@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from drivers.barrier_modbus import BarrierModbusDevice as BarrierModbusDevice  # re-exported
-from drivers.ocr_frames import OcrFramesDevice, with_password
+from drivers.ocr_frames import OcrFramesDevice as OcrFramesDevice  # re-exported
 from drivers.registry import DEVICE_TYPES
 from gated.errors import ConfigError, GatedError
 from gated.model import RESERVED_LANE_IDS
 from gated.redact import redact_url
 from gated.settings import DeviceSettings, Identifier, Strict
+from gated.settings import read_password_file as read_password_file  # re-exported
 
 
 class MqttTlsConfig(Strict):
@@ -390,43 +391,18 @@ def _maybe(resolve: Callable[[str], str], value: str | None) -> str | None:
     return None if value is None else resolve(value)
 
 
-def read_password_file(path: str | Path, key: str) -> str:
-    """The password in ``path`` without one trailing newline; ``ConfigError`` naming ``key`` when
-    the file cannot be read or holds no password."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError([f"{key}: cannot read {path}: {error.strerror or error}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{key}: {path} is not UTF-8 text"]) from None
-    password = text.removesuffix("\n").removesuffix("\r")
-    if not password:
-        raise ConfigError([f"{key}: {path} is empty"])
-    return password
-
-
 def _read_password_files(config: GateConfig, source: str) -> GateConfig:
-    """Check that the password files can be read (a failure names the key), and give each frames
-    camera's views that name a user without a password the one in its ``view_password_file``."""
+    """Check that the password files can be read (a failure names the key), and give each device
+    the passwords its own password files hold (``DeviceSettings.with_passwords``)."""
     if config.storage.database_password_file is not None:
         # Read again when the database is opened: here only so check-config finds an unreadable file.
         read_password_file(config.storage.database_password_file, f"{source}: storage.database_password_file")
     lanes = []
     for lane_index, lane in enumerate(config.lanes):
-        devices: list[DeviceConfig] = []
-        for index, device in enumerate(lane.devices):
-            if isinstance(device, OcrFramesDevice) and device.view_password_file is not None:
-                key = (
-                    f"{source}: lanes[{lane_index}:{lane.id}].devices[{index}:{device.id}].view_password_file"
-                )
-                password = read_password_file(device.view_password_file, key)
-                device = device.model_copy(
-                    update={
-                        "views": [with_password(view, password) for view in device.views],
-                        "plate_views": [with_password(view, password) for view in device.plate_views],
-                    }
-                )
-            devices.append(device)
+        devices = [
+            device.with_passwords(f"{source}: lanes[{lane_index}:{lane.id}].devices[{index}:{device.id}]")
+            for index, device in enumerate(lane.devices)
+        ]
         lanes.append(lane.model_copy(update={"devices": devices}))
     return config.model_copy(update={"lanes": lanes})
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gated.clock import Clock
+from gated.errors import ConfigError
 from gated.model import IDENTIFIER
 
 if TYPE_CHECKING:  # the OCR pool pulls in OpenCV: only for type checking here
@@ -38,9 +40,29 @@ class DeviceSettings(Strict):
         """These settings with their file paths made absolute by ``resolve`` (none by default)."""
         return self
 
+    def with_passwords(self, key: str) -> Self:
+        """These settings with the passwords their password files hold put in place (none by
+        default); ``key`` names the device in a ``ConfigError`` when a file cannot be read."""
+        return self
+
     def problems(self) -> list[str]:
         """What is wrong beyond the schema (a file that does not load), one line each."""
         return []
+
+
+def read_password_file(path: str | Path, key: str) -> str:
+    """The password in ``path`` without one trailing newline; ``ConfigError`` naming ``key`` when
+    the file cannot be read or holds no password."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{key}: cannot read {path}: {error.strerror or error}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{key}: {path} is not UTF-8 text"]) from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ConfigError([f"{key}: {path} is empty"])
+    return password
 
 
 @dataclass(frozen=True)
