@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test bench lint typecheck schema system-deps clean
+.PHONY: demo test check bench lint typecheck schema system-deps clean
 
 # The project itself: enough for the daemon (the demo adds its broker below).
 $(STAMP): pyproject.toml
@@ -42,7 +42,13 @@ typecheck: $(TEST_STAMP)
 
 ## Everything: lint, types, and the whole test suite on real parts.
 test: $(TEST_STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q
+
+## The inner loop, about a minute: lint, types, and the fast tier (tests that need no broker,
+## simulator, PostgreSQL, OCR engine or child process; tests/conftest.py marks them) with few
+## hypothesis examples. `make test` stays the whole suite.
+check: lint typecheck
+	HYPOTHESIS_PROFILE=dev $(BIN)/pytest -m fast -x -q
 
 bench: $(TEST_STAMP)
 	$(BIN)/gated bench policy

@@ -98,8 +98,15 @@ USES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-# Measured slow (seconds each on two cores) though they need none of the parts above.
-SLOW_TESTS = frozenset[str]()
+# Measured at a second or more each on two cores (dev profile) though they need none of the parts
+# above: node ids, or their start for every parameter. A test file may mark them itself instead.
+SLOW_TESTS = (
+    "tests/test_bounded.py::test_a_device_that_only_fails_goes_offline",  # real-time state changes
+    "tests/test_camera_frames.py::test_written_dataset_has_a_label_for_every_file",  # renders frames
+    "tests/test_camera_frames.py::test_char_height_within_the_requested_range_and_marks_in_frame",
+    "tests/test_camera_frames.py::test_rendering_is_deterministic_from_the_seed",
+    "tests/test_camera_frames.py::test_image_folder_source_picks_up_new_files",
+)
 
 
 def _dotted(obj: object) -> str:
@@ -180,7 +187,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                     if _dotted(definition.func).startswith("tests."):
                         markers |= markers_from_code(definition.func)
             _scale_examples(item)
-        if item.nodeid in SLOW_TESTS:
+        if item.nodeid.startswith(SLOW_TESTS):
             markers.add("slow")
         for marker in sorted(markers):
             item.add_marker(marker)
