@@ -1,21 +1,10 @@
-"""One frame in, one container-number candidate out.
+"""One frame in, container-number candidates out: the one path the CLI, the benchmark and the
+cameras read a frame by, so every path reads numbers the same way.
 
-This is the single entry point the CLI, the benchmark and the live camera driver use to read a frame,
-so every path reads numbers the same way:
-
-1. the engine finds and reads the text boxes, first in a quick look, in full when that finds no
-   number whose check digit fits;
-2. the number is assembled from whole pieces by geometry (``ocr.assemble``);
-3. when only owner code and serial were found (a boxed check digit missed or misread), or a letter
-   was read where the check digit is (a boxed 3 read as B), the check digit is re-read from inside
-   its box just after the serial;
-4. when that still gives no number whose check digit fits, tall boxes (a number painted down a
-   door post) are re-read as a line of characters and steps 2-3 run again on them;
-5. and last, every box that could hold part of a number is re-cut and read again, and steps 2-3
-   run on those readings.
-
-The check digit is never chosen to make a number fit: it is read, and a read that does not fit is
-reported as not fitting."""
+A quick look first, the full look and the re-reads (check digit, tall boxes, re-cut boxes, the
+door's rods taken out) only while no number is settled; README.md, "How a frame is read", lists
+the steps. The check digit is never chosen to make a number fit: it is read, and a read that does
+not fit is reported as not fitting."""
 
 from __future__ import annotations
 
