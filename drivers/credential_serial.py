@@ -49,7 +49,7 @@ from typing import Literal
 
 from drivers.serial_frames import SerialFrameDriver, SerialReaderSettings
 from gated.errors import ProtocolError
-from gated.model import Kind, Quality, Reading
+from gated.model import Kind, Quality, Reading, Source
 
 STX = 0x02
 ETX = 0x03
@@ -57,7 +57,7 @@ MAX_FRAME = 64
 """Longest frame accepted, in bytes, STX, ETX and LRC included."""
 
 
-SOURCE = "card"
+SOURCE = Source.CARD
 """The ``source`` of every reading this driver emits."""
 
 CARD_ID_MIN_DIGITS = 8

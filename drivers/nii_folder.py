@@ -75,10 +75,10 @@ from gated.clock import Clock, rfc3339
 from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError, StorageError
 from gated.evidence import EvidenceRejected, EvidenceStore, NotRegularFile, open_regular
 from gated.iso6346 import ContainerNumber
-from gated.model import Evidence, Kind, Quality, Reading
+from gated.model import Evidence, Kind, Quality, Reading, Source
 from gated.settings import DeviceSettings, DriverContext
 
-SOURCE = "scan_result"
+SOURCE = Source.SCAN_RESULT
 """The reading source of one scan's outcome."""
 
 VERDICTS = frozenset({"clear", "suspect", "inconclusive", "not_scanned"})

@@ -69,7 +69,7 @@ MAX_LINE: Final = 65536
 VIEWS: Final = frozenset({"rear", "side", "top", "front"})
 MAX_SLOT: Final = 4
 MAX_CONTAINERS: Final = 4
-SIZE_TYPE_SOURCE: Final = "size_type"
+SIZE_TYPE_SOURCE: Final = Source.SIZE_TYPE
 
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"

@@ -94,7 +94,7 @@ log = logging.getLogger(__name__)
 
 VISIT_TRIGGERS: Final = frozenset({"rfid:epc", "rpm:occupancy"})
 """How a visit must have opened (``Visit.trigger``) for the cameras to read it."""
-SIZE_TYPE_SOURCE: Final = "size_type"
+SIZE_TYPE_SOURCE: Final = Source.SIZE_TYPE
 MEDIA_TYPE: Final = "image/jpeg"
 CROP_QUALITY: Final = 90
 FRAME_QUALITY: Final = 80

@@ -179,14 +179,14 @@ class RpmChangeDetector:
         readings: list[Reading] = []
 
         def reading(
-            source: str, value: Any, quality: Quality = Quality.GOOD, units: str | None = None
+            source: Source, value: Any, quality: Quality = Quality.GOOD, units: str | None = None
         ) -> None:
             readings.append(
                 Reading(
                     lane=self.lane,
                     kind=Kind.RPM,
                     device=self.device,
-                    source=str(source),
+                    source=source,
                     value=value,
                     ts=ts,
                     quality=quality,
@@ -197,10 +197,10 @@ class RpmChangeDetector:
         status = snapshot.status
         if status.tamper != self._tamper:
             self._tamper = status.tamper
-            reading("tamper", status.tamper, Quality.BAD if status.tamper else Quality.GOOD)
+            reading(Source.TAMPER, status.tamper, Quality.BAD if status.tamper else Quality.GOOD)
         if status.faults != self._faults:
             self._faults = status.faults
-            reading("fault", ",".join(status.faults), Quality.BAD if status.faults else Quality.GOOD)
+            reading(Source.FAULT, ",".join(status.faults), Quality.BAD if status.faults else Quality.GOOD)
 
         if self._counter is not None:
             ended = (snapshot.pass_counter - self._counter) % snapshot.pass_counter_modulus
@@ -222,7 +222,7 @@ class RpmChangeDetector:
                 reading(Source.GAMMA_BACKGROUND_CPS, snapshot.gamma_background_cps, quality, "cps")
                 reading(Source.NEUTRON_CPS, result.neutron_peak_cps, quality, "cps")
                 reading(Source.NEUTRON_BACKGROUND_CPS, snapshot.neutron_background_cps, quality, "cps")
-                reading("speed_kmh", result.speed_kmh, quality, "km/h")
+                reading(Source.SPEED_KMH, result.speed_kmh, quality, "km/h")
                 reading(Source.SCREENING, str(verdict), quality)
         self._counter = snapshot.pass_counter
 

@@ -178,7 +178,7 @@ class OccupancyTracker:
         out.add(Source.OCCUPANCY, False)
         out.add(Source.SCREENING, str(ScreeningVerdict.FAULT), Quality.BAD)
         out.add(
-            "screening_check",
+            Source.SCREENING_CHECK,
             {
                 "verdict": "unchecked",
                 "device_verdict": str(ScreeningVerdict.FAULT),
@@ -228,7 +228,7 @@ class OccupancyTracker:
                 occupancy.tamper = True
             if tamper != self._tamper:
                 self._tamper = tamper
-                out.add("tamper", tamper, Quality.BAD if tamper else Quality.GOOD)
+                out.add(Source.TAMPER, tamper, Quality.BAD if tamper else Quality.GOOD)
         elif tag == "SP":
             if occupancy is not None:
                 occupancy.speed_kmh = record.values[2]
@@ -239,7 +239,7 @@ class OccupancyTracker:
         faults = tuple(sorted(FAULT_NAMES[tag] for tag in self._faults))
         if faults != self._reported_faults and (faults or self._reported_faults is not None):
             self._reported_faults = faults
-            out.add("fault", ",".join(faults), Quality.BAD if faults else Quality.GOOD)
+            out.add(Source.FAULT, ",".join(faults), Quality.BAD if faults else Quality.GOOD)
         return out.readings
 
     def _begin(self, out: _Out) -> _Occupancy:
@@ -296,7 +296,7 @@ class OccupancyTracker:
         out.add(Source.NEUTRON_CPS, _peak_cps(neutron, self.neutron_interval_s), quality, "cps")
         out.add(Source.NEUTRON_BACKGROUND_CPS, occupancy.neutron_background_cps, quality, "cps")
         out.add(
-            "rpm_profile",
+            Source.RPM_PROFILE,
             {
                 "gamma": list(occupancy.gamma),
                 "neutron": list(occupancy.neutron),
@@ -312,9 +312,9 @@ class OccupancyTracker:
             quality,
         )
         if occupancy.speed_kmh is not None:
-            out.add("speed_kmh", occupancy.speed_kmh, quality, "km/h")
+            out.add(Source.SPEED_KMH, occupancy.speed_kmh, quality, "km/h")
         out.add(Source.SCREENING, str(device), quality)
-        out.add("screening_check", *self._check(device, occupancy, gamma, neutron))
+        out.add(Source.SCREENING_CHECK, *self._check(device, occupancy, gamma, neutron))
 
     def _check(
         self,
@@ -376,13 +376,15 @@ class _Out:
         self.ts = tracker.clock.now()
         self.readings: list[Reading] = []
 
-    def add(self, source: str, value: Any, quality: Quality = Quality.GOOD, units: str | None = None) -> None:
+    def add(
+        self, source: Source, value: Any, quality: Quality = Quality.GOOD, units: str | None = None
+    ) -> None:
         self.readings.append(
             Reading(
                 lane=self.tracker.lane,
                 kind=Kind.RPM,
                 device=self.tracker.device,
-                source=str(source),
+                source=source,
                 value=value,
                 ts=self.ts,
                 quality=quality,

@@ -21,7 +21,12 @@ from gated.clock import Clock
 from gated.model import Reading, Source, Visit, new_id
 
 # The reading that tells each required kind has reported on this truck.
-COMPLETES = {"rfid": Source.EPC, "ocr": Source.PASSAGE_END, "rpm": Source.SCREENING, "credential": "card"}
+COMPLETES = {
+    "rfid": Source.EPC,
+    "ocr": Source.PASSAGE_END,
+    "rpm": Source.SCREENING,
+    "credential": Source.CARD,
+}
 # Readings that belong to a truck (others, like background counts between trucks, do not).
 VISIT_SOURCES = frozenset(
     {
@@ -35,11 +40,11 @@ VISIT_SOURCES = frozenset(
         Source.NEUTRON_CPS,
         Source.NEUTRON_BACKGROUND_CPS,
         Source.SCREENING,
-        "size_type",
-        "card",  # the driver's credential, shown at the lane
-        "rpm_profile",  # the counts of the pass, for the console to plot
-        "screening_check",  # gated's own radiation check of the pass
-        "speed_kmh",
+        Source.SIZE_TYPE,
+        Source.CARD,  # the driver's credential, shown at the lane
+        Source.RPM_PROFILE,  # the counts of the pass, for the console to plot
+        Source.SCREENING_CHECK,  # gated's own radiation check of the pass
+        Source.SPEED_KMH,
     }
 )
 # Readings that belong to a truck but do not tell that one is there: they join the open visit only.

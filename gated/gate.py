@@ -163,7 +163,7 @@ class GateControl:
                         lane,
                         Kind.BARRIER,
                         device,
-                        "barrier_state",
+                        Source.BARRIER_STATE,
                         {
                             "state": state.state,
                             "permit": state.permit,

@@ -76,6 +76,15 @@ class Source(StrEnum):
     NEUTRON_CPS = "neutron_cps"
     NEUTRON_BACKGROUND_CPS = "neutron_background_cps"
     SCREENING = "screening"  # RPM: verdict of one pass, a ScreeningVerdict value
+    SCREENING_CHECK = "screening_check"  # RPM: gated's own check of the pass's counts (an object)
+    RPM_PROFILE = "rpm_profile"  # RPM: the counts of the pass, for the console to plot
+    SPEED_KMH = "speed_kmh"  # RPM: the truck's speed through the portal
+    TAMPER = "tamper"  # RPM: True while the monitor reports tamper
+    FAULT = "fault"  # RPM: the monitor's active faults, comma-separated ("" when none)
+    SIZE_TYPE = "size_type"  # OCR: the ISO 6346 size-type code next to a number
+    CARD = "card"  # credential reader: the driver's card (an object)
+    SCAN_RESULT = "scan_result"  # NII: one scan's outcome (an object)
+    BARRIER_STATE = "barrier_state"  # barrier: the PLC's state (an object)
 
 
 class ScreeningVerdict(StrEnum):
@@ -122,7 +131,7 @@ class Reading:
     lane: str
     kind: Kind
     device: str
-    source: str
+    source: Source
     value: ReadingValue
     ts: datetime
     quality: Quality = Quality.GOOD
@@ -135,6 +144,13 @@ class Reading:
     def __post_init__(self) -> None:
         check_identifier("lane", self.lane)
         check_identifier("device", self.device)
+        if not isinstance(self.source, Source):
+            # An untyped caller's plain string (a stored body, a test): known sources only.
+            try:
+                source = Source(self.source)
+            except ValueError:
+                raise ValueError(f"unknown reading source {self.source!r}") from None
+            object.__setattr__(self, "source", source)
         if self.ts.tzinfo is None:
             raise ValueError("reading timestamp must be timezone-aware")
         if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
@@ -152,7 +168,7 @@ class Reading:
             lane=body["lane"],
             kind=Kind(body["kind"]),
             device=body["device"],
-            source=body["source"],
+            source=Source(body["source"]),
             value=body["value"],
             ts=datetime.fromisoformat(body["ts"].replace("Z", "+00:00")),
             quality=Quality(body["quality"]),
@@ -174,7 +190,7 @@ class Reading:
             "lane": self.lane,
             "kind": str(self.kind),
             "device": self.device,
-            "source": self.source,
+            "source": str(self.source),
             "value": self.value,
             "value_type": self.value_type,
             "units": self.units,
@@ -214,7 +230,7 @@ class Visit:
     def closed(self, at: datetime, cause: str) -> Visit:
         return replace(self, closed_at=at, close_cause=cause)
 
-    def of_source(self, source: str) -> list[Reading]:
+    def of_source(self, source: Source) -> list[Reading]:
         return [reading for reading in self.readings if reading.source == source]
 
 

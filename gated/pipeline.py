@@ -326,7 +326,7 @@ class Pipeline:
                     visit_listener(opened)
                 except Exception:  # a listener's bug must not stop the lane
                     log.exception("visit listener failed")
-        if reading.source == "tamper":
+        if reading.source == Source.TAMPER:
             if reading.value is True:
                 self._tampered[reading.lane].add(reading.device)
                 self._tamper_seen[reading.lane].add(reading.device)
@@ -348,7 +348,7 @@ class Pipeline:
         elif reading.source == Source.SCREENING and reading.value == ScreeningVerdict.FAULT:
             alarm, text = "device_fault", "radiation portal monitor reported a fault during the pass"
         elif (
-            reading.source == "screening_check"
+            reading.source == Source.SCREENING_CHECK
             and isinstance(reading.value, dict)
             and reading.value.get("agrees") is False
             and reading.value.get("verdict") != "unchecked"
@@ -358,9 +358,9 @@ class Pipeline:
                 f"gated's check ({reading.value.get('verdict')}) and the monitor's "
                 f"({reading.value.get('device_verdict')}) disagree"
             )
-        elif reading.source == "tamper" and reading.value is True:
+        elif reading.source == Source.TAMPER and reading.value is True:
             alarm, text = "tamper", f"tamper reported by {reading.device}"
-        elif reading.source == "fault" and reading.value:
+        elif reading.source == Source.FAULT and reading.value:
             alarm, text = "device_fault", f"{reading.device}: {reading.value}"
         if alarm:
             batch.messages.append(
@@ -575,7 +575,7 @@ class Pipeline:
     def _credential_reasons(self, visit: Visit, now: datetime) -> list[Reason]:
         """Why the driver's credential stops the truck, if it does: each card shown is checked
         against the cancelled list (which must be fresh); a lane that requires one needs one."""
-        cards = [r.value for r in visit.of_source("card") if isinstance(r.value, dict)]
+        cards = [r.value for r in visit.of_source(Source.CARD) if isinstance(r.value, dict)]
         reasons: list[Reason] = []
         if not cards and self.require_credential.get(visit.lane):
             reasons.append(Reason(CREDENTIAL_MISSING, "no driver credential was shown at the lane"))

@@ -146,7 +146,7 @@ def _screening_reasons(visit: Visit) -> tuple[list[Reason], bool]:
     verdicts = [r.value for r in visit.of_source(Source.SCREENING)]
     own_alarms = [
         r.value["verdict"]
-        for r in visit.of_source("screening_check")
+        for r in visit.of_source(Source.SCREENING_CHECK)
         if isinstance(r.value, dict)
         and r.value.get("verdict") in (ScreeningVerdict.GAMMA_ALARM, ScreeningVerdict.NEUTRON_ALARM)
     ]

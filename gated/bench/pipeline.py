@@ -18,11 +18,11 @@ from typing import Any
 
 from gated.bench.common import Mosquitto, machine, progress
 from gated.errors import GatedError
-from gated.model import Kind, Reading
+from gated.model import Kind, Reading, Source
 
 PIPELINE_ROUNDS = 3
 PIPELINE_MAX_INFLIGHT = 100
-PIPELINE_SOURCE = "tamper"
+PIPELINE_SOURCE = Source.TAMPER
 _RUN_TIMEOUT = 600.0
 
 
