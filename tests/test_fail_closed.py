@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto, Subscriber
 from tests.customs import confirm_hold_list
 from tests.gate import number, write_config
+from tests.sinks import wait_until
 
 PREFIX = "gated/v1/e2e"
 
@@ -66,7 +68,11 @@ def test_stale_hold_list_never_releases(
     with running(config) as daemon:
         loaded(daemon, tmp_path)
         start_and_wait_open(daemon, customs)
-        time.sleep(2.5)  # the list is now older than its 2 s maximum age
+        wait_until(
+            "the list to be older than its 2 s maximum age",
+            lambda: not daemon.holds.state().fresh(datetime.now(UTC), max_age_seconds=2),
+            timeout=10,
+        )
         box = number("MSKU700001")
         ScriptedLane(lane_devices, pace=0.3).drive(
             Truck("clean", "e28011606000070000000001", (ContainerSighting(box),))
