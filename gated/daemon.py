@@ -74,7 +74,7 @@ class Daemon:
         self.publisher = MqttPublisher(
             self.store,
             config.mqtt,
-            prefix=topics.prefix,
+            topics=topics,
             boot=self.boot,
             subscriptions=[topics.holds_cmd],
             on_message=self._inbound,

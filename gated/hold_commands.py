@@ -35,11 +35,11 @@ from gated.config import HoldsConfig
 from gated.errors import HoldListError, PayloadError, SignatureError, StorageError
 from gated.holds import MAX_MESSAGE_ID, HoldCommandResult, HoldListState, HoldStore, VerifiedCommand
 from gated.jsonsafe import parse_json
-from gated.messages import HOLD, STATUS, Topics, alarm_message
+from gated.messages import HOLD, STATUS, Message, Topics, alarm_message
 from gated.model import new_id
 from gated.redact import printable, shown
 from gated.signing import public_key_from_text, verify_command
-from gated.store import AuditRecord, Batch, Message, Store
+from gated.store import AuditRecord, Batch, Store
 
 log = logging.getLogger(__name__)
 

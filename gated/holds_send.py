@@ -31,6 +31,7 @@ from gated.config import MqttConfig, MqttTlsConfig
 from gated.errors import ConfigError, GatedError, PayloadError, PublishError, SignatureError
 from gated.holds import SCHEMA
 from gated.jsonsafe import parse_json
+from gated.messages import Topics
 from gated.mqtt_link import connect, new_client
 from gated.redact import printable, redact_url
 from gated.signing import (
@@ -186,17 +187,17 @@ def send_commands(
     Raises ``PublishError`` when the broker cannot be reached or refuses the ack subscription, and
     ``SignatureError`` for a command that cannot be signed (nothing is sent then).
     """
-    prefix = f"gated/v1/{site}/holds"
+    topics = Topics(site)
     signed = [sign_command(prepare(command, key_id), private_key, key_id) for command in commands]
     payloads = [json.dumps(command, ensure_ascii=False, allow_nan=False).encode() for command in signed]
     acks = _Acks([str(command["id"]) for command in signed], key_id)
-    session = _Session(broker, f"{prefix}/ack", acks)
+    session = _Session(broker, topics.holds_ack, acks)
     deadline = time.monotonic() + timeout
     session.open(deadline)
     where = f"{broker.host}:{broker.port}"
     try:
         for payload in payloads:
-            info = session.client.publish(f"{prefix}/cmd", payload, qos=1)
+            info = session.client.publish(topics.holds_cmd, payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise PublishError(f"could not publish to {where}: {mqtt.error_string(info.rc)}")
         acks.wait(time.monotonic() + timeout)

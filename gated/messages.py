@@ -3,12 +3,14 @@ section 4 everywhere. The envelope (schema, id, site, node, seq, ts) is added by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from gated.clock import rfc3339
 from gated.model import Decision, DeviceState, Reading, new_id
-from gated.store import Message
 
+# Every topic is below ROOT/{site}; payload schema ids are "gated.<name>/<major version>".
+ROOT = "gated/v1"
 READING = "gated.reading/1"
 DECISION = "gated.decision/1"
 ALARM = "gated.alarm/1"
@@ -19,9 +21,22 @@ SCAN = "gated.scan/1"
 SCAN_HOLD_TYPES = frozenset({"vacis", "exam", "nii", "xray"})
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to publish: its topic, schema and body; the envelope is added when stored."""
+
+    topic: str
+    schema: str
+    body: dict[str, Any]
+    retain: bool = False
+    qos: int = 1
+
+
 class Topics:
+    """Every topic of one site."""
+
     def __init__(self, site: str) -> None:
-        self.prefix = f"gated/v1/{site}"
+        self.prefix = f"{ROOT}/{site}"
 
     def reading(self, reading: Reading) -> str:
         return f"{self.prefix}/{reading.lane}/reading/{reading.kind}/{reading.device}"

@@ -17,7 +17,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-PREFIX = "gated/v1"
+from gated.messages import ROOT
+
+PREFIX = ROOT
 COMMON = "common"
 SCHEMA_NAMES = (
     "reading",

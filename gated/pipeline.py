@@ -32,6 +32,7 @@ from gated.holds import HoldStore
 from gated.messages import (
     SCAN,
     SCAN_HOLD_TYPES,
+    Message,
     Topics,
     alarm_message,
     decision_message,
@@ -53,7 +54,7 @@ from gated.model import (
 from gated.policy import CREDENTIAL_MISSING, STORAGE_FAILURE, HoldListStatus, PolicySettings, decide
 from gated.preadvice import PreadviceStore
 from gated.redact import printable, shown
-from gated.store import AuditRecord, Batch, Message, Store
+from gated.store import AuditRecord, Batch, Store
 
 log = logging.getLogger(__name__)
 

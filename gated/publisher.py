@@ -36,9 +36,10 @@ import paho.mqtt.client as mqtt
 from gated.clock import rfc3339
 from gated.config import MqttConfig
 from gated.errors import StorageError
+from gated.messages import STATUS, Message, Topics
 from gated.model import new_id
 from gated.mqtt_link import SESSION_TAKEN_OVER, connect_async, new_client, reason_value
-from gated.store import Batch, Message, OutboxRow, Store
+from gated.store import Batch, OutboxRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class MqttPublisher:
         store: Store,
         config: MqttConfig,
         *,
-        prefix: str,
+        topics: Topics,
         boot: int,
         subscriptions: list[str],
         on_message: InboundHandler,
@@ -91,7 +92,7 @@ class MqttPublisher:
     ) -> None:
         self.store = store
         self.config = config
-        self.prefix = prefix
+        self.topics = topics
         self.boot = boot
         self.subscriptions = subscriptions
         self.on_inbound = on_message
@@ -104,7 +105,7 @@ class MqttPublisher:
         self._connected_since = 0.0
         self._short_connections: deque[float] = deque(maxlen=SHORT_CONNECTIONS_FOR_ALARM)
         self.stats = PublisherStats()
-        self.node_topic = f"{prefix}/node/{store.node}/status"
+        self.node_topic = topics.node_status(store.node)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -135,7 +136,7 @@ class MqttPublisher:
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         will = self.store.envelope(
-            Message(self.node_topic, "gated.status/1", {"state": "offline", "boot": self.boot}), None
+            Message(self.node_topic, STATUS, {"state": "offline", "boot": self.boot}), None
         )
         client.will_set(self.node_topic, json.dumps(will, separators=(",", ":")).encode(), qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -287,9 +288,7 @@ class MqttPublisher:
     def stop(self, *, graceful_offline: bool = True, timeout: float = 5.0) -> None:
         """Stop publishing. A graceful stop announces the node offline (through the outbox)."""
         if graceful_offline and self._connected.is_set():
-            offline = Message(
-                self.node_topic, "gated.status/1", {"state": "offline", "boot": self.boot}, retain=True
-            )
+            offline = Message(self.node_topic, STATUS, {"state": "offline", "boot": self.boot}, retain=True)
             try:
                 self.store.write(Batch(messages=[offline]))
             except StorageError as error:
@@ -416,7 +415,7 @@ class MqttPublisher:
         """Birth first, then the retained status of lanes and devices, ahead of any backlog."""
         birth = Message(
             self.node_topic,
-            "gated.status/1",
+            STATUS,
             {"id": new_id(), "state": "online", "boot": self.boot, "since": rfc3339(self.store.clock.now())},
             retain=True,
         )

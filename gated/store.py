@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import StorageError
+from gated.messages import READING, Message
 from gated.model import Decision, Reading, Visit, new_id
 from gated.redact import error_text, url_secrets
 
@@ -123,17 +124,6 @@ Index("ix_readings_lane_ts", readings.c.lane, readings.c.ts)
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
-    """A message to publish: its topic, schema and body; the envelope is added when stored."""
-
-    topic: str
-    schema: str
-    body: dict[str, Any]
-    retain: bool = False
-    qos: int = 1
-
-
-@dataclass(frozen=True, slots=True)
 class OutboxRow:
     seq: int
     topic: str
@@ -164,9 +154,6 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.readings or self.visits or self.decisions or self.audit or self.messages)
-
-
-READING_SCHEMA = "gated.reading/1"
 
 
 def insert_audit(conn: Connection, records: Sequence[AuditRecord]) -> None:
@@ -280,7 +267,7 @@ class Store:
                                 "retain": int(message.retain),
                                 "created_at": now,
                                 "delivered_at": None,
-                                "is_reading": int(message.schema == READING_SCHEMA),
+                                "is_reading": int(message.schema == READING),
                             }
                         )
                         rows.append(

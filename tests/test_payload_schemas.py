@@ -390,7 +390,7 @@ def test_node_birth_graceful_offline_and_will_are_valid(
         return MqttPublisher(
             gate.store,
             config,
-            prefix=PREFIX,
+            topics=Topics(SITE),
             boot=boot,
             subscriptions=[f"{PREFIX}/holds/cmd"],
             on_message=lambda _topic, payload: gate.commands.offer(payload),

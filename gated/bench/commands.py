@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from gated.errors import GatedError
+from gated.messages import HOLD, Topics
 
 TRUCK_GAP = 0.5
 FLOOD_ISSUE_SECONDS = 30.0
+BENCH_TOPICS = Topics("bench")  # the site of the bench's config
 
 
 def bench_commands(quick: bool) -> dict[str, Any]:
@@ -161,7 +163,7 @@ class _Decisions:
         self._lock = threading.Condition()
         subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
-        self.client.on_connect = lambda client, *_: client.subscribe("gated/v1/bench/lane-1/decision", qos=1)
+        self.client.on_connect = lambda client, *_: client.subscribe(BENCH_TOPICS.decision("lane-1"), qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -233,7 +235,7 @@ def flood() -> None:
         if index % 10 == 0:
             first_ten = f"TGHU{index:06d}"
             command = {
-                "schema": "gated.hold/1",
+                "schema": HOLD,
                 "id": f"flood-{index}",
                 "action": "place",
                 "container": first_ten + str(check_digit(first_ten)),
@@ -246,13 +248,13 @@ def flood() -> None:
         else:
             payload = json.dumps(
                 {
-                    "schema": "gated.hold/1",
+                    "schema": HOLD,
                     "id": f"junk-{index}",
                     "action": "release",
                     "container": "MSKU4135329",
                 }
             ).encode()
-        infos.append(client.publish("gated/v1/bench/holds/cmd", payload, qos=1))
+        infos.append(client.publish(BENCH_TOPICS.holds_cmd, payload, qos=1))
     for info in infos:
         info.wait_for_publish(timeout=60)
     seconds = time.monotonic() - started

@@ -18,6 +18,7 @@ from typing import Any
 
 from gated.bench.common import Mosquitto, machine, progress
 from gated.errors import GatedError
+from gated.messages import Topics
 from gated.model import Kind, Reading, Source
 
 PIPELINE_ROUNDS = 3
@@ -131,7 +132,6 @@ def _gated_once(
     from gated.config import validate
     from gated.db import open_engine
     from gated.holds import HoldStore
-    from gated.messages import Topics
     from gated.pipeline import Pipeline
     from gated.publisher import MqttPublisher
     from gated.store import Store, outbox
@@ -169,7 +169,7 @@ def _gated_once(
     publisher = MqttPublisher(
         store,
         config.mqtt,
-        prefix=topics.prefix,
+        topics=topics,
         boot=store.next_boot(),
         subscriptions=[],
         on_message=lambda _topic, _payload: None,
@@ -281,7 +281,7 @@ def bench_pipeline(quick: bool) -> dict[str, Any]:
         progress(f"mosquitto on 127.0.0.1:{broker.port}; {count} readings, {PIPELINE_ROUNDS} rounds")
         subscriber: _Subscriber | None = None
         try:
-            subscriber = _Subscriber(broker.port, f"gated/v1/{site}/+/reading/#")
+            subscriber = _Subscriber(broker.port, f"{Topics(site).prefix}/+/reading/#")
             payloads: list[tuple[str, bytes]] = []
             for round_ in range(PIPELINE_ROUNDS):
                 order = ("gated", "plain") if round_ % 2 == 0 else ("plain", "gated")

@@ -12,8 +12,9 @@ from typing import Any, Literal
 from gated.clock import rfc3339
 from gated.errors import ContainerNumberError, HoldListError
 from gated.iso6346 import ContainerNumber, normalise
+from gated.messages import HOLD
 
-SCHEMA = "gated.hold/1"
+SCHEMA = HOLD  # what every hold command names as its schema
 MAX_BILL_OF_LADING = 35
 MAX_AGENCY = 64
 MAX_HOLD_TYPE = 32
