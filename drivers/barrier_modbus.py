@@ -49,7 +49,7 @@ from pymodbus.pdu import ExceptionResponse
 from gated.clock import Clock, SystemClock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings, DriverContext, Host
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _shut(client: ModbusTcpClient) -> None:
 
 class BarrierModbusDevice(DeviceSettings):
     driver: Literal["barrier-modbus"]
-    host: str
+    host: Host
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=247)
     lease_seconds: float = Field(

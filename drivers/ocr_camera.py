@@ -63,7 +63,7 @@ from gated.clock import Clock
 from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError
 from gated.iso6346 import ContainerNumber
 from gated.model import Kind, Quality, Reading, Source
-from gated.settings import DeviceSettings
+from gated.settings import DeviceSettings, Host
 
 MAX_LINE: Final = 65536
 VIEWS: Final = frozenset({"rear", "side", "top", "front"})
@@ -292,7 +292,7 @@ class _DriverOptions(TypedDict, total=False):
 
 class OcrCameraDevice(DeviceSettings):
     driver: Literal["ocr-camera"]
-    host: str = Field(description="The camera's name or address only (no user, password or path).")
+    host: Host = Field(description="The camera's name or address only (no user, password or path).")
     port: int = Field(ge=1, le=65535)
     min_confidence: float = Field(0.9, ge=0, le=1)
     silence_timeout_seconds: float = Field(3.0, gt=0)

@@ -33,7 +33,7 @@ from drivers.profile import Resource, RpmProfile, load_profile
 from gated.clock import Clock
 from gated.errors import ConfigError, DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings, DriverContext, Host
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _shut(client: ModbusTcpClient) -> None:
 
 class RpmModbusDevice(DeviceSettings):
     driver: Literal["rpm-modbus"]
-    host: str
+    host: Host
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=247)
     profile: str = Field(description="Register map profile (TOML), relative to the config file.")

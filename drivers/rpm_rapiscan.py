@@ -53,7 +53,7 @@ from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
 from gated.radiation import SAMPLE_INTERVAL_S, OccupancyResult, analyse_occupancy
-from gated.settings import DeviceSettings
+from gated.settings import DeviceSettings, Host
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def _peak_sample_cps(samples: list[int]) -> float:
 
 class RpmRapiscanDevice(DeviceSettings):
     driver: Literal["rpm-rapiscan"]
-    host: str
+    host: Host
     port: int = Field(ge=1, le=65535)
     n_sigma: float = Field(
         5.0, gt=0, le=50, description="gated's own alarm rule: background + n * sqrt(background)."

@@ -21,7 +21,7 @@ from drivers.registry import DEVICE_TYPES
 from gated.errors import ConfigError, GatedError
 from gated.model import RESERVED_LANE_IDS
 from gated.redact import redact_url
-from gated.settings import DeviceSettings, Identifier, Strict
+from gated.settings import DeviceSettings, Host, Identifier, Strict
 from gated.settings import read_password_file as read_password_file  # re-exported
 
 
@@ -47,7 +47,7 @@ class MqttTlsConfig(Strict):
 
 
 class MqttConfig(Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     keepalive: int = Field(30, ge=5, le=3600, description="Seconds between MQTT keepalive pings.")
     client_id: str | None = Field(
@@ -334,20 +334,83 @@ def _key_path(location: tuple[int | str, ...], data: Any) -> str:
 
 
 def validate(data: Any, *, source: str = "<config>") -> GateConfig:
-    """Validate parsed TOML; raises ``ConfigError`` with one line per problem."""
+    """Validate parsed TOML; raises ``ConfigError`` with one line per problem.
+
+    Checks between entries (duplicate lane or device ids) run on the raw data too, so they are
+    reported together with the field errors rather than only once those are fixed."""
     try:
         return GateConfig.model_validate(data)
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            path = _key_path(tuple(item["loc"]), data)
-            message = item["msg"]
-            if item["type"] == "extra_forbidden":
-                message = "unknown key"
-            elif item["type"] == "missing":
-                message = "required key is missing"
-            problems.append(f"{source}: {path}: {message}")
+            problems.append(f"{source}: {_key_path(tuple(item['loc']), data)}: {_message(item)}")
+        for location, message in _duplicate_ids(data):
+            line = f"{source}: {_key_path(location, data)}: {message}"
+            if line not in problems:
+                problems.append(line)
         raise ConfigError(problems) from None
+
+
+def _message(item: Any) -> str:
+    """pydantic's message in the config's words: no "Value error, " prefix, plain wording for the
+    common cases."""
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_too_short" and item.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
+def _duplicate_ids(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
+    """Duplicate lane ids, and device ids within a lane, read from the raw data (the key path and
+    the message the models' own checks give)."""
+    found: list[tuple[tuple[int | str, ...], str]] = []
+    lanes = data.get("lanes") if isinstance(data, dict) else None
+    if not isinstance(lanes, list):
+        return found
+    duplicates = _duplicates(lanes)
+    if duplicates:
+        found.append((("lanes",), f"lane ids must be unique: {', '.join(duplicates)}"))
+    for index, lane in enumerate(lanes):
+        devices = lane.get("devices") if isinstance(lane, dict) else None
+        if isinstance(devices, list) and (duplicates := _duplicates(devices)):
+            message = f"device ids must be unique within a lane: {', '.join(duplicates)}"
+            found.append((("lanes", index), message))
+    return found
+
+
+def _duplicates(entries: list[Any]) -> list[str]:
+    ids = [entry.get("id") for entry in entries if isinstance(entry, dict)]
+    return sorted({i for i in ids if isinstance(i, str) and ids.count(i) > 1})
+
+
+def device_problems(config: GateConfig, source: str) -> list[str]:
+    """What is wrong with the devices beyond the schema (a profile file that does not load), one
+    line per problem naming the key path; a problem several devices share (one missing profile)
+    is reported once, naming the others too."""
+    lines: dict[str, list[str]] = {}
+    for lane_index, lane in enumerate(config.lanes):
+        for index, device in enumerate(lane.devices):
+            where = f"lanes[{lane_index}:{lane.id}].devices[{index}:{device.id}]"
+            for problem in device.problems():
+                # Name the setting whose value (a file path) the problem starts with.
+                key = next(
+                    (
+                        name
+                        for name, value in device
+                        if isinstance(value, str) and problem.startswith(f"{value}:")
+                    ),
+                    None,
+                )
+                lines.setdefault(problem, []).append(where if key is None else f"{where}.{key}")
+    problems = []
+    for problem, paths in lines.items():
+        also = f" (also {', '.join(paths[1:])})" if len(paths) > 1 else ""
+        problems.append(f"{source}: {paths[0]}: {problem}{also}")
+    return problems
 
 
 def load_config(path: str | Path) -> GateConfig:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gated.clock import Clock
 from gated.errors import ConfigError
@@ -22,6 +22,16 @@ if TYPE_CHECKING:  # the OCR pool pulls in OpenCV: only for type checking here
     from ocr.pool import OcrPool
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern, max_length=64)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty: give a host name or address")
+    return value
+
+
+Host = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+"""A host name or address (the broker, a device): an empty one would only fail at connect time."""
 
 
 class Strict(BaseModel):

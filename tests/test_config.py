@@ -198,11 +198,11 @@ def test_without_plate_formats_the_generic_shapes_are_read(tmp_path: Path) -> No
     [
         (
             'plate_formats = [{ name = "nl", pattern = "LL-99-XX" }]',
-            "devices[0:cam].plate_formats[0]: Value error, plate format 'nl': pattern 'LL-99-XX' is not groups",
+            "devices[0:cam].plate_formats[0]: plate format 'nl': pattern 'LL-99-XX' is not groups",
         ),
         (
             'plate_formats = [{ name = "x", pattern = "LD" }]',
-            "plate_formats[0]: Value error, plate format 'x': a plate has 4 to 10 characters",
+            "plate_formats[0]: plate format 'x': a plate has 4 to 10 characters",
         ),
         (
             'plate_formats = [{ name = "x", pattern = "LL DDD", letters = "abc" }]',
@@ -219,7 +219,7 @@ def test_without_plate_formats_the_generic_shapes_are_read(tmp_path: Path) -> No
             'plate_formats = [{ name = "x", pattern = 7 }]',
             "plate_formats[0].pattern: Input should be a valid string",
         ),
-        ('plate_views = ["ftp://10.0.0.9/front"]', "plate_views: Value error, view 'ftp://10.0.0.9/front'"),
+        ('plate_views = ["ftp://10.0.0.9/front"]', "plate_views: view 'ftp://10.0.0.9/front'"),
         ("plate_min_confidence = 1.5", "plate_min_confidence: Input should be less than or equal to 1"),
     ],
 )
