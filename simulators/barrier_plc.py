@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -38,7 +39,8 @@ from typing import Any, cast
 
 from pymodbus.constants import ExcCodes
 
-from simulators.modbus_server import ModbusTcpSimulator
+from gated.cli.argtypes import int_range, port
+from simulators.modbus_server import MODBUS_UNIT, ModbusTcpSimulator
 
 HEARTBEAT = 0
 PERMIT = 1
@@ -308,15 +310,20 @@ class BarrierPlcSimulator(ModbusTcpSimulator):
         self._apply(PlcInputs())
 
 
+WATCHDOG_TIMEOUT = int_range(1, 65535, "a watchdog timeout in ms")
+
+
 def register_cli(subparsers: Any) -> None:
     """Add the ``barrier-plc`` subcommand to ``gated-sim``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "barrier-plc", help="a gate barrier PLC on Modbus TCP that opens only while it gets heartbeats"
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1503, help="TCP port (0: pick a free one)")
-    parser.add_argument("--unit", type=int, default=1, help="Modbus unit id")
-    parser.add_argument("--watchdog-ms", type=int, default=1000, help="heartbeat watchdog timeout")
+    parser.add_argument("--port", type=port, default=1503, help="TCP port (0: pick a free one)")
+    parser.add_argument("--unit", type=MODBUS_UNIT, default=1, help="Modbus unit id (1-247)")
+    parser.add_argument(
+        "--watchdog-ms", type=WATCHDOG_TIMEOUT, default=1000, help="heartbeat watchdog timeout (1-65535)"
+    )
     parser.add_argument("--travel-seconds", type=float, default=0.3, help="time to open or to close")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until interrupted)")
     parser.set_defaults(func=run_cli)
@@ -342,6 +349,9 @@ def run_cli(args: argparse.Namespace) -> int:
     shown = len(simulator.history)
     try:
         while time.monotonic() < deadline:
+            if simulator.failed:
+                print("barrier-plc: the Modbus server stopped; exiting", file=sys.stderr)
+                return 1
             history = simulator.history
             for moment, state in history[shown:]:
                 cause = CAUSE_NAMES.get(simulator.last_cause(), "unknown")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from gated.cli.argtypes import output_folder, port
 from simulators.camera_render import (
     DEFAULT_FONT,
     HEIGHT,
@@ -80,11 +80,11 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="an MJPEG gate camera filming container doors (or write a labelled dataset)",
         description="Serve rendered container frames as MJPEG over HTTP, or write a labelled dataset.",
     )
-    parser.add_argument("--port", type=int, default=8081, help="HTTP port on 127.0.0.1 (0: any free one)")
+    parser.add_argument("--port", type=port, default=8081, help="HTTP port on 127.0.0.1 (0: any free one)")
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--write-dataset", metavar="DIR", type=Path, default=None, help="write frames, then exit"
+        "--write-dataset", metavar="DIR", type=output_folder, default=None, help="write frames, then exit"
     )
     parser.add_argument("--count", type=int, default=100, help="frames to write with --write-dataset")
     parser.add_argument("--duration", metavar="SECONDS", type=float, default=None, help="then stop")
@@ -108,13 +108,24 @@ def run_cli(args: argparse.Namespace) -> int:
     deadline = None if args.duration is None else time.monotonic() + args.duration
     with MjpegCameraSimulator(port=args.port, fps=args.fps, seed=args.seed) as camera:
         print(f"camera-frames: MJPEG at {camera.url}, snapshots at {camera.snapshot_url}", flush=True)
+
+        def left(seconds: float) -> float:
+            """``seconds``, cut short at the deadline: stopping is never late by more than a frame."""
+            return seconds if deadline is None else min(seconds, max(0.0, deadline - time.monotonic()))
+
         while deadline is None or time.monotonic() < deadline:
             spec = random_spec(rng)
             frames = max(2, int(args.fps * 2))
-            truths = camera.play(passing_truck(spec, frames=frames))
-            print(f"camera-frames: truck with {' '.join(truths[0].container_numbers)}", flush=True)
-            time.sleep(frames / args.fps + 0.5)
+            # Painted one frame at a time (each takes a while on a busy PC), so the deadline holds.
+            numbers = None
+            for frame in passing_truck(spec, frames=frames):
+                if left(1.0) <= 0:
+                    break
+                truth = camera.play([frame])[0]
+                if numbers is None:
+                    numbers = " ".join(truth.container_numbers)
+                    print(f"camera-frames: truck with {numbers}", flush=True)
+            time.sleep(left(frames / args.fps + 0.5))
             camera.show(None)
-            pause = args.every if deadline is None else min(args.every, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
+            time.sleep(left(args.every))
     return 0

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from simulators.camera_render import FrameSpec, GroundTruth, encode_jpeg, render_empty_lane, render_frame
-from simulators.lifecycle import Simulator
+from simulators.lifecycle import CannotListen, Simulator
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,10 @@ class MjpegCameraSimulator(Simulator):
         if self._server is not None:
             return self
         self.stopping = False
-        server = _Server((HOST, self.port), _Handler)
+        try:
+            server = _Server((HOST, self.port), _Handler)
+        except OSError as error:
+            raise CannotListen(f"cannot listen on {HOST}:{self.port}: {error.strerror or error}") from error
         server.camera = self
         self.port = server.server_address[1]
         self._server = server

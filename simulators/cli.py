@@ -20,6 +20,7 @@ from simulators import (
     rpm_rapiscan,
     scenario,
 )
+from simulators.lifecycle import CannotListen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pymodbus").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
+    except CannotListen as error:
+        print(f"{args.device}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 

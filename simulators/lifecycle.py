@@ -9,6 +9,11 @@ from types import TracebackType
 from typing import Self
 
 
+class CannotListen(OSError):
+    """A simulator cannot serve where it was asked to (a port in use, an address not ours); the
+    message names the address and why. ``gated-sim`` prints it as one line and exits 1."""
+
+
 class Simulator(ABC):
     """A device simulator: ``start`` serves (a second call does nothing), ``stop`` closes everything
     it opened (safe to call twice); ``with simulator:`` does both."""

@@ -11,15 +11,19 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from abc import abstractmethod
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
-from simulators.lifecycle import Simulator
+from gated.cli.argtypes import int_range
+from simulators.lifecycle import CannotListen, Simulator, listening_socket
 
 READ_HOLDING_REGISTERS = 3
+MODBUS_UNIT = int_range(1, 247, "a Modbus unit id")
+"""The argparse type of ``--unit``: the unit ids a Modbus master may address one device by."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -106,21 +110,36 @@ class ModbusTcpSimulator(Simulator):
     def serving(self) -> bool:
         return self._thread is not None
 
+    @property
+    def failed(self) -> bool:
+        """Started, but its server thread has ended without ``stop()``: nothing answers any more."""
+        thread = self._thread
+        return thread is not None and not thread.is_alive()
+
     def start(self) -> None:
         """Start serving; returns when the server accepts connections."""
         if self._thread is not None:
             return
+        # Bind first ourselves: a port in use is then one clear error, not pymodbus' log and guess.
+        try:
+            listening_socket(self.host, self.port).close()
+        except OSError as error:
+            where = f"{self.host}:{self.port}"
+            raise CannotListen(f"{self.title} cannot listen on {where}: {error.strerror or error}") from error
         ready = threading.Event()
         failure: list[BaseException] = []
         thread = threading.Thread(
             target=self._serve, args=(ready, failure), name=f"{self.name}-{self.port}", daemon=True
         )
         thread.start()
-        ready.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        # A server thread that died before it was ready (a unit id pymodbus refuses) ends the wait.
+        while not ready.wait(timeout=0.05) and thread.is_alive() and time.monotonic() < deadline:
+            pass
         if failure or not ready.is_set():
             thread.join(timeout=10)
-            reason = failure[0] if failure else "timed out"
-            raise RuntimeError(f"{self.title} cannot listen on {self.host}:{self.port}: {reason}")
+            why = failure[0] if failure else "its server stopped" if not thread.is_alive() else "timed out"
+            raise CannotListen(f"{self.title} cannot listen on {self.host}:{self.port}: {why}")
         self._thread = thread
 
     def stop(self) -> None:
@@ -144,12 +163,12 @@ class ModbusTcpSimulator(Simulator):
             loop.close()
 
     async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        device = SimDevice(
-            id=self.unit,
-            simdata=[SimData(address=0, values=self.registers(), datatype=DataType.REGISTERS)],
-            action=self._access,
-        )
         try:
+            device = SimDevice(
+                id=self.unit,
+                simdata=[SimData(address=0, values=self.registers(), datatype=DataType.REGISTERS)],
+                action=self._access,
+            )
             server = ModbusTcpServer(device, address=(self.host, self.port))
             await server.serve_forever(background=True)
         except Exception as error:  # noqa: BLE001  reported to the caller of start()

@@ -34,6 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gated.cli.argtypes import output_folder
+
 PNG = "image/png"
 PGM = "image/x-portable-graymap"
 VERDICTS = ("clear", "suspect", "inconclusive", "not_scanned")
@@ -308,7 +310,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="a VACIS/NII scanner dropping images and metadata into a folder",
         description="Scan random containers and drop each image + metadata pair into a folder.",
     )
-    parser.add_argument("--outbox", metavar="DIR", type=Path, required=True, help="the drop folder")
+    parser.add_argument("--outbox", metavar="DIR", type=output_folder, required=True, help="the drop folder")
     parser.add_argument("--every", metavar="SECONDS", type=float, default=10.0, help="between scans")
     parser.add_argument(
         "--suspect-every", metavar="N", type=int, default=5, help="every Nth scan is suspect (0: never)"

@@ -24,6 +24,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from gated.cli.argtypes import port
 from gated.clock import rfc3339
 from simulators.lifecycle import Simulator, listening_socket
 
@@ -217,7 +218,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="a smart OCR camera pushing container numbers over TCP",
         description="Serve the smart OCR camera protocol on 127.0.0.1: one passage per code, in turn.",
     )
-    parser.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    parser.add_argument("--port", type=port, default=0, help="TCP port (default: any free port)")
     parser.add_argument(
         "--codes",
         type=_codes,

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from gated.cli.argtypes import port
 from simulators.lifecycle import Simulator, listening_socket
 
 HOST: Final = "127.0.0.1"
@@ -583,7 +584,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     parser.add_argument("--host", default=HOST, help=f"address to listen on (default: {HOST})")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0 for any free)"
+        "--port", type=port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT}; 0 for any free)"
     )
     parser.add_argument(
         "--duration",

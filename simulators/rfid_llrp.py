@@ -39,11 +39,13 @@ import re
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from gated.cli.argtypes import port
 from simulators.lifecycle import Simulator, listening_socket
 
 log = logging.getLogger(__name__)
@@ -712,7 +714,7 @@ def register_cli(subparsers: Any) -> None:
         description="Present truck tags in turn to whichever LLRP client connects.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0 picks a free one)")
+    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help="TCP port (0 picks a free one)")
     parser.add_argument(
         "--tags",
         metavar="EPC[,EPC...]",
@@ -742,7 +744,7 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         simulator.start()
     except OSError as error:
-        print(f"rfid-llrp: cannot listen on {args.host}:{args.port}: {error}")
+        print(f"rfid-llrp: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
     with simulator:
         print(f"rfid-llrp: listening on {simulator.host}:{simulator.port}", flush=True)

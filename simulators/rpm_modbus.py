@@ -29,12 +29,14 @@ import argparse
 import asyncio
 import math
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from simulators.modbus_server import ModbusTcpSimulator
+from gated.cli.argtypes import port
+from simulators.modbus_server import MODBUS_UNIT, ModbusTcpSimulator
 
 STATUS = 0
 PASS_COUNTER = 1
@@ -229,8 +231,8 @@ def register_cli(subparsers: Any) -> None:
         "rpm-modbus", help="a radiation portal monitor on Modbus TCP"
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1502, help="TCP port (0: pick a free one)")
-    parser.add_argument("--unit", type=int, default=1, help="Modbus unit id")
+    parser.add_argument("--port", type=port, default=1502, help="TCP port (0: pick a free one)")
+    parser.add_argument("--unit", type=MODBUS_UNIT, default=1, help="Modbus unit id (1-247)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--background-cps", type=float, default=250.0, help="gamma background")
     parser.add_argument(
@@ -273,6 +275,9 @@ def run_cli(args: argparse.Namespace) -> int:
     passes = 0
     try:
         while time.monotonic() < deadline:
+            if simulator.failed:
+                print("rpm-modbus: the Modbus server stopped; exiting", file=sys.stderr)
+                return 1
             if args.pass_every <= 0 or time.monotonic() < next_pass:
                 time.sleep(0.05)
                 continue

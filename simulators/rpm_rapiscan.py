@@ -50,7 +50,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from simulators.lifecycle import Simulator, listening_socket
+from gated.cli.argtypes import port
+from simulators.lifecycle import CannotListen, Simulator, listening_socket
 
 TICK_S = 0.2
 TICKS_PER_SECOND = 5
@@ -238,8 +239,8 @@ class RapiscanRpmSimulator(Simulator):
             try:
                 server = listening_socket(self.host, self.port, timeout=0.1)
             except OSError as error:
-                raise RuntimeError(
-                    f"RPM simulator cannot listen on {self.host}:{self.port}: {error}"
+                raise CannotListen(
+                    f"RPM simulator cannot listen on {self.host}:{self.port}: {error.strerror or error}"
                 ) from error
             self.port = server.getsockname()[1]
             self._server = server
@@ -505,7 +506,7 @@ def register_cli(subparsers: Any) -> None:
         "rpm-rapiscan", help="a radiation portal monitor on the Rapiscan line protocol (TCP)"
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1600, help="TCP port (0: pick a free one)")
+    parser.add_argument("--port", type=port, default=1600, help="TCP port (0: pick a free one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--background-cps", type=float, default=1500.0, help="gamma background, all detectors"

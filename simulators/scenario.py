@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gated.cli.argtypes import output_file, port
 from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from simulators.ocr_camera import SmartCameraSimulator
@@ -98,15 +99,23 @@ def start_lane(*, rfid_tcp_port: int | None = None) -> LaneDevices:
     return devices
 
 
+CONFIG_HEADER = "# Written by `gated-sim lane`"
+
+
+def _written_by_us(path: Path) -> bool:
+    """Whether ``path`` is a config an earlier ``gated-sim lane`` wrote (so it may be replaced)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return handle.readline().startswith(CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def daemon_config(devices: LaneDevices, *, lane: str, mqtt_port: int, profile: Path, database: str) -> str:
     """A `gated run` config (TOML) for a daemon driving this simulated lane."""
-    rfid = (
-        devices.rfid.device_path
-        if devices.rfid.device_path
-        else f"socket://127.0.0.1:{devices.rfid.tcp_port}"
-    )
+    rfid = devices.rfid.url
     barrier = devices.barrier.port if devices.barrier else 0
-    return f"""# Written by `gated-sim lane`: a daemon config for the simulated lane.
+    return f"""{CONFIG_HEADER}: a daemon config for the simulated lane.
 site = "sim"
 node = "gate-sim"
 
@@ -218,14 +227,20 @@ def register_cli(subparsers: Any) -> None:
         "scenario of trucks and faults. --write-config writes a `gated run` config for them.",
     )
     parser.add_argument("--scenario", required=True, metavar="FILE")
-    parser.add_argument("--write-config", metavar="PATH", help="write a daemon config pointing at the lane")
-    parser.add_argument("--mqtt-port", type=int, default=1883, help="broker port for the written config")
-    parser.add_argument("--rfid-tcp-port", type=int, default=None, help="RFID on TCP instead of a pty")
+    parser.add_argument(
+        "--write-config", metavar="PATH", type=output_file, help="write a daemon config pointing at the lane"
+    )
+    parser.add_argument("--mqtt-port", type=port, default=1883, help="broker port for the written config")
+    parser.add_argument("--rfid-tcp-port", type=port, default=None, help="RFID on TCP instead of a pty")
     parser.add_argument("--start-delay", type=float, default=3.0, help="seconds before the first step")
     parser.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    written: Path | None = args.write_config
+    if written is not None and written.exists() and not _written_by_us(written):
+        print(f"lane: --write-config: {written} exists and was not written by gated-sim; not replacing it")
+        return 2
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as error:
@@ -237,11 +252,11 @@ def _run_cli(args: argparse.Namespace) -> int:
         config = daemon_config(
             devices, lane=scenario.lane, mqtt_port=args.mqtt_port, profile=profile, database="gated-sim.db"
         )
-        if args.write_config:
-            Path(args.write_config).write_text(config, encoding="utf-8")
-            print(f"daemon config written to {args.write_config}: gated run --config {args.write_config}")
+        if written is not None:
+            written.write_text(config, encoding="utf-8")
+            print(f"daemon config written to {written}: gated run --config {written}", flush=True)
         else:
-            print(config)
+            print(config, flush=True)
         time.sleep(args.start_delay)
         passed = play(scenario, devices)
         print(f"scenario done: {passed} trucks passed the barrier")

@@ -23,9 +23,11 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar, Self
 
-from simulators.lifecycle import Simulator, listening_socket
+from gated.cli.argtypes import output_file, port
+from simulators.lifecycle import CannotListen, Simulator, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,12 @@ class SerialLineSimulator(Simulator):
             if self._thread is not None:
                 return self
             if self._want_tcp_port is not None:
-                self._server = listening_socket("127.0.0.1", self._want_tcp_port, backlog=4)
+                try:
+                    self._server = listening_socket("127.0.0.1", self._want_tcp_port, backlog=4)
+                except OSError as error:
+                    raise CannotListen(
+                        f"cannot listen on 127.0.0.1:{self._want_tcp_port}: {error.strerror or error}"
+                    ) from error
             elif self._path is not None:
                 fd = os.open(self._path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
                 if os.isatty(fd):
@@ -119,6 +126,13 @@ class SerialLineSimulator(Simulator):
         if self._device_path is None:
             raise RuntimeError("this simulator has no device path (TCP mode, or not started)")
         return self._device_path
+
+    @property
+    def url(self) -> str:
+        """What a driver opens (``serial.serial_for_url``): the tty path, or ``socket://`` in TCP mode."""
+        if self._server is not None:
+            return f"socket://127.0.0.1:{self.tcp_port}"
+        return self.device_path
 
     @property
     def tcp_port(self) -> int:
@@ -235,8 +249,10 @@ class SerialLineSimulator(Simulator):
 def add_line_options(parser: argparse.ArgumentParser) -> None:
     """``--pty-link`` or ``--tcp-port``: where ``serve_cli`` serves the line."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--pty-link", metavar="PATH", help="make a symlink PATH to the simulator's pty")
-    where.add_argument("--tcp-port", metavar="N", type=int, help="listen on 127.0.0.1:N (0 picks a port)")
+    where.add_argument(
+        "--pty-link", metavar="PATH", type=output_file, help="make a symlink PATH to the simulator's pty"
+    )
+    where.add_argument("--tcp-port", metavar="N", type=port, help="listen on 127.0.0.1:N (0 picks a port)")
 
 
 def serve_cli(
@@ -250,7 +266,7 @@ def serve_cli(
     if args.interval <= 0:
         print(f"{name}: --interval must be positive")
         return 2
-    link: str | None = args.pty_link
+    link: Path | None = args.pty_link
     if link is not None and os.path.lexists(link) and not os.path.islink(link):
         print(f"{name}: {link} exists and is not a symlink; not replacing it")
         return 2

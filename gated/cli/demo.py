@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gated.cli.argtypes import output_folder, port
 from gated.cli.common import HELP
 
 
@@ -12,12 +13,17 @@ def register(commands: Any, database: argparse.ArgumentParser) -> None:
     demo = commands.add_parser("demo", help=HELP["demo"])
     demo.add_argument("--lanes", type=int, default=2, help="number of lanes (default 2)")
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS and exit 0")
-    demo.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port (default 1883)")
+    demo.add_argument("--mqtt-port", type=port, default=1883, help="embedded broker port (default 1883)")
     demo.add_argument("--broker", default=None, metavar="URL", help="use mqtt://host:port instead")
     demo.add_argument(
-        "--console-port", type=int, default=None, help="(the operator console is not built yet)"
+        "--console-port", type=port, default=None, help="(the operator console is not built yet)"
     )
-    demo.add_argument("--data-dir", default=None, help="where the demo keeps its database (default: temp)")
+    demo.add_argument(
+        "--data-dir",
+        type=output_folder,
+        default=None,
+        help="where the demo keeps its database (default: temp)",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -33,5 +39,5 @@ def _demo(args: argparse.Namespace) -> int:
         duration=args.duration,
         mqtt_port=args.mqtt_port,
         broker=args.broker,
-        data_dir=args.data_dir,
+        data_dir=None if args.data_dir is None else str(args.data_dir),
     )
