@@ -72,8 +72,15 @@ from pydantic import Field
 
 from drivers.base import Driver
 from gated.clock import Clock, rfc3339
-from gated.errors import ContainerNumberError, DeviceUnavailable, ProtocolError, StorageError
-from gated.evidence import EvidenceRejected, EvidenceStore, NotRegularFile, open_regular
+from gated.errors import (
+    ContainerNumberError,
+    DeviceUnavailable,
+    EvidenceRejected,
+    NotRegularFile,
+    ProtocolError,
+    StorageError,
+)
+from gated.evidence import EvidenceStore, open_regular
 from gated.iso6346 import ContainerNumber
 from gated.model import Evidence, Kind, Quality, Reading, Source
 from gated.settings import DeviceSettings, DriverContext

@@ -35,7 +35,7 @@ from escpos.exceptions import Error as EscposError
 from escpos.printer import Network
 from pydantic import Field
 
-from gated.errors import DeviceUnavailable, GatedError
+from gated.errors import DeviceUnavailable, PrintError
 from gated.model import Decision, Kind, Outcome, Reason, check_identifier
 from gated.policy import RADIATION_ALARM, most_severe
 from gated.settings import DeviceSettings, DriverContext
@@ -52,10 +52,6 @@ _INSTRUCTIONS: Final[Mapping[Outcome, str]] = {
     Outcome.SECONDARY_INSPECTION: "proceed to secondary inspection",
     Outcome.MANUAL_REVIEW: "wait: an operator will call you",
 }
-
-
-class PrintError(GatedError):
-    """The printer was reached but refused or could not take a gate pass."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,8 +267,8 @@ def _malformed(what: str, frame: bytes) -> ProtocolError:
 # The converter: bytes to LlrpMessage, nothing else
 
 
-class _Malformed(Exception):
-    """Raised inside the decoder; ``parse_message`` turns it into a ProtocolError with the frame."""
+class _Malformed(ProtocolError):
+    """Raised inside the decoder; ``parse_message`` turns it into one that shows the frame."""
 
 
 def _params(data: bytes, where: str) -> list[tuple[int, bytes]]:

@@ -55,7 +55,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
-from gated.errors import GatedError, StorageError
+from gated.errors import CancelledListError, StorageError
 from gated.importfile import raise_problems, read_import_file
 from gated.model import Reason
 from gated.redact import error_text
@@ -107,10 +107,6 @@ cancelled_list_state = Table(
     Column("source", String(MAX_SOURCE), nullable=True),
     CheckConstraint(f"id = {_STATE_ID}", name="ck_cancelled_list_state_single_row"),
 )
-
-
-class CancelledListError(GatedError, ValueError):
-    """A cancelled-card list file is invalid; carries one "file:line: problem" per line."""
 
 
 def max_age_for(security_level: SecurityLevel) -> timedelta:

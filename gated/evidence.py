@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gated.errors import StorageError
+from gated.errors import EvidenceRejected, NotRegularFile, StorageError
 from gated.model import Evidence
 
 URI_PREFIX = "evidence://sha256/"
@@ -56,15 +56,6 @@ _KINDS = (
     (stat.S_ISSOCK, "a socket"),
     (stat.S_ISDIR, "a folder"),
 )
-
-
-class EvidenceRejected(StorageError):
-    """The content is not what the caller said it is (a hash mismatch, over the size limit)."""
-
-
-class NotRegularFile(EvidenceRejected):
-    """A source that is not a regular file reached directly: a symbolic link, a FIFO, a device,
-    a socket, a folder, or (when asked) a file with more than one hard link."""
 
 
 @dataclass(frozen=True, slots=True)
