@@ -123,8 +123,7 @@ class GateControl:
         """Why a RELEASE must not open the barrier now, or None when it may."""
         if not self.pipeline.storage_ok:
             return "storage is failing"
-        correlator = self.pipeline.correlators.get(visit.lane)
-        current = correlator.visit if correlator is not None else None
+        current = self.pipeline.open_visit(visit.lane)
         if current is not None and current.id != visit.id:
             return f"visit {current.id} is open on the lane: the permit would be the next truck's"
         newest = self._newest.get(visit.lane)

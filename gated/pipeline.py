@@ -23,12 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gated.clock import Clock, rfc3339
-from gated.config import DEVICE_KINDS, GateConfig
-from gated.correlator import LaneCorrelator, LaneRules
+from gated.config import GateConfig
 from gated.credentials import CancelledCardList, max_age_for
 from gated.errors import ContainerNumberError, ProtocolError, StorageError
 from gated.hold_commands import holds_state_message
 from gated.holds import HoldStore
+from gated.lane_state import LaneState
 from gated.messages import (
     SCAN,
     SCAN_HOLD_TYPES,
@@ -51,7 +51,7 @@ from gated.model import (
     Visit,
     new_id,
 )
-from gated.policy import CREDENTIAL_MISSING, STORAGE_FAILURE, HoldListStatus, PolicySettings, decide
+from gated.policy import CREDENTIAL_MISSING, STORAGE_FAILURE, HoldListStatus, decide
 from gated.preadvice import PreadviceStore
 from gated.redact import printable, shown
 from gated.store import AuditRecord, Batch, Store
@@ -146,33 +146,10 @@ class Pipeline:
         self._inputs_lock = threading.Lock()
         self._queued_inputs = 0  # readings and frame errors in the queue
         self._dropped_pending: set[tuple[str, str]] = set()  # _Dropped markers not yet handled
-        self._dropped_until: dict[str, datetime] = {}
         self._pending = Batch()  # stored-but-failed work, retried before anything new
         self._pending_decided: list[tuple[Visit, list[Decision]]] = []
-        self.correlators = {
-            lane.id: LaneCorrelator(
-                LaneRules(
-                    lane=lane.id,
-                    require=frozenset(lane.require),
-                    visit_timeout=lane.visit_timeout_seconds,
-                    settle=lane.settle_seconds,
-                ),
-                clock,
-            )
-            for lane in config.lanes
-        }
-        self.device_kinds = {
-            (lane.id, device.id): DEVICE_KINDS[device.driver]
-            for lane in config.lanes
-            for device in lane.devices
-        }
-        self.device_states: dict[tuple[str, str], tuple[DeviceState, str]] = {
-            key: (DeviceState.OFFLINE, "not connected yet") for key in self.device_kinds
-        }
-        self.policy_settings = {
-            lane.id: PolicySettings(
-                hold_list_max_age_seconds=config.holds.max_age_seconds, require_rfid="rfid" in lane.require
-            )
+        self.lanes = {
+            lane.id: LaneState.for_lane(lane, clock, hold_list_max_age_seconds=config.holds.max_age_seconds)
             for lane in config.lanes
         }
         self.storage_ok = True
@@ -183,12 +160,6 @@ class Pipeline:
         self.preadvice = preadvice
         self.credentials = credentials
         self.credential_max_age = max_age_for(config.credentials.security_level)
-        self.require_credential = {lane.id: "credential" in lane.require for lane in config.lanes}
-        # Devices of each lane that were not online at some point of the lane's open visit.
-        self._offline_seen: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
-        # Devices reporting tamper now, and those that did at some point of the open visit.
-        self._tampered: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
-        self._tamper_seen: dict[str, set[str]] = {lane.id: set() for lane in config.lanes}
 
     # -- DriverSink: called from driver threads ----------------------------------------------
     def reading(self, reading: Reading) -> None:
@@ -234,7 +205,7 @@ class Pipeline:
         batch = Batch()
         decided: list[tuple[Visit, list[Decision]]] = []
         for visit in self.store.open_visits():
-            if visit.lane not in self.correlators:
+            if visit.lane not in self.lanes:
                 continue
             log.warning("visit %s on %s was open when gated stopped: deciding it now", visit.id, visit.lane)
             self._decide(visit.closed(self.clock.now(), "restart"), batch, decided)
@@ -289,8 +260,8 @@ class Pipeline:
                             severity=event.severity,
                         )
                     )
-        for correlator in self.correlators.values():
-            for visit in correlator.tick():
+        for lane_state in self.lanes.values():
+            for visit in lane_state.correlator.tick():
                 self._decide(visit, batch, decided)
         self._commit(batch, decided)
         return len(events)
@@ -300,8 +271,8 @@ class Pipeline:
         self.step()
         batch = Batch()
         decided: list[tuple[Visit, list[Decision]]] = []
-        for correlator in self.correlators.values():
-            for visit in correlator.close_open("shutdown"):
+        for lane_state in self.lanes.values():
+            for visit in lane_state.correlator.close_open("shutdown"):
                 self._decide(visit, batch, decided)
         self._commit(batch, decided)
 
@@ -309,30 +280,25 @@ class Pipeline:
     def _on_reading(
         self, reading: Reading, batch: Batch, decided: list[tuple[Visit, list[Decision]]]
     ) -> None:
-        correlator = self.correlators.get(reading.lane)
-        if correlator is None:
+        lane = self.lanes.get(reading.lane)
+        if lane is None:
             log.error(
                 "reading for unknown lane %s from %s: dropped", shown(reading.lane), shown(reading.device)
             )
             return
-        attached, closed, opened = correlator.accept(reading)
+        attached, closed, opened = lane.correlator.accept(reading)
         for visit in closed:
             self._decide(visit, batch, decided)
         if opened is not None:
             batch.visits.append(opened)
-            self._offline_seen[reading.lane] = set(self._offline(reading.lane))
-            self._tamper_seen[reading.lane] = set(self._tampered[reading.lane])
+            lane.visit_opened()
             for visit_listener in self.visit_listeners:
                 try:
                     visit_listener(opened)
                 except Exception:  # a listener's bug must not stop the lane
                     log.exception("visit listener failed")
         if reading.source == Source.TAMPER:
-            if reading.value is True:
-                self._tampered[reading.lane].add(reading.device)
-                self._tamper_seen[reading.lane].add(reading.device)
-            else:
-                self._tampered[reading.lane].discard(reading.device)
+            lane.tamper(reading.device, reading.value is True)
         self.stats.readings += 1
         batch.readings.append(attached)
         batch.messages.append(reading_message(self.topics, attached))
@@ -378,17 +344,17 @@ class Pipeline:
             )
 
     def _on_status(self, event: _Status, batch: Batch) -> None:
-        key = (event.lane, event.device)
-        if key not in self.device_kinds:
+        lane = self.lanes.get(event.lane)
+        if lane is None or event.device not in lane.device_kinds:
             return
-        previous = self.device_states.get(key)
-        self.device_states[key] = (event.state, event.detail)
+        previous = lane.device_states.get(event.device)
+        lane.device_states[event.device] = (event.state, event.detail)
         if event.state is DeviceState.OFFLINE:
-            self._offline_seen[event.lane].add(event.device)
+            lane.offline_seen.add(event.device)
         if previous is not None and previous[0] == event.state:
             return
         now = self.clock.now()
-        kind = self.device_kinds[key]
+        kind = lane.device_kinds[event.device]
         batch.messages.append(
             device_status_message(self.topics, event.lane, event.device, kind, event.state, event.detail, now)
         )
@@ -407,19 +373,13 @@ class Pipeline:
                 )
             )
 
-    def _offline(self, lane: str) -> list[str]:
-        """The lane's devices that are offline. A degraded device (a camera with one of its views
-        down) still reports what it sees, each reading with its own quality, so it is not one."""
-        return sorted(
-            device
-            for (lane_id, device), (state, _) in self.device_states.items()
-            if lane_id == lane and state is DeviceState.OFFLINE
-        )
+    def open_visit(self, lane: str) -> Visit | None:
+        """The lane's open visit, if any (read on the pipeline thread, e.g. by a decision listener)."""
+        state = self.lanes.get(lane)
+        return state.correlator.visit if state is not None else None
 
     def _lane_status(self, lane: str) -> Message:
-        devices = {
-            device: state for (lane_id, device), (state, _) in self.device_states.items() if lane_id == lane
-        }
+        devices = {device: state for device, (state, _) in self.lanes[lane].device_states.items()}
         offline = sorted(device for device, state in devices.items() if state is not DeviceState.ONLINE)
         if not self.storage_ok:
             state, reason = "closed", "storage failure: no automatic release"
@@ -436,9 +396,10 @@ class Pipeline:
         now = self.clock.now()
         messages = [
             device_status_message(
-                self.topics, lane, device, self.device_kinds[(lane, device)], state, detail, now
+                self.topics, lane_id, device, self.lanes[lane_id].device_kinds[device], state, detail, now
             )
-            for (lane, device), (state, detail) in sorted(self.device_states.items())
+            for lane_id in sorted(self.lanes)
+            for device, (state, detail) in sorted(self.lanes[lane_id].device_states.items())
         ]
         messages.extend(self._lane_status(lane.id) for lane in self.config.lanes)
         messages.append(self.holds_state_message())
@@ -471,10 +432,11 @@ class Pipeline:
     def _on_dropped(self, event: _Dropped, batch: Batch) -> None:
         with self._inputs_lock:
             self._dropped_pending.discard((event.lane, event.device))
-        if event.lane not in self.correlators:
+        lane = self.lanes.get(event.lane)
+        if lane is None:
             return
         now = self.clock.now()
-        if self._dropped_until.get(event.lane, now) <= now:
+        if lane.dropped_until is None or lane.dropped_until <= now:
             text = (
                 f"readings of {event.device} were dropped (gated is {MAX_QUEUED_INPUTS} inputs behind): "
                 f"visits of the next {DROPPED_TAINT_SECONDS:g} s are not released"
@@ -484,29 +446,27 @@ class Pipeline:
             )
             batch.messages.append(alarm)
         # Every visit opened before this goes to a person: any of them may lack the lost evidence.
-        self._dropped_until[event.lane] = now + timedelta(seconds=DROPPED_TAINT_SECONDS)
+        lane.dropped_until = now + timedelta(seconds=DROPPED_TAINT_SECONDS)
 
     # -- deciding and committing ---------------------------------------------------------------
     def _decide(self, visit: Visit, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
+        lane = self.lanes[visit.lane]
         expected = self._expected(visit)
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
         holds = self._holds_for(numbers | (expected or frozenset()))
         now = self.clock.now()
-        offline = self._offline_seen.get(visit.lane, set()) | set(self._offline(visit.lane))
-        dropped_until = self._dropped_until.get(visit.lane)
-        if dropped_until is not None and visit.opened_at < dropped_until:
+        offline = lane.offline_during()
+        if lane.readings_dropped_before(visit.opened_at):
             offline.add("readings dropped")
         decisions = decide(
             visit,
             holds,
             self.hold_list_status(),
-            self.policy_settings[visit.lane],
+            lane.policy,
             now=now,
             offline_devices=sorted(offline),
             expected_containers=expected,
-            tampered_devices=sorted(
-                self._tamper_seen.get(visit.lane, set()) | self._tampered.get(visit.lane, set())
-            ),
+            tampered_devices=lane.tampered_during(),
             extra_reasons=self._credential_reasons(visit, now),
         )
         if not self.storage_ok:
@@ -578,7 +538,7 @@ class Pipeline:
         against the cancelled list (which must be fresh); a lane that requires one needs one."""
         cards = [r.value for r in visit.of_source(Source.CARD) if isinstance(r.value, dict)]
         reasons: list[Reason] = []
-        if not cards and self.require_credential.get(visit.lane):
+        if not cards and self.lanes[visit.lane].require_credential:
             reasons.append(Reason(CREDENTIAL_MISSING, "no driver credential was shown at the lane"))
         for card in cards:
             if self.credentials is None:

@@ -245,7 +245,7 @@ def test_a_release_while_another_visit_is_newer_grants_nothing(
         g.decide()
         g.reading(Source.OCCUPANCY, True)  # truck B at the portal
         g.pipeline.step()
-        truck_b = g.pipeline.correlators[LANE].visit
+        truck_b = g.pipeline.open_visit(LANE)
         assert truck_b is not None
         expected = [[Outcome.RELEASE]]
         if next_truck_decided:
