@@ -101,6 +101,14 @@ def _prepare_sqlite_file(url: str) -> None:
         _narrow(name)
 
 
+def _require_sqlite_file(url: str) -> None:
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    if not Path(database).is_file():
+        raise StorageError(f"no database at {database} (check the path; this command creates none)")
+
+
 def _target(url: str, password_file: str | Path | None) -> URL:
     """``url`` parsed, with the password in ``password_file`` set on it (never written into its text)."""
     try:
@@ -115,12 +123,20 @@ def _target(url: str, password_file: str | Path | None) -> URL:
 
 
 def open_engine(
-    path_or_url: str | Path, *, create: bool = True, password_file: str | Path | None = None
+    path_or_url: str | Path,
+    *,
+    create: bool = True,
+    password_file: str | Path | None = None,
+    must_exist: bool = False,
 ) -> Engine:
     """Open (and by default create) the database. Raises ``StorageError`` with the path on failure
-    (a password hidden), ``ConfigError`` when ``password_file`` cannot be read."""
+    (a password hidden), ``ConfigError`` when ``password_file`` cannot be read. With ``must_exist``
+    (the read-only commands) a SQLite file that is not there is an error: a mistyped path creates
+    no database and no folders."""
     url = database_url(path_or_url)
     target = _target(url, password_file)
+    if must_exist:
+        _require_sqlite_file(url)
     try:
         if url.startswith("sqlite"):
             _prepare_sqlite_file(url)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from gated import holds_send
+from gated.cli.common import examples
 from gated.clock import rfc3339
 from gated.errors import ContainerNumberError, HoldListError, StorageError
 from gated.holds import MAX_ACTOR, HoldRecord, HoldStore, ImportKind, normalise_container
@@ -39,6 +40,11 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
         help="the customs hold list: import, add, release, list, check",
         description="The customs hold list. A container may leave only with no active hold on it "
         "or on any bill of lading it carries.",
+        **examples(
+            "gated holds import cbp-holds.csv --replace --reason 'CBP daily list' --config gate.toml",
+            "gated holds check MSKU4135329 --config gate.toml",
+            "gated holds COMMAND --help",
+        ),
     )
     commands = holds.add_subparsers(dest="holds_command", metavar="COMMAND", required=True)
 
@@ -49,6 +55,11 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
         description="Import a file as one transaction: any bad line rejects the whole file. "
         "Hold files have the columns container, bill_of_lading, agency, hold_type, code, reference, "
         "note and action (place or release); manifests have only container and bill_of_lading.",
+        **examples(
+            "gated holds import cbp-holds.csv --replace --reason 'CBP daily list' --config gate.toml",
+            "gated holds import manifest.csv --kind manifest --config gate.toml",
+            "gated holds import /dev/null --kind holds --allow-empty --reason 'no holds' --db gated.db",
+        ),
     )
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--kind", choices=["holds", "manifest"], help="default: told by the columns")
@@ -69,7 +80,14 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     imp.set_defaults(func=_guarded(_import))
 
     add = commands.add_parser(
-        "add", parents=inherited, help="place a hold on a container or a bill of lading"
+        "add",
+        parents=inherited,
+        help="place a hold on a container or a bill of lading",
+        description="Place a hold. When an identical hold is already active, say so and change nothing.",
+        **examples(
+            "gated holds add --container MSKU4135329 --agency CBP --type exam --reason call --db gated.db",
+            "gated holds add --bl MAEU123456 --agency CBP --type customs --code 1H --reason 1H --db gated.db",
+        ),
     )
     target = add.add_mutually_exclusive_group(required=True)
     target.add_argument("--container", metavar="C")
@@ -82,7 +100,15 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     add.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     add.set_defaults(func=_guarded(_add))
 
-    release = commands.add_parser("release", parents=inherited, help="release active holds (history is kept)")
+    release = commands.add_parser(
+        "release",
+        parents=inherited,
+        help="release active holds (history is kept)",
+        **examples(
+            "gated holds release --id 42 --reason 'CBP 1I' --config gate.toml",
+            "gated holds release --container MSKU4135329 --agency CBP --code 1I --reason 1I --db gated.db",
+        ),
+    )
     which = release.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, dest="hold_id", metavar="N", help="one hold by its id")
     which.add_argument("--container", metavar="C", help="every active hold placed on the container")
@@ -99,24 +125,37 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
     release.set_defaults(func=_guarded(_release))
 
     show = commands.add_parser(
-        "list", parents=inherited, help="list active holds (with --all, released ones too)"
+        "list",
+        parents=inherited,
+        help="list active holds (with --all, released ones too)",
+        description="List holds. Reads only: a database that does not exist is an error.",
+        **examples(
+            "gated holds list --config gate.toml",
+            "gated holds list --all --container MSKU4135329 --db gated.db --json",
+        ),
     )
     show.add_argument("--all", action="store_true", help="include released holds")
     show.add_argument("--container", metavar="C")
     show.add_argument("--bl", metavar="B", dest="bill_of_lading")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    show.set_defaults(func=_guarded(_list))
+    show.set_defaults(func=_guarded(_list), read_only=True)
 
     check = commands.add_parser(
         "check",
         parents=inherited,
         help="is a container free to leave as far as holds go?",
         description="Show the active holds that stop a container, directly or through a bill of "
-        "lading it carries. Exit 0 whether or not it is held; read the output (or --json).",
+        "lading it carries. Exit status: 0 clear (no active hold, hold list loaded); 1 held, or "
+        "not eligible because the hold list has never been loaded (or the check failed).",
+        **examples(
+            "gated holds check MSKU4135329 --config gate.toml",
+            "gated holds check MSKU4135329 --db gated.db --json",
+            "gated holds check MSKU4135329 --config gate.toml || echo 'not clear'",
+        ),
     )
     check.add_argument("container", metavar="CONTAINER")
     check.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    check.set_defaults(func=_guarded(_check))
+    check.set_defaults(func=_guarded(_check), read_only=True)
 
     holds_send.register(commands)
 
@@ -179,7 +218,7 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _add(args: argparse.Namespace, engine: Engine) -> int:
-    record = HoldStore(engine).place(
+    record, placed = HoldStore(engine).add(
         container=args.container,
         bill_of_lading=args.bill_of_lading,
         agency=args.agency,
@@ -190,7 +229,7 @@ def _add(args: argparse.Namespace, engine: Engine) -> int:
         actor=operator(),
         reason=args.reason,
     )
-    print(f"placed {_line(record)}")
+    print(f"placed {_line(record)}" if placed else f"already active, nothing changed: {_line(record)}")
     return 0
 
 
@@ -252,7 +291,7 @@ def _check(args: argparse.Namespace, engine: Engine) -> int:
             "hold_list": state.to_json(),
         }
         print(json.dumps(report))
-        return 0
+        return 0 if eligible else 1
     carried = f" (B/L {', '.join(bills)})" if bills else ""
     if records:
         print(f"{number}{carried}: HELD by {len(records)} active hold(s)")
@@ -264,7 +303,7 @@ def _check(args: argparse.Namespace, engine: Engine) -> int:
         print(f"{number}{carried}: no active hold (hold list version {state.version})")
     if not check_digit_valid:
         print(f"note: {number} does not carry a valid ISO 6346 check digit")
-    return 0
+    return 0 if eligible else 1
 
 
 def _line(record: HoldRecord) -> str:

@@ -57,6 +57,7 @@ LINK_ALARM_EVERY_SECONDS = 60.0
 # gated's client id (mosquitto 2.0 closes the old connection without saying why).
 SHORT_CONNECTION_SECONDS = 5.0
 SHORT_CONNECTIONS_FOR_ALARM = 3
+NO_ANSWER_WARNING_SECONDS = 5.0  # a broker that takes the connection but never answers it
 
 
 @dataclass
@@ -262,6 +263,7 @@ class MqttPublisher:
     def start(self) -> None:
         connect_async(self.client, self.config, persistent=True)
         self.client.loop_start()
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._drain_loop, name="gated-publisher", daemon=True)
         self._thread.start()
 
@@ -326,6 +328,7 @@ class MqttPublisher:
     def _watch_for_silence(self) -> None:
         """Close a connection that is open but silent, so paho reconnects."""
         if not self._connected.is_set():
+            self._warn_no_answer()
             return
         heard = max(self._last_heard, _paho_last_heard(self.client))
         silent = time.monotonic() - heard
@@ -343,6 +346,20 @@ class MqttPublisher:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError as error:
                 log.debug("shutdown of a dead socket: %s", error)
+
+    def _warn_no_answer(self) -> None:
+        """paho reports a broker it cannot reach (``_on_connect_fail``), but not one that takes the
+        connection and never answers it: say so once, a few seconds after start."""
+        waited = time.monotonic() - self._started
+        if self._connect_failing or self.stats.connects or waited < NO_ANSWER_WARNING_SECONDS:
+            return
+        log.warning(
+            "no answer from the MQTT broker at %s:%s after %.0f s; still trying",
+            self.config.host,
+            self.config.port,
+            waited,
+        )
+        self._connect_failing = True
 
     def _drain_once(self) -> None:
         with self._lock:

@@ -26,8 +26,16 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``ocr`` sub-command to ``gated``'s sub-parsers; its handler is ``run``."""
+    from gated.cli.common import examples
+
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "ocr", help="read container numbers from image files (or folders of images)"
+        "ocr",
+        help="read container numbers from image files (or folders of images)",
+        **examples(
+            "gated ocr photo.jpg                         # one image",
+            "gated ocr gate-photos/ --json               # every image in a folder, JSON lines",
+            "gated ocr --plates plate.jpg                # a licence plate instead",
+        ),
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="an image file or a folder of images")
     parser.add_argument("--engine", default="rapidocr", choices=ENGINES, help="OCR engine (default rapidocr)")
@@ -131,8 +139,24 @@ def _load(path: Path) -> np.ndarray[Any, np.dtype[np.uint8]] | str:
     return np.asarray(image, dtype=np.uint8)
 
 
+def empty_folders(arguments: list[str]) -> list[str]:
+    """The folders named that hold no image: a user who names one expects something read."""
+    return [
+        argument
+        for argument in arguments
+        if Path(argument).is_dir()
+        and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(argument).iterdir())
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Read every image; exit 0, or 1 when the engine or any file could not be read."""
+    """Read every image; exit 0, or 1 when the engine or any file could not be read, or a folder
+    named holds no image."""
+    empty = empty_folders(list(args.images))
+    for folder in empty:
+        print(f"gated ocr: no images in {folder}", file=sys.stderr)
+    if empty and not image_files(list(args.images)):
+        return 1
     try:
         engine = load_engine(args.engine)
     except OcrError as error:
@@ -152,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(record), flush=True)
         else:
             print(_plate_line(record) if plates else _line(record), flush=True)
-    return 1 if failed else 0
+    return 1 if failed or empty else 0
 
 
 def _line(record: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import gated
+from gated.db import open_engine
 from tests.tls import Pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,7 @@ def _one_lane_config(folder: Path) -> Path:
 
 def _light_commands(tmp_path: Path) -> dict[str, tuple[str, ...]]:
     database = str(tmp_path / "gated.db")
+    open_engine(database).dispose()  # the read-only commands refuse a database that is not there
     return {
         "holds list": ("holds", "list", "--db", database),
         "query": ("query", "MSKU4135329", "--db", database),

@@ -5,7 +5,8 @@ Only the command being run gets its full parser, from its module; the others app
 ``gated holds list`` or ``gated check-config`` never load the OCR engines, the demo's broker
 or the simulators.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage error (argparse), 78 configuration error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage error (argparse), 78 configuration error, 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ import sys
 from collections.abc import Sequence
 
 from gated import __version__
-from gated.cli.common import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, HELP, database_options, open_database
+from gated.cli.common import (
+    EX_CONFIG,
+    EX_FAILURE,
+    EX_INTERRUPTED,
+    EX_OK,
+    EX_USAGE,
+    HELP,
+    database_options,
+    examples,
+    open_database,
+)
 from gated.errors import ConfigError, GatedError
 
-__all__ = ["EX_CONFIG", "EX_FAILURE", "EX_OK", "EX_USAGE", "main"]
+__all__ = ["EX_CONFIG", "EX_FAILURE", "EX_INTERRUPTED", "EX_OK", "EX_USAGE", "main"]
 
 # Each command, in `gated --help` order, and the module of gated.cli that adds its parser.
 COMMANDS = {
@@ -45,10 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # a library that called basicConfig() at import (python-escpos does) set WARNING
     )
     # pymodbus logs every server start and client retry at INFO; ours says what matters.
     logging.getLogger("pymodbus").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Alembic says which migration it runs at INFO, before every database command's answer.
+    if args.log_level != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if hasattr(args, "func"):  # the holds sub-commands
             return int(args.func(args, open_database(args)))
@@ -61,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gated: {error}", file=sys.stderr)
         return EX_FAILURE
     except KeyboardInterrupt:
-        return EX_FAILURE
+        print("interrupted", file=sys.stderr)
+        return EX_INTERRUPTED
 
 
 def _command(words: Sequence[str]) -> str | None:
@@ -81,6 +96,12 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
         prog="gated",
         description="Port gate automation: device drivers, normalised readings over MQTT, customs "
         "hold checks and gate decisions.",
+        **examples(  # type: ignore[arg-type]
+            "gated demo --duration 60                     # a whole demo gate, nothing to install",
+            "gated check-config --config config/one-lane.toml",
+            "gated run --config /etc/gated/gated.toml",
+            "gated COMMAND --help                         # each command's options and examples",
+        ),
     )
     parser.add_argument("--version", action="version", version=f"gated {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -7,11 +7,19 @@ import json
 from typing import Any
 
 from gated.bench import BENCHES
-from gated.cli.common import EX_OK, HELP
+from gated.cli.common import EX_OK, HELP, examples
 
 
 def register(commands: Any, database: argparse.ArgumentParser) -> None:
-    bench = commands.add_parser("bench", help=HELP["bench"])
+    bench = commands.add_parser(
+        "bench",
+        help=HELP["bench"],
+        **examples(
+            "gated bench policy --quick                  # a short smoke run",
+            "gated bench store | tail -1                 # the JSON figures only",
+            "make bench                                  # every benchmark",
+        ),
+    )
     bench.add_argument("name", choices=BENCHES, help="which benchmark")
     bench.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     bench.set_defaults(handler=_bench)

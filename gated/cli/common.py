@@ -14,6 +14,7 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2
 EX_CONFIG = 78
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
 
 # Shown by `gated --help` without importing the module that runs the command.
 HELP = {
@@ -29,6 +30,21 @@ HELP = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with an ``examples:`` epilog kept line by line instead of re-wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def examples(*lines: str) -> dict[str, object]:
+    """``add_parser``/``ArgumentParser`` keywords for an epilog of example command lines."""
+    text = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+    return {"epilog": text, "formatter_class": HelpFormatter}
+
+
 def database_options() -> argparse.ArgumentParser:
     """``--config PATH`` or ``--db PATH_OR_URL``, for the commands that read the database."""
     database = argparse.ArgumentParser(add_help=False)
@@ -39,12 +55,17 @@ def database_options() -> argparse.ArgumentParser:
 
 
 def open_database(args: argparse.Namespace) -> Engine:
+    """The database ``--db`` or ``--config`` names. A command that only reads (``read_only`` set
+    in its defaults) refuses a SQLite file that does not exist instead of creating it."""
     from gated.config import load_config
     from gated.db import open_engine
 
+    must_exist = bool(getattr(args, "read_only", False))
     if getattr(args, "db", None):
-        return open_engine(args.db)
+        return open_engine(args.db, must_exist=must_exist)
     if getattr(args, "config", None):
         storage = load_config(args.config).storage
-        return open_engine(storage.database, password_file=storage.database_password_file)
+        return open_engine(
+            storage.database, password_file=storage.database_password_file, must_exist=must_exist
+        )
     raise ConfigError(["give the database with --db PATH or --config PATH"])

@@ -6,14 +6,22 @@ import argparse
 import json
 from typing import Any
 
-from gated.cli.common import EX_OK, HELP, open_database
+from gated.cli.common import EX_OK, HELP, examples, open_database
 
 
 def register(commands: Any, database: argparse.ArgumentParser) -> None:
-    query = commands.add_parser("query", parents=[database], help=HELP["query"])
+    query = commands.add_parser(
+        "query",
+        parents=[database],
+        help=HELP["query"],
+        **examples(
+            "gated query MSKU4135329 --config /etc/gated/gated.toml",
+            "gated query MSKU4135329 --db gated.db --json",
+        ),
+    )
     query.add_argument("container")
     query.add_argument("--json", action="store_true")
-    query.set_defaults(handler=_query)
+    query.set_defaults(handler=_query, read_only=True)
 
 
 def _query(args: argparse.Namespace) -> int:

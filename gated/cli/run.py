@@ -5,16 +5,31 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gated.cli.common import EX_OK, HELP
+from gated.cli.common import EX_OK, HELP, examples
 from gated.errors import ConfigError
 
 
 def register(commands: Any, database: argparse.ArgumentParser) -> None:
-    run = commands.add_parser("run", help=HELP["run"])
+    run = commands.add_parser(
+        "run",
+        help=HELP["run"],
+        **examples(
+            "gated run --config /etc/gated/gated.toml",
+            "gated --log-level DEBUG run --config gate.toml    # every connection and migration",
+            "systemctl start gated                             # the same under systemd (systemd/)",
+        ),
+    )
     run.add_argument("--config", required=True, metavar="PATH")
     run.set_defaults(handler=_run)
 
-    check = commands.add_parser("check-config", help=HELP["check-config"])
+    check = commands.add_parser(
+        "check-config",
+        help=HELP["check-config"],
+        **examples(
+            "gated check-config --config config/one-lane.toml",
+            "gated check-config --config gate.toml && systemctl restart gated",
+        ),
+    )
     check.add_argument("--config", required=True, metavar="PATH")
     check.set_defaults(handler=_check_config)
 
@@ -27,15 +42,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gated.config import load_config
-    from gated.devices import check_devices
+    from gated.config import device_problems, load_config
     from gated.mqtt_link import check_broker_link
 
     config = load_config(args.config)
-    problems = check_devices([(lane.id, device) for lane in config.lanes for device in lane.devices])
+    problems = device_problems(config, args.config)
     problems += [f"{args.config}: {problem}" for problem in check_broker_link(config.mqtt)]
     if problems:
         raise ConfigError(problems)
     devices = sum(len(lane.devices) for lane in config.lanes)
-    print(f"{args.config}: valid ({len(config.lanes)} lanes, {devices} devices)")
+    lanes = len(config.lanes)
+    print(f"{args.config}: valid ({_count(lanes, 'lane')}, {_count(devices, 'device')})")
     return EX_OK
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
@@ -334,21 +333,7 @@ def _release_absent(tx: Transaction, file: Path, wanted: list[Place]) -> int:
 
 
 def _same_active_hold(tx: Transaction, spec: Place) -> bool:
-    def same(column: Any, value: str | None) -> Any:
-        return column.is_(None) if value is None else column == value
-
-    row = tx.conn.execute(
-        select(holds.c.id).where(
-            holds.c.released_at.is_(None),
-            same(holds.c.container, spec.container),
-            same(holds.c.bill_of_lading, spec.bill_of_lading),
-            holds.c.agency == spec.agency,
-            holds.c.hold_type == spec.hold_type,
-            same(holds.c.code, spec.code),
-            same(holds.c.reference, spec.reference),
-        )
-    ).first()
-    return row is not None
+    return tx.same_active(spec) is not None
 
 
 @dataclass(frozen=True, slots=True)

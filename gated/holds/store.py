@@ -256,10 +256,48 @@ class HoldStore:
                     return existing
                 if tx.released_by(message_id):
                     raise HoldListError(f"message id {message_id!r} was already used by a release")
-            record = tx.insert(spec, message_id)
-            tx.changed(changed=True)
-            tx.audit(actor, "hold_place", str(record.id), {"hold": record.to_json(), "reason": why})
-            return record
+            return self._insert(tx, spec, message_id, actor, why)
+
+    def add(
+        self,
+        *,
+        container: str | None = None,
+        bill_of_lading: str | None = None,
+        agency: str,
+        hold_type: str,
+        code: str | None = None,
+        reference: str | None = None,
+        note: str | None = None,
+        actor: str = "operator",
+        reason: str | None = None,
+    ) -> tuple[HoldRecord, bool]:
+        """An operator's ``place``: when an identical hold (same container, B/L, agency, type,
+        code and reference, as an import compares them) is already active, that hold and False,
+        with nothing changed; otherwise the new hold and True."""
+        spec = check_place(
+            container=container,
+            bill_of_lading=bill_of_lading,
+            agency=agency,
+            hold_type=hold_type,
+            code=code,
+            reference=reference,
+            note=note,
+        )
+        why = optional_text("reason", reason, MAX_NOTE)
+        with self.writing("place a hold") as tx:
+            existing = tx.same_active(spec)
+            if existing is not None:
+                return existing, False
+            return self._insert(tx, spec, None, actor, why), True
+
+    @staticmethod
+    def _insert(
+        tx: Transaction, spec: Place, message_id: str | None, actor: str, why: str | None
+    ) -> HoldRecord:
+        record = tx.insert(spec, message_id)
+        tx.changed(changed=True)
+        tx.audit(actor, "hold_place", str(record.id), {"hold": record.to_json(), "reason": why})
+        return record
 
     def release(
         self,
@@ -502,6 +540,25 @@ class Transaction:
                 )
             ],
         )
+
+    def same_active(self, spec: Place) -> HoldRecord | None:
+        """The active hold identical to ``spec`` (its note aside), if there is one."""
+
+        def same(column: Any, value: str | None) -> ColumnElement[bool]:
+            return column.is_(None) if value is None else column == value  # type: ignore[no-any-return]
+
+        row = self.conn.execute(
+            select(holds).where(
+                holds.c.released_at.is_(None),
+                same(holds.c.container, spec.container),
+                same(holds.c.bill_of_lading, spec.bill_of_lading),
+                holds.c.agency == spec.agency,
+                holds.c.hold_type == spec.hold_type,
+                same(holds.c.code, spec.code),
+                same(holds.c.reference, spec.reference),
+            )
+        ).first()
+        return None if row is None else _record(row)
 
     def insert(self, spec: Place, message_id: str | None) -> HoldRecord:
         result = self.conn.execute(
