@@ -38,7 +38,7 @@ from pydantic import Field
 from gated.errors import DeviceUnavailable, PrintError
 from gated.model import Decision, Kind, Outcome, Reason, check_identifier
 from gated.policy import RADIATION_ALARM, most_severe
-from gated.settings import DeviceSettings, DriverContext
+from gated.settings import DeviceSettings, DriverContext, Host
 
 TITLE: Final = "GATE PASS"
 QR_SCHEME: Final = "gated:pass"
@@ -150,7 +150,7 @@ def _quote(value: str) -> str:
 
 class PrinterEscposDevice(DeviceSettings):
     driver: Literal["printer-escpos"]
-    host: str
+    host: Host
     port: int = Field(9100, ge=1, le=65535)
     timeout_seconds: float = Field(5.0, gt=0, le=60)
     secondary_inspection_place: str | None = Field(None, description='Where to go, e.g. "bay 3".')

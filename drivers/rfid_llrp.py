@@ -70,7 +70,7 @@ from drivers.serial_frames import RepeatFilter
 from gated.clock import Clock
 from gated.errors import DeviceUnavailable, ProtocolError
 from gated.model import Kind, Quality, Reading, Source
-from gated.settings import DeviceSettings
+from gated.settings import DeviceSettings, Host
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +497,7 @@ def rospec(rospec_id: int = ROSPEC_ID) -> bytes:
 
 class RfidLlrpDevice(DeviceSettings):
     driver: Literal["rfid-llrp"]
-    host: str
+    host: Host
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     repeat_window_seconds: float = Field(5.0, gt=0, description="Report one tag once per window.")
     silence_timeout_seconds: float = Field(3.0, gt=0, description="No keepalive for this long: offline.")

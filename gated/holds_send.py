@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
+from gated.cli.common import examples
 from gated.clock import rfc3339
 from gated.config import MqttConfig, MqttTlsConfig
 from gated.errors import ConfigError, GatedError, PayloadError, PublishError, SignatureError
@@ -83,6 +84,11 @@ def register(commands: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> 
         description="Sign hold commands (one from the options, or JSON lines from --file), publish "
         "them on gated/v1/SITE/holds/cmd and print gated's answer to each. Exit 0 when every "
         "command was applied, 1 when any was rejected or not answered in time.",
+        **examples(
+            "gated holds send --broker mqtts://gate.example --ca ca.pem --site terminal-a --key cbp-2026.pem "
+            "--action place --container MSKU4135329 --agency CBP --type exam",
+            "gated holds send --broker mqtt://127.0.0.1 --site demo --key demo.pem --file cmds.jsonl",
+        ),
     )
     send.add_argument(
         "--broker",

@@ -255,6 +255,12 @@ def _run_cli(args: argparse.Namespace) -> int:
         if written is not None:
             written.write_text(config, encoding="utf-8")
             print(f"daemon config written to {written}: gated run --config {written}", flush=True)
+            # Without a hold list confirmed, the daemon sends every truck to MANUAL_REVIEW.
+            print(
+                "confirm a hold list first (here an empty one): gated holds import /dev/null --kind holds "
+                f"--allow-empty --reason 'simulated lane' --config {written}",
+                flush=True,
+            )
         else:
             print(config, flush=True)
         time.sleep(args.start_delay)

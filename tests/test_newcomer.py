@@ -11,6 +11,7 @@ quiet about an empty folder and about Ctrl-C, ``holds check`` exiting 0 for a he
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -204,10 +205,13 @@ def test_empty_hosts_are_refused_naming_the_key(tmp_path: Path) -> None:
         ("holds", "release"),
         ("holds", "list"),
         ("holds", "check"),
+        ("holds", "send"),
         ("query",),
         ("ocr",),
         ("bench",),
+        ("demo",),
     ],
+    ids=lambda command: " ".join(command) or "gated",
 )
 def test_help_shows_examples(command: tuple[str, ...]) -> None:
     text = gated(*command, "--help").stdout
@@ -349,3 +353,24 @@ def test_holds_check_exits_1_for_a_held_container_and_add_does_not_duplicate(tmp
     held = gated("holds", "check", HELD, "--db", db, check=False)
     assert held.returncode == 1 and "HELD by 1 active hold" in held.stdout
     assert "1 held" in " ".join(gated("holds", "check", "--help").stdout.split())
+
+
+# -- 12. gated-sim lane says how to confirm a hold list ---------------------------------------------
+
+
+def test_sim_lane_prints_how_to_confirm_a_hold_list(tmp_path: Path) -> None:
+    scenario = write(tmp_path / "s.toml", 'lane = "lane-1"\n[[steps]]\nwait = 0.1\n')
+    config = tmp_path / "sim.toml"
+    sim = Path(sys.executable).parent / "gated-sim"
+    done = subprocess.run(
+        [str(sim), "lane", "--scenario", str(scenario), "--write-config", str(config), "--start-delay", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    [hint] = [line for line in done.stdout.splitlines() if "gated holds import" in line]
+    words = shlex.split(hint.split(": ", 1)[1])
+    assert words[0] == "gated" and words[-2:] == ["--config", str(config)], hint
+    gated(*words[1:])
+    assert "never been loaded" not in gated("holds", "list", "--config", str(config)).stdout

@@ -6,11 +6,19 @@ import argparse
 from typing import Any
 
 from gated.cli.argtypes import output_folder, port
-from gated.cli.common import HELP
+from gated.cli.common import HELP, examples
 
 
 def register(commands: Any, database: argparse.ArgumentParser) -> None:
-    demo = commands.add_parser("demo", help=HELP["demo"])
+    demo = commands.add_parser(
+        "demo",
+        help=HELP["demo"],
+        **examples(
+            "gated demo                                  # two lanes until Ctrl-C",
+            "gated demo --lanes 3 --duration 120 --data-dir /tmp/demo",
+            "gated demo --broker mqtt://127.0.0.1:1883   # your own broker instead of the embedded one",
+        ),
+    )
     demo.add_argument("--lanes", type=int, default=2, help="number of lanes (default 2)")
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS and exit 0")
     demo.add_argument("--mqtt-port", type=port, default=1883, help="embedded broker port (default 1883)")
