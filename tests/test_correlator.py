@@ -11,7 +11,7 @@ from gated.model import Kind, Reading, Source
 RULES = LaneRules(lane="lane-1", require=frozenset({"rfid", "ocr", "rpm"}), visit_timeout=30.0, settle=1.0)
 
 
-def make(clock: ManualClock, source: str, value: Any, kind: Kind = Kind.OCR) -> Reading:
+def make(clock: ManualClock, source: Source, value: Any, kind: Kind = Kind.OCR) -> Reading:
     return Reading("lane-1", kind, "dev", source, value, clock.now())
 
 
@@ -27,7 +27,7 @@ def test_visit_opens_on_tag_and_closes_complete_after_settling() -> None:
     lane.accept(make(clock, Source.PASSAGE_END, 1))
     clock.advance(0.5)
     assert lane.tick() == []  # settling: late readings may still come
-    late, _, _ = lane.accept(make(clock, "size_type", "22G1"))
+    late, _, _ = lane.accept(make(clock, Source.SIZE_TYPE, "22G1"))
     clock.advance(0.6)
     [visit] = lane.tick()
     assert visit.close_cause == "complete" and visit.id == opened.id
@@ -49,7 +49,7 @@ def test_incomplete_visit_closes_on_timeout() -> None:
 def test_readings_between_trucks_belong_to_no_visit() -> None:
     clock = ManualClock()
     lane = LaneCorrelator(RULES, clock)
-    background, closed, opened = lane.accept(make(clock, "tamper", False, Kind.RPM))
+    background, closed, opened = lane.accept(make(clock, Source.TAMPER, False, Kind.RPM))
     assert background.visit is None and opened is None and not closed
     end, _, opened = lane.accept(make(clock, Source.OCCUPANCY, False, Kind.RPM))
     assert end.visit is None and opened is None

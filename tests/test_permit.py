@@ -88,7 +88,7 @@ class Gate:
         with self.decided_lock:
             return self.decided[-1][0]
 
-    def reading(self, source: str, value: str | int | bool, *, age: float = 0.0) -> None:
+    def reading(self, source: Source, value: str | int | bool, *, age: float = 0.0) -> None:
         """One reading of the lane's camera or portal, stamped ``age`` seconds ago."""
         camera = source in (Source.CONTAINER_NUMBER, Source.PASSAGE_END)
         kind, device = (Kind.OCR, "ocr-1") if camera else (Kind.RPM, "rpm-1")
@@ -183,7 +183,7 @@ def released(g: Gate) -> Visit:
     ids=["portal-occupancy", "camera-read"],
 )
 def test_the_next_truck_withdraws_an_unused_permit(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, source: str, value: str | bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, source: Source, value: str | bool
 ) -> None:
     with gate(tmp_path, caplog) as g:
         released(g)  # truck A is released but does not drive through

@@ -69,7 +69,7 @@ def gate(
 def truck(pipeline: Pipeline, clock: ManualClock, card: dict[str, Any] | None) -> None:
     now = clock.now()
     if card is not None:
-        pipeline.reading(Reading("lane-1", Kind.CREDENTIAL, "card-1", "card", card, now))
+        pipeline.reading(Reading("lane-1", Kind.CREDENTIAL, "card-1", Source.CARD, card, now))
     pipeline.reading(Reading("lane-1", Kind.OCR, "ocr-1", Source.CONTAINER_NUMBER, BOX, now, confidence=0.97))
     pipeline.reading(Reading("lane-1", Kind.OCR, "ocr-1", Source.PASSAGE_END, 1, now))
     pipeline.reading(Reading("lane-1", Kind.RPM, "rpm-1", Source.SCREENING, "clear", now))
@@ -115,7 +115,7 @@ def test_the_visit_waits_for_the_credential(tmp_path: Path) -> None:
     clock.advance(5.0)
     pipeline.step()
     assert decided == []  # the lane requires a credential: not complete yet
-    pipeline.reading(Reading("lane-1", Kind.CREDENTIAL, "card-1", "card", GOOD_CARD, clock.now()))
+    pipeline.reading(Reading("lane-1", Kind.CREDENTIAL, "card-1", Source.CARD, GOOD_CARD, clock.now()))
     pipeline.step()
     clock.advance(1.0)
     pipeline.step()

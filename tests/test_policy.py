@@ -28,9 +28,9 @@ HOLD = {
 
 
 def reading(
-    source: str, value: Any, quality: Quality = Quality.GOOD, confidence: float | None = None
+    source: Source, value: Any, quality: Quality = Quality.GOOD, confidence: float | None = None
 ) -> Reading:
-    kind = {Source.EPC: Kind.RFID, Source.SCREENING: Kind.RPM}.get(source, Kind.OCR)  # type: ignore[call-overload]
+    kind = {Source.EPC: Kind.RFID, Source.SCREENING: Kind.RPM}.get(source, Kind.OCR)
     return Reading("lane-1", kind, "dev-1", source, value, NOW, quality, confidence=confidence)
 
 
@@ -205,7 +205,7 @@ def test_gateds_own_radiation_check_overrides_a_clear_monitor() -> None:
         reading(Source.CONTAINER_NUMBER, CLEAN, confidence=0.97),
         reading(Source.PASSAGE_END, 1),
         reading(Source.SCREENING, "clear"),
-        reading("screening_check", check),
+        reading(Source.SCREENING_CHECK, check),
     )
     [decision] = decide(v, {}, FRESH, SETTINGS, now=NOW)
     assert decision.outcome is Outcome.SECONDARY_INSPECTION
