@@ -41,8 +41,12 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> None:
         require_amqtt()
         with socket.socket() as probe:
+            # SO_REUSEADDR as the broker's own listener has: a demo just stopped leaves its port in
+            # TIME_WAIT, which must not refuse the next one; a port someone listens on still does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((self.host, self.port))
+                probe.listen(1)
             except OSError as error:
                 raise GatedError(
                     f"cannot start the embedded MQTT broker on {self.host}:{self.port}: {error} "

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
+import multiprocessing.forkserver
 import signal
 import sys
 import tempfile
@@ -43,6 +45,7 @@ from simulators.lane import (
     LaneDevices,
     ScriptedLane,
     Truck,
+    stop_all,
     truck_frames,
     truck_front_frames,
 )
@@ -193,6 +196,24 @@ def _print_decision(visit: Visit, decisions: list[Decision]) -> None:
         print(f"{stamp} {decision.lane:<7} {number:<12} {decision.outcome:<21} {reasons}", flush=True)
 
 
+def _workers_ignore_ctrl_c() -> None:
+    """Start the fork server the OCR pool's workers come from (``ocr.pool``) with Ctrl-C ignored.
+
+    A Ctrl-C at the terminal reaches every process of the demo. A worker it interrupts dies
+    mid-read; the pool then starts another and waits for it to load its engine before it can
+    stop (seconds). Workers forked from a server started this way ignore Ctrl-C and leave
+    stopping to the demo."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_demo(
     *,
     lanes: int = 2,
@@ -207,6 +228,7 @@ def run_demo(
         # The demo's own lines tell the story; the daemon's routine log lines would drown them.
         for name in ("gated", "drivers", "ocr", "simulators"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    _workers_ignore_ctrl_c()
     folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="gated-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
@@ -225,6 +247,7 @@ def run_demo(
         broker_settings["protocol"] = "3.1.1"
 
     stop = threading.Event()
+    interrupted = threading.Event()  # Ctrl-C: no truck finishes its pass, nothing is waited for
     devices: list[LaneDevices] = []
     daemon: Daemon | None = None
     customs_key, customs_public_key = _customs_key(folder)
@@ -300,6 +323,9 @@ def run_demo(
         daemon = Daemon(config)
         _import_manifest(daemon.holds, lanes, folder)
         daemon.on_decision(_print_decision)
+        # This run's decisions: a reused --data-dir holds earlier runs' too.
+        outcomes: Counter[str] = Counter()
+        daemon.on_decision(lambda _visit, made: outcomes.update(str(d.outcome) for d in made))
         # Each lane's trucks wait at the barrier until the lane's decision is out (OCR takes time).
         decided = {f"lane-{index + 1}": threading.Event() for index in range(lanes)}
         daemon.on_decision(lambda visit, _decisions: decided[visit.lane].set())
@@ -326,8 +352,11 @@ def run_demo(
         if refused:
             print(f"gated demo: customs' signed commands were not applied: {refused}", file=sys.stderr)
             return 1
+        # Fixed command ids: on a reused --data-dir, gated answers "already applied" and adds nothing.
+        again = all(ack and ack.get("duplicate") for ack in acks[: len(customs.holds)])
+        placed = "already in place from an earlier run" if again else "placed"
         print(
-            f"  customs: {len(customs.holds)} holds placed and the hold list confirmed by commands signed "
+            f"  customs: {len(customs.holds)} holds {placed} and the hold list confirmed by commands signed "
             f"with key {CUSTOMS_KEY_ID} ({folder / (CUSTOMS_KEY_ID + '.key')}); a signed sync every "
             f"{HEARTBEAT_SECONDS:.0f} s keeps it fresh",
             flush=True,
@@ -336,6 +365,7 @@ def run_demo(
         print(f"{'time':<8} {'lane':<7} {'container':<12} {'outcome':<21} reasons", flush=True)
 
         def _signal(_signum: int, _frame: FrameType | None) -> None:
+            interrupted.set()
             stop.set()
 
         if threading.current_thread() is threading.main_thread():
@@ -350,6 +380,7 @@ def run_demo(
                     ScriptedLane(lane, decided=decided[f"lane-{index + 1}"]),
                     demo_trucks(index),
                     stop,
+                    interrupted,
                 ),
                 daemon=True,
             )
@@ -367,36 +398,45 @@ def run_demo(
         stop.set()
         for thread in drivers:
             thread.join(10)
-        time.sleep(1.5)  # let the last visits settle and be decided
+        if not interrupted.is_set():
+            interrupted.wait(1.5)  # let the last visits settle and be decided
+        stopped = threading.Event()
+        if interrupted.is_set():
+            threading.Thread(target=_end_ocr_workers, args=(stopped,), daemon=True).start()
         daemon.stop()
-        outcomes = Counter(str(outcome) for outcome in _outcomes(daemon))
-        summary = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items()))
+        stopped.set()
+        summary = ", ".join(f"{outcome} {count}" for outcome, count in sorted(outcomes.items())) or "none"
         print(f"gated demo: done; decisions: {summary}", flush=True)
         return 1 if daemon.failed is not None else 0
     finally:
         if daemon is not None:
             daemon.stop()
-        for lane in devices:
-            lane.stop()
+        stop_all([device for lane in devices for device in lane.all()])
         if embedded is not None:
             embedded.stop()
 
 
-def _drive_lane(name: str, lane: ScriptedLane, trucks: list[Truck], stop: threading.Event) -> None:
-    # A truck that has started its pass finishes it: stopping only ever happens between trucks.
+def _end_ocr_workers(stopped: threading.Event) -> None:
+    """After Ctrl-C: end the OCR workers (the demo's only child processes) until gated has stopped.
+
+    A frame being read may take seconds on a busy PC, and gated's stop waits for it; nobody wants
+    that reading any more. The pool reports the workers' end as a fault: it is expected here."""
+    if logging.getLogger("ocr").getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("ocr").setLevel(logging.CRITICAL)
+    while not stopped.is_set():
+        for child in multiprocessing.active_children():
+            child.terminate()
+        stopped.wait(0.1)
+
+
+def _drive_lane(
+    name: str, lane: ScriptedLane, trucks: list[Truck], stop: threading.Event, interrupted: threading.Event
+) -> None:
+    # At the end of --duration a truck that has started its pass finishes it; Ctrl-C cuts it short.
     for truck in itertools.cycle(trucks):
         if stop.is_set():
             return
-        if lane.drive(truck):
+        if lane.drive(truck, interrupted):
             print(f"{time.strftime('%H:%M:%S')} {name:<7} barrier opened, truck drove through", flush=True)
         if stop.wait(1.5):
             return
-
-
-def _outcomes(daemon: Daemon) -> list[str]:
-    from sqlalchemy import select
-
-    from gated.store import decisions
-
-    with daemon.engine.connect() as conn:
-        return [row[0] for row in conn.execute(select(decisions.c.outcome))]

@@ -16,6 +16,8 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -76,8 +78,9 @@ class LaneDevices:
             device.start()
 
     def stop(self) -> None:
-        for device in self.all():
-            device.stop()
+        """Stop every device at once: a camera finishes the frame it is painting first, and one
+        waiting after another would add up."""
+        stop_all(self.all())
 
     def all(self) -> list[Simulator]:
         devices: list[Simulator] = [self.rfid, self.rpm, self.camera]
@@ -88,6 +91,15 @@ class LaneDevices:
         if self.plate_camera is not None:
             devices.append(self.plate_camera)
         return devices
+
+
+def stop_all(simulators: Sequence[Simulator]) -> None:
+    """``stop()`` each of ``simulators``, all at the same time; the first error is raised."""
+    if not simulators:
+        return
+    with ThreadPoolExecutor(len(simulators), thread_name_prefix="stop") as pool:
+        for done in [pool.submit(simulator.stop) for simulator in simulators]:
+            done.result()
 
 
 def truck_frames(truck: Truck) -> tuple[FrameSpec, ...]:
@@ -197,9 +209,9 @@ class ScriptedLane:
         )
         if isinstance(camera, SmartCameraSimulator):
             camera.passage_end(len(truck.containers))
-        return self._through_the_barrier(pass_through)
+        return self._through_the_barrier(pass_through, stop)
 
-    def _through_the_barrier(self, pass_through: bool) -> bool:
+    def _through_the_barrier(self, pass_through: bool, stop: threading.Event | None) -> bool:
         barrier = self.devices.barrier
         if barrier is None:
             return False
@@ -212,6 +224,8 @@ class ScriptedLane:
         now = time.monotonic()
         deadline = now + wait
         while now < deadline:
+            if stop is not None and stop.is_set():
+                return False
             if barrier.state() == BARRIER_OPEN:
                 if pass_through:
                     time.sleep(0.2 * self.pace)

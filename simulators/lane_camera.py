@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -116,7 +116,11 @@ class LaneCamera(Simulator):
                 if self._stopping:
                     return
                 frames = self._todo[0]
-            jpegs = _render(frames, self.seed)
+            jpegs = []
+            for jpeg in _painted(frames, self.seed):  # a frame at a time: stop() waits for one only
+                if self._stopping:
+                    return
+                jpegs.append(jpeg)
             with self._lock:
                 self._rendered[frames] = jpegs
                 self._todo.remove(frames)
@@ -124,13 +128,15 @@ class LaneCamera(Simulator):
 
 
 def _render(frames: Sequence[FrameSpec | PlateSpec], seed: int) -> list[bytes]:
+    return list(_painted(frames, seed))
+
+
+def _painted(frames: Sequence[FrameSpec | PlateSpec], seed: int) -> Iterator[bytes]:
     # The same truck paints the same pixels every time, whatever was painted before it.
     rng = np.random.default_rng([seed, *(spec.texture_seed for spec in frames)])
-    return [
-        encode_jpeg(
+    for spec in frames:
+        yield encode_jpeg(
             render_frame(spec, rng)[0]
             if isinstance(spec, FrameSpec)
             else plate_frames.render_frame(spec, rng)[0]
         )
-        for spec in frames
-    ]

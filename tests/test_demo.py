@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,13 +23,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 OUTCOMES = ("RELEASE", "HOLD", "SECONDARY_INSPECTION", "MANUAL_REVIEW")
 
 
-def start_demo(*args: str) -> subprocess.Popen[str]:
+def start_demo(*args: str, own_group: bool = False) -> subprocess.Popen[str]:
+    """``gated demo ARGS``; ``own_group``: in a process group of its own, as a terminal runs it
+    (a Ctrl-C there reaches every process of the group)."""
     return subprocess.Popen(
         [sys.executable, "-m", "gated", "demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=own_group,
     )
 
 
@@ -128,3 +135,60 @@ def test_demo_refuses_a_bad_broker_url() -> None:
         check=False,
     )
     assert result.returncode == 78 and "--broker" in result.stderr
+
+
+DECISION_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d lane-\d+ +\S+ +(RELEASE|HOLD|SECONDARY_INSPECTION|MANUAL_REVIEW) "
+)
+# An MQTT 3.1.1 CONNECT: clean session, keepalive 60 s, an empty client id.
+MQTT_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"
+
+
+def printed_decisions(output: str) -> Counter[str]:
+    return Counter(match.group(1) for line in output.splitlines() if (match := DECISION_LINE.match(line)))
+
+
+def summary(output: str) -> Counter[str]:
+    line = next(line for line in output.splitlines() if line.startswith("gated demo: done; decisions:"))
+    return Counter({outcome: int(count) for outcome, count in re.findall(r"([A-Z_]+) (\d+)", line)})
+
+
+def test_demo_runs_again_at_once_on_the_same_port_and_data_dir(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--lanes", "1", "--duration", "5", "--mqtt-port", str(port), "--data-dir", str(tmp_path))
+    first = start_demo(*args)
+    # Someone watches the traffic: the broker closes that connection when the demo ends, which
+    # leaves the broker's port in TIME_WAIT for the next demo.
+    head = "".join(wait_for_line(first, "mosquitto_sub"))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as watcher:
+        watcher.sendall(MQTT_CONNECT)
+        assert watcher.recv(4)[:1] == b"\x20", "no CONNACK"
+        output = head + first.communicate(timeout=90)[0]
+    assert first.returncode == 0, output
+    holds = sqlite3.connect(tmp_path / "gated.db").execute("select count(*) from holds").fetchone()[0]
+
+    second = start_demo(*args)
+    again = second.communicate(timeout=90)[0]
+    assert second.returncode == 0, again
+    assert "holds already in place" in again, again
+    with sqlite3.connect(tmp_path / "gated.db") as db:
+        assert db.execute("select count(*) from holds").fetchone()[0] == holds
+    # The summary counts this run's decisions, not the earlier run's kept in the same database.
+    assert summary(again) == printed_decisions(again), again
+
+
+def test_ctrl_c_stops_the_demo_within_seconds() -> None:
+    demo = start_demo("--mqtt-port", str(free_port()), own_group=True)
+    try:
+        wait_for_line(demo, "reasons")  # the table's head: trucks are on their way
+        time.sleep(2.0)
+        os.killpg(demo.pid, signal.SIGINT)
+        began = time.monotonic()
+        output = demo.communicate(timeout=60)[0]
+        took = time.monotonic() - began
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    assert demo.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert took < 4.5, f"Ctrl-C took {took:.1f} s to stop the demo"
