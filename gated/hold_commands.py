@@ -124,13 +124,14 @@ class CommandVerifier:
 class _Bucket:
     """A token bucket: ``rate`` a second, up to ``burst`` at once."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, monotonic: Callable[[], float]) -> None:
         self.rate, self.burst = rate, burst
+        self.monotonic = monotonic  # the daemon's clock, so a test's manual clock sets the pace
         self.tokens = burst
-        self.at = time.monotonic()
+        self.at = monotonic()
 
     def take(self) -> bool:
-        now = time.monotonic()
+        now = self.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
         if self.tokens >= 1:
@@ -175,8 +176,10 @@ class HoldCommandWorker:
         self.beat = time.monotonic()  # last turn of the loop (the watchdog looks at it)
         self._inbox: queue.Queue[bytes] = queue.Queue(maxsize=config.command_queue)
         self._verified: deque[VerifiedCommand] = deque()
-        self._apply_pace = _Bucket(config.commands_per_second, max(1.0, config.commands_per_second * 5))
-        self._answer_pace = _Bucket(REJECTION_ACKS_PER_SECOND, REJECTION_ACKS_PER_SECOND * 2)
+        self._apply_pace = _Bucket(
+            config.commands_per_second, max(1.0, config.commands_per_second * 5), clock.monotonic
+        )
+        self._answer_pace = _Bucket(REJECTION_ACKS_PER_SECOND, REJECTION_ACKS_PER_SECOND * 2, clock.monotonic)
         self._flood_alarm_at = -FLOOD_ALARM_EVERY_SECONDS
         self._flood_reported = (0, 0)
 
@@ -314,7 +317,7 @@ class HoldCommandWorker:
         return Message(self.topics.holds_ack, HOLD, body)
 
     def _report_flood(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         counts = (self.stats.dropped, self.stats.unanswered)
         if counts == self._flood_reported or now - self._flood_alarm_at < FLOOD_ALARM_EVERY_SECONDS:
             return

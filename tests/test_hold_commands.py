@@ -176,7 +176,7 @@ def test_a_flood_is_paced_counted_and_cannot_crowd_out_authentic_commands(
     alarms = [body for topic, body in published(store) if topic.endswith("/alarm")]
     assert [a["alarm"] for a in alarms] == ["hold_command_flood"] and "150 dropped" in alarms[0]["text"]
     answered = [ack for topic, ack in published(store) if topic.endswith("/holds/ack")]
-    assert len(answered) == 50 - commands.stats.unanswered <= 20  # rejections are answered at a pace
+    assert len(answered) == 50 - commands.stats.unanswered == 20  # rejections are answered at a pace
     # Authentic commands are applied at their own pace, at most a burst at once.
     for index in range(40):
         commands.offer(
@@ -189,7 +189,7 @@ def test_a_flood_is_paced_counted_and_cannot_crowd_out_authentic_commands(
         )
     while commands.step():
         pass
-    assert 0 < commands.stats.applied < 40  # a burst of 25, then 5 a second
+    assert commands.stats.applied == 25  # a burst of 25, then 5 a second (the clock stands still)
     commands.drain()
     assert commands.stats.applied == 40 and len(holds.active_holds_for(HELD)) == 40
     for topic, body in published(store):
