@@ -22,6 +22,7 @@ from drivers.barrier_modbus import BarrierModbusDevice
 from drivers.base import Driver
 from drivers.ocr_frames import FramesCameraDriver
 from drivers.printer_escpos import PrinterEscposDevice
+from gated.barrier_control import BarrierControl, PassPrinter
 from gated.clock import Clock, SystemClock
 from gated.config import GateConfig
 from gated.credentials import CancelledCardList
@@ -29,7 +30,6 @@ from gated.db import open_engine
 from gated.devices import build_barrier, build_driver, build_printer, check_devices, is_reader
 from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
-from gated.gate import GateControl, PassPrinter
 from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
 from gated.messages import Topics, alarm_message, lane_status_message
@@ -110,7 +110,7 @@ class Daemon:
             for device in lane.devices
             if isinstance(device, PrinterEscposDevice)
         ]
-        self.gate = GateControl(
+        self.barriers = BarrierControl(
             self.pipeline,
             {
                 lane.id: (
@@ -173,7 +173,7 @@ class Daemon:
             return
         self.failed = detail
         log.critical("closing every lane and exiting: %s", detail)
-        for entry in self.gate.lanes.values():
+        for entry in self.barriers.lanes.values():
             entry.barrier.revoke(detail)
         self._close_lanes(
             f"gated failed: no automatic release ({detail})",
@@ -242,7 +242,7 @@ class Daemon:
             )
             thread.start()
             self._threads.append(thread)
-        self.gate.start()
+        self.barriers.start()
         for printer in self.printers:
             printer.start()
 
@@ -251,7 +251,7 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
-        self.gate.stop()
+        self.barriers.stop()
         for printer in self.printers:
             printer.stop()
         self._driver_stop.set()

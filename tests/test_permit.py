@@ -1,5 +1,5 @@
 """A permit belongs to one truck: the real pipeline (real SQLite, real hold list) decides, and
-GateControl drives the barrier PLC simulator over real Modbus TCP.
+BarrierControl drives the barrier PLC simulator over real Modbus TCP.
 
 A released truck that does not drive through must not leave its permit to the next truck; a
 RELEASE that comes after its truck has gone, or while another truck is at the lane, opens nothing;
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from gated.barrier_control import BarrierControl, permit_token
 from gated.clock import ManualClock
 from gated.config import BarrierModbusDevice, ConfigError, validate
 from gated.db import open_engine
 from gated.devices import build_barrier
 from gated.evidence import EvidenceStore
-from gated.gate import GateControl, permit_token
 from gated.holds import HoldStore
 from gated.iso6346 import check_digit
 from gated.model import Decision, DeviceState, Kind, Outcome, Reading, Source, Visit
@@ -72,7 +72,7 @@ class Gate:
     sim: BarrierPlcSimulator
     clock: ManualClock
     pipeline: Pipeline
-    gate: GateControl
+    barriers: BarrierControl
     device: BarrierModbusDevice
     decided: list[tuple[Visit, list[Decision]]]
     decided_lock: threading.Lock
@@ -112,7 +112,7 @@ class Gate:
 
 @contextmanager
 def gate(tmp_path: Path, caplog: pytest.LogCaptureFixture, **barrier: object) -> Iterator[Gate]:
-    caplog.set_level(logging.INFO, logger="gated.gate")
+    caplog.set_level(logging.INFO, logger="gated.barrier_control")
     clock = ManualClock()
     with BarrierPlcSimulator() as sim:
         config = validate(config_dict(tmp_path, sim.port, **barrier))
@@ -134,7 +134,7 @@ def gate(tmp_path: Path, caplog: pytest.LogCaptureFixture, **barrier: object) ->
 
         pipeline.listeners.append(record)
         # As the daemon builds it, with the lane's settings from the validated config.
-        control = GateControl(
+        control = BarrierControl(
             pipeline,
             {
                 LANE: (
@@ -238,7 +238,7 @@ def test_a_release_while_another_visit_is_newer_grants_nothing(
     """A's RELEASE reaches the gate late (as under load): B's visit opened meanwhile."""
     with gate(tmp_path, caplog) as g:
         late: list[tuple[Visit, list[Decision]]] = []
-        g.pipeline.listeners.remove(g.gate.on_decisions)
+        g.pipeline.listeners.remove(g.barriers.on_decisions)
         g.pipeline.listeners.append(lambda visit, decisions: late.append((visit, decisions)))
         since = time.monotonic()
         g.truck(CLEAN_BOX)
@@ -253,7 +253,7 @@ def test_a_release_while_another_visit_is_newer_grants_nothing(
             g.decide()
             expected.append([Outcome.HOLD])
         assert [[d.outcome for d in decisions] for _, decisions in late] == expected
-        g.gate.on_decisions(*late[0])  # A's RELEASE, its readings well inside the window
+        g.barriers.on_decisions(*late[0])  # A's RELEASE, its readings well inside the window
         assert stays(lambda: g.sim.permit() == 0 and g.sim.state() == CLOSED, 1.0)
         assert g.openings_since(since) == 0
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

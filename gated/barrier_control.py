@@ -56,7 +56,7 @@ def _lane_barrier(spec: LaneBarrierSpec) -> LaneBarrier:
     return LaneBarrier(spec[0], spec[1], spec[2])
 
 
-class GateControl:
+class BarrierControl:
     def __init__(
         self,
         pipeline: Pipeline,
