@@ -128,8 +128,14 @@ driver = "rpm-modbus"
 host = "127.0.0.1"
 profile = "nowhere.toml"
 """
-    result = gated("check-config", "--config", str(write(tmp_path, text)))
-    assert result.returncode == 78 and "nowhere.toml" in result.stderr
+    config = write(tmp_path, text)
+    checked = gated("check-config", "--config", str(config))
+    assert checked.returncode == 78 and "nowhere.toml" in checked.stderr
+    # gated run refuses with the same line, key path included, before it starts anything.
+    refused = gated("run", "--config", str(config))
+    assert refused.returncode == 78
+    assert "lanes[0:lane-1].devices[0:rpm-1].profile" in refused.stderr
+    assert refused.stderr.strip() == checked.stderr.strip()
 
 
 def test_required_kind_without_device_is_refused(tmp_path: Path) -> None:

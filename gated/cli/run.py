@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gated.cli.common import EX_OK, HELP, examples
 from gated.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gated.config import GateConfig
 
 
 def register(commands: Any, database: argparse.ArgumentParser) -> None:
@@ -35,25 +38,31 @@ def register(commands: Any, database: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gated.config import load_config
     from gated.daemon import Daemon
 
-    return Daemon(load_config(args.config)).run_forever()
+    # The same refusals as check-config, in the same words, before anything starts.
+    return Daemon(_checked_config(args.config)).run_forever()
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gated.config import device_problems, load_config
-    from gated.mqtt_link import check_broker_link
-
-    config = load_config(args.config)
-    problems = device_problems(config, args.config)
-    problems += [f"{args.config}: {problem}" for problem in check_broker_link(config.mqtt)]
-    if problems:
-        raise ConfigError(problems)
+    config = _checked_config(args.config)
     devices = sum(len(lane.devices) for lane in config.lanes)
     lanes = len(config.lanes)
     print(f"{args.config}: valid ({_count(lanes, 'lane')}, {_count(devices, 'device')})")
     return EX_OK
+
+
+def _checked_config(path: str) -> GateConfig:
+    """The config at ``path``, or ``ConfigError`` with every problem beyond its schema too."""
+    from gated.config import device_problems, load_config
+    from gated.mqtt_link import check_broker_link
+
+    config = load_config(path)
+    problems = device_problems(config, path)
+    problems += [f"{path}: {problem}" for problem in check_broker_link(config.mqtt)]
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def _count(number: int, noun: str) -> str:
