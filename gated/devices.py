@@ -35,8 +35,3 @@ def build_barrier(lane: str, device: DeviceSettings, context: DriverContext) -> 
 
 def build_printer(lane: str, device: DeviceSettings, context: DriverContext) -> EscposPrinter:
     return PRINTER.build(lane, device, context)
-
-
-def check_devices(config_lanes: list[tuple[str, DeviceSettings]]) -> list[str]:
-    """Problems a config has beyond its schema (device profiles that do not load)."""
-    return [problem for _lane, device in config_lanes for problem in device.problems()]

@@ -13,7 +13,7 @@ from drivers.base import Driver
 from drivers.registry import BARRIER, DEVICE_TYPES, PRINTER, READERS, DeviceType
 from gated.clock import ManualClock
 from gated.config import DEVICE_KINDS, json_schema, load_config, validate
-from gated.devices import build_barrier, build_driver, build_printer, check_devices, is_reader
+from gated.devices import build_barrier, build_driver, build_printer, is_reader
 from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
 from gated.settings import DriverContext
@@ -88,7 +88,7 @@ def test_every_kind_builds_its_driver_from_a_minimal_config(
     config = validate(one_device_config(minimal_device(device_type, tmp_path)))
     [device] = config.lanes[0].devices
     assert isinstance(device, device_type.settings)
-    assert check_devices([("lane-1", device)]) == []
+    assert device.problems() == []
     if device_type in READERS:
         assert is_reader(device)
         driver: object = build_driver("lane-1", device, context)
@@ -126,6 +126,6 @@ def test_file_paths_of_a_kind_resolve_against_the_config_folder(tmp_path: Path) 
     rpm, nii = load_config(tmp_path / "gated.toml").lanes[0].devices
     assert rpm.model_dump()["profile"] == str(tmp_path / "profile.toml")
     assert nii.model_dump()["inbox"] == str(tmp_path / "drop")
-    assert check_devices([("lane-1", rpm), ("lane-1", nii)]) == []
+    assert rpm.problems() == [] and nii.problems() == []
     (tmp_path / "profile.toml").write_text("resources = 1\n", encoding="utf-8")
-    assert check_devices([("lane-1", rpm)]), "a profile that no longer loads is a problem"
+    assert rpm.problems(), "a profile that no longer loads is a problem"
