@@ -62,11 +62,9 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, Literal, Self, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlsplit
 
-import cv2
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from drivers.base import BoundedQueue, Driver
@@ -85,10 +83,16 @@ from gated.model import Evidence, Kind, Quality, Reading, Source, Visit
 from gated.redact import error_text, printable, redact, redact_url, shown
 from gated.settings import DeviceSettings, DriverContext, Strict, read_password_file
 from ocr.assemble import NOTHING, Candidate, ContainerRead, decide, vote_containers
-from ocr.engine import Image, TextBox
-from ocr.frames import Frame, FrameSource, open_source, select_frames, sharpness
 from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, NO_PLATE, PlateFormat, PlateRead, vote_plates
-from ocr.pool import OcrPool, settled_by
+from ocr.textbox import TextBox
+
+if TYPE_CHECKING:
+    from ocr.engine import Image
+    from ocr.frames import Frame, FrameSource
+    from ocr.pool import OcrPool
+
+# OpenCV and NumPy (ocr.frames, ocr.pool) load inside the functions that use them: the config, and
+# so every light command (holds, query, check-config), imports this module for its settings.
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +259,8 @@ class _View:
     def open_source(self) -> FrameSource:
         """The view's source, opened; ``DeviceUnavailable`` when it cannot be."""
         # Not chained, and the text redacted: the frame source's errors may show the URL as written.
+        from ocr.frames import open_source
+
         try:
             return open_source(self.url)
         except DeviceUnavailable as error:
@@ -690,6 +696,8 @@ class FramesCameraDriver(Driver):
             )
             # When an early frame has already settled the number, the rest only confirm or
             # contradict it: the quick look does that, and the number is out a full look sooner.
+            from ocr.pool import settled_by
+
             quick_only = any(settled_by(future) for future in read.futures)
             read.frames.extend(rest)
             read.futures.extend(self._submit(frame.image, quick_only=quick_only) for frame in rest)
@@ -715,6 +723,8 @@ class FramesCameraDriver(Driver):
     ) -> list[Frame]:
         """The sharpest ``count`` frames, shared fairly between ``views``, taken from ``pre_trigger``
         seconds before ``trigger`` until ``until``, other than the frames ``besides``."""
+        from ocr.frames import select_frames
+
         if count <= 0:
             return []
         start = trigger.ts - self.pre_trigger
@@ -870,6 +880,8 @@ def _evidence_frame(
                 best = (candidate.confidence, frame, candidate.boxes)
     if best is not None:
         return best[1], best[2]
+    from ocr.frames import sharpness
+
     return (max(frames, key=lambda frame: sharpness(frame.image)) if frames else None), ()
 
 
@@ -916,6 +928,9 @@ def crop_bounds(width: int, height: int, boxes: Sequence[TextBox]) -> tuple[int,
 
 
 def encode_jpeg(image: Image, quality: int) -> bytes:
+    import cv2
+    import numpy as np
+
     ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise StorageError(f"cannot encode a {image.shape[1]}x{image.shape[0]} image as JPEG")

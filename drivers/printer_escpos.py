@@ -27,18 +27,19 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal, Self
+from typing import TYPE_CHECKING, Final, Literal, Self
 from urllib.parse import quote
 
-from escpos.exceptions import DeviceNotFoundError
-from escpos.exceptions import Error as EscposError
-from escpos.printer import Network
 from pydantic import Field
 
 from gated.errors import DeviceUnavailable, PrintError
 from gated.model import Decision, Kind, Outcome, Reason, check_identifier
 from gated.policy import RADIATION_ALARM, most_severe
 from gated.settings import DeviceSettings, DriverContext, Host
+
+if TYPE_CHECKING:
+    from escpos.exceptions import DeviceNotFoundError
+    from escpos.printer import Network
 
 TITLE: Final = "GATE PASS"
 QR_SCHEME: Final = "gated:pass"
@@ -203,6 +204,11 @@ class EscposPrinter:
 
         Raises ``DeviceUnavailable`` when the printer cannot be reached or the connection breaks,
         ``PrintError`` when python-escpos refuses the pass."""
+        # python-escpos (with its capabilities table) loads on the first pass, not with the config.
+        from escpos.exceptions import DeviceNotFoundError
+        from escpos.exceptions import Error as EscposError
+        from escpos.printer import Network
+
         with self._lock:
             printer = Network(self.host, self.port, timeout=self.timeout)
             try:

@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from gated.iso6346 import CATEGORIES, check_digit
-from ocr.engine import TextBox
+from ocr.textbox import TextBox
 
 NUMBER_LENGTH = 11
 OWNER_LENGTH = 4

@@ -19,8 +19,9 @@ from typing import Any
 
 import cv2
 
-from ocr.engine import Image, Quad, Recognized, TextBox, check_image
+from ocr.engine import Image, check_image
 from ocr.errors import EngineUnavailable, OcrError
+from ocr.textbox import Quad, Recognized, TextBox
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gated.errors import ConfigError
-from ocr.engine import TextBox
+from ocr.textbox import TextBox
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

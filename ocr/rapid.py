@@ -11,8 +11,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ocr.engine import Image, Quad, Recognized, TextBox, check_image
+from ocr.engine import Image, check_image
 from ocr.errors import EngineUnavailable, OcrError
+from ocr.textbox import Quad, Recognized, TextBox
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from ocr.assemble import (
     same_place,
     size_type_in,
 )
-from ocr.engine import Image, OcrEngine, TextBox, check_image
+from ocr.engine import Image, OcrEngine, check_image
 from ocr.reread import check_digit_after, equalized, reread_boxes, reread_columns
 from ocr.rods import without_rods
+from ocr.textbox import TextBox
 
 MAX_PARTIALS = 3
 """Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""

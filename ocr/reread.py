@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ocr.assemble import SLASHED_ZEROS, Span
-from ocr.engine import Image, OcrEngine, TextBox
+from ocr.engine import Image, OcrEngine
+from ocr.textbox import TextBox
 
 COLUMN_RATIO = 2.5
 """A box at least this many times taller than wide is read as a column of characters."""

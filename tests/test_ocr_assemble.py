@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gated.iso6346 import check_digit, is_valid
 from ocr.assemble import NOTHING, Candidate, assemble, decide, read_container, vote
-from ocr.engine import TextBox
+from ocr.textbox import TextBox
 
 CHAR_W = 24.0
 CHAR_H = 40.0

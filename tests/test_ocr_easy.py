@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ocr.assemble import decide, read_container
 from ocr.easy import WEIGHTS_MD5, EasyOcrEngine, default_model_dir
-from ocr.engine import TextBox
 from ocr.errors import EngineUnavailable, OcrError
 from ocr.reader import read_image
+from ocr.textbox import TextBox
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 

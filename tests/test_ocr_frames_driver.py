@@ -31,9 +31,9 @@ from gated.errors import ProtocolError
 from gated.evidence import EvidenceStore
 from gated.model import DeviceState, Evidence, Quality, Reading, Source, Visit
 from ocr.assemble import ContainerRead
-from ocr.engine import TextBox
 from ocr.plate import PlateRead
 from ocr.pool import OcrPool
+from ocr.textbox import TextBox
 from simulators.camera_frames import FrameSpec, MjpegCameraSimulator, encode_jpeg
 from simulators.plate_frames import PlateSpec, PlateTruth, render_frame
 from tests.sinks import driver_running

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from ocr.assemble import decide, read_container
-from ocr.engine import OcrEngine, TextBox, load_engine
+from ocr.engine import OcrEngine, load_engine
 from ocr.errors import EngineUnavailable, OcrError
 from ocr.reader import read_image
+from ocr.textbox import TextBox
 
 pytest.importorskip("rapidocr")
 

@@ -12,10 +12,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ocr import reader, reread
 from ocr.assemble import Candidate, assemble, assemble_all, decide, partials, vote_containers
-from ocr.engine import OcrEngine, TextBox, load_engine
+from ocr.engine import OcrEngine, load_engine
 from ocr.reader import read_all, read_image
 from ocr.reread import check_digit_after
 from ocr.rods import without_rods
+from ocr.textbox import TextBox
 
 pytest.importorskip("rapidocr")
 

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gated.errors import GatedError
-from ocr.engine import OcrEngine, TextBox, load_engine
+from ocr.engine import OcrEngine, load_engine
 from ocr.plate import DEFAULT_MIN_CONFIDENCE, PlateFormat, PlateRead, read_plate, vote_plates
+from ocr.textbox import TextBox
 from simulators.plate_frames import STYLES, PlateSpec, random_spec, render_frame, write_dataset
 
 
