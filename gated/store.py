@@ -35,9 +35,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
-from gated.errors import StorageError
+from gated.errors import ContainerNumberError, StorageError
+from gated.iso6346 import ContainerNumber
 from gated.messages import READING, Message
-from gated.model import Decision, Reading, Visit, new_id
+from gated.model import Decision, Reading, Source, Visit, new_id
 from gated.redact import error_text, url_secrets
 
 counters = Table(
@@ -81,6 +82,8 @@ readings = Table(
     Column("visit", String(40), nullable=True, index=True),
     Column("ts", UTCDateTime, nullable=False),
     Column("body", Text, nullable=False),
+    # The number an OCR reading read (normalised), so `gated query` finds reads nobody decided on.
+    Column("container", String(11), nullable=True),
 )
 
 visits = Table(
@@ -121,6 +124,7 @@ audit = Table(
 )
 
 Index("ix_readings_lane_ts", readings.c.lane, readings.c.ts)
+Index("ix_readings_container_ts", readings.c.container, readings.c.ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,17 @@ def insert_audit(conn: Connection, records: Sequence[AuditRecord]) -> None:
                 for a in records
             ],
         )
+
+
+def container_read(source: str, value: object) -> str | None:
+    """The container number a reading read, as stored for lookups (normalised, shape checked,
+    any check digit); None for other readings and for text that is no container number."""
+    if source != Source.CONTAINER_NUMBER or not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return str(ContainerNumber.parse(value, require_valid_check_digit=False))
+    except ContainerNumberError:
+        return None
 
 
 def _dumps(value: Any) -> str:
@@ -289,6 +304,7 @@ class Store:
                                 "ts": r.ts,
                                 # What was published, when it was (encoding it once is half the cost).
                                 "body": payloads.get(r.id) or _dumps(r.body()),
+                                "container": container_read(r.source, r.value),
                             }
                             for r in batch.readings
                         ],
@@ -449,6 +465,17 @@ class Store:
                 ).scalar()
                 or 0
             )
+
+    def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """Messages not yet acknowledged by the broker, and when the oldest of them was stored."""
+        with self.engine.connect() as conn:
+            pending = outbox.c.delivered_at.is_(None)
+            depth = conn.execute(select(func.count()).select_from(outbox).where(pending)).scalar()
+            # The oldest by seq: the pending index gives it without a scan.
+            oldest = conn.execute(
+                select(outbox.c.created_at).where(pending).order_by(outbox.c.seq).limit(1)
+            ).scalar()
+            return int(depth or 0), oldest
 
     def pending_readings(self) -> int:
         with self.engine.connect() as conn:
