@@ -235,6 +235,36 @@ class OcrConfig(Strict):
     )
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6 address]:port``) split; ``ValueError`` saying what is wrong."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port with a port from 1 to 65535 (e.g. 127.0.0.1:9108)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:9108")
+    if not host.strip():
+        raise ValueError(f"{text!r} has no host: name the address to listen on (0.0.0.0 for every one)")
+    return host, int(port)
+
+
+class MetricsConfig(Strict):
+    listen: str | None = Field(
+        None,
+        description="Serve Prometheus metrics over HTTP on this host:port, e.g. 127.0.0.1:9108 "
+        "(unset: no endpoint). No authentication: anyone who reaches it sees the lanes' traffic and "
+        "device health, so keep it on loopback or a management network.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+
 DEVICE_KINDS: dict[str, str] = {name: device.kind.value for name, device in DEVICE_TYPES.items()}
 """The lane role (rfid, ocr, rpm, ...) of each ``driver = "..."`` name."""
 
@@ -296,6 +326,7 @@ class GateConfig(Strict):
     holds: HoldsConfig
     credentials: CredentialsConfig = Field(default_factory=lambda: CredentialsConfig())
     ocr: OcrConfig = Field(default_factory=lambda: OcrConfig())
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     lanes: list[LaneConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from gated.evidence import EvidenceStore
 from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
 from gated.messages import Topics, alarm_message, lane_status_message
+from gated.metrics import DaemonState, Metrics, MetricsServer
 from gated.model import Decision, Visit
 from gated.pipeline import Pipeline
 from gated.preadvice import PreadviceStore
@@ -60,6 +61,8 @@ class Daemon:
         self.store = Store(self.engine, site=config.site, node=config.node, clock=self.clock)
         self.holds = HoldStore(self.engine, self.clock)
         self.boot = self.store.next_boot()
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
         self.pipeline = Pipeline(
             config,
             self.store,
@@ -67,6 +70,7 @@ class Daemon:
             self.clock,
             preadvice=PreadviceStore(self.engine),
             credentials=CancelledCardList(self.engine, self.clock),
+            metrics=self.metrics,
         )
         self.topics = topics = Topics(config.site)
         self.commands = HoldCommandWorker(
@@ -91,6 +95,9 @@ class Daemon:
         self.commands.on_stored = self.publisher.wake
         self.pipeline.on_fatal = self.fatal
         self.pipeline.storage_listeners.append(self._on_storage)
+        self.metrics.watch(
+            DaemonState(self.pipeline, self.store, self.holds, self.publisher, self.commands, self.clock)
+        )
         self.evidence = EvidenceStore(Path(config.storage.evidence))
         # OCR worker processes, one pool per engine, shared by every frames camera.
         self.ocr_pools: dict[str, OcrPool] = {}
@@ -228,6 +235,9 @@ class Daemon:
             len(self.config.lanes),
             len(self.drivers),
         )
+        if self.config.metrics.listen is not None:
+            # First: an address that cannot be bound stops the start before anything runs.
+            self.metrics_server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
         for pool in self.ocr_pools.values():
             pool.start()  # the workers load their engine while the rest starts
         self.pipeline.recover()
@@ -265,6 +275,8 @@ class Daemon:
             if worker is not None:
                 worker.join(timeout)
         self.publisher.stop(graceful_offline=True, timeout=timeout)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.engine.dispose()
 
     def run_forever(self) -> int:

@@ -40,6 +40,7 @@ from gated.messages import (
     lane_status_message,
     reading_message,
 )
+from gated.metrics import Metrics
 from gated.model import (
     Decision,
     DeviceState,
@@ -129,8 +130,10 @@ class Pipeline:
         batch_limit: int = 1000,
         preadvice: PreadviceStore | None = None,
         credentials: CancelledCardList | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.holds = holds
         self.clock = clock
@@ -300,6 +303,7 @@ class Pipeline:
         if reading.source == Source.TAMPER:
             lane.tamper(reading.device, reading.value is True)
         self.stats.readings += 1
+        self.metrics.reading(reading.lane, reading.device, str(reading.kind))
         batch.readings.append(attached)
         batch.messages.append(reading_message(self.topics, attached))
         self._reading_alarms(attached, batch)
@@ -602,8 +606,14 @@ class Pipeline:
             self._tell_storage(True, "storage works again")
             self._pending.messages.extend(self._lane_status(lane.id) for lane in self.config.lanes)
         self.on_stored()
-        for _visit, decisions in decided:
+        stored_at = self.clock.now()
+        for visit, decisions in decided:
+            last = max((r.ts for r in visit.readings), default=None)
             for decision in decisions:
+                if last is not None:
+                    self.metrics.decision(
+                        decision.lane, str(decision.outcome), (stored_at - last).total_seconds()
+                    )
                 log.info(
                     "decision %s lane=%s visit=%s container=%s outcome=%s",
                     decision.id,
