@@ -76,6 +76,17 @@ def test_vertical_number_is_read_exactly(engine: OcrEngine) -> None:
     assert read.container == "CSQU3054383"
 
 
+def test_a_1080p_frame_is_found_at_the_detector_size_and_read_at_its_own(engine: OcrEngine) -> None:
+    # A gate camera's 1920x1080 frame: text is looked for at 736 px on the short side, and each box
+    # is read from the frame itself and placed in its coordinates.
+    frame = plate(["MSKU 413532 9", "22G1"], width=1920, height=1080, size=44)
+    boxes = engine.read(frame)
+    assert read_container(boxes).container == "MSKU4135329"
+    number = next(box for box in boxes if "MSKU" in box.text)
+    x0, y0, x1, y1 = number.bbox
+    assert 140 <= x0 <= 180 and 100 <= y0 <= 140 and 480 <= x1 <= 600 and 150 <= y1 <= 200
+
+
 def test_blank_frame_gives_nothing(engine: OcrEngine) -> None:
     blank = np.full((720, 1280, 3), 255, dtype=np.uint8)
     assert read_container(engine.read(blank)).container is None
