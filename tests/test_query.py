@@ -320,35 +320,43 @@ def test_reads_of_a_number_are_looked_up_through_an_index(sqlite: Engine, tmp_pa
 
 
 def test_a_database_from_before_the_index_finds_its_old_reads(tmp_path: Path) -> None:
-    """Readings stored before readings carried their number get it from their body on upgrade."""
+    """Readings stored before readings carried their number get it from their body on upgrade, page
+    by page (more than one page here), text that is no number and other sources left without."""
     path = tmp_path / "old.db"
     old = create_engine(f"sqlite:///{path}")
     config = Config()
     config.set_main_option("script_location", "gated:migrations")
-    body = Reading(
-        LANE, Kind.OCR, "ocr-1", Source.CONTAINER_NUMBER, "msku 100001-6", datetime(2026, 11, 1, tzinfo=UTC)
-    ).body()
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    values: list[tuple[Source, Any]] = [(Source.CONTAINER_NUMBER, "msku 100001-6")]
+    values += [(Source.CONTAINER_NUMBER, f"ABCU{index:06d}0") for index in range(2400)]
+    values += [
+        (Source.CONTAINER_NUMBER, "#?7 X"),
+        (Source.CONTAINER_NUMBER, None),
+        (Source.SIZE_TYPE, NUMBER),
+    ]
+    bodies = [Reading(LANE, Kind.OCR, "ocr-1", source, found, when).body() for source, found in values]
     with old.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0002")
         connection.execute(
             text(
                 "INSERT INTO readings (id, lane, kind, device, source, visit, ts, body)"
-                " VALUES (:id, :lane, 'ocr', 'ocr-1', 'container_number', NULL, :ts, :body)"
+                " VALUES (:id, :lane, 'ocr', 'ocr-1', :source, NULL, :ts, :body)"
             ),
-            {
-                "id": body["id"],
-                "lane": LANE,
-                "ts": datetime(2026, 11, 1, tzinfo=UTC),
-                "body": json.dumps(body),
-            },
+            [
+                {"id": b["id"], "lane": LANE, "source": b["source"], "ts": when, "body": json.dumps(b)}
+                for b in bodies
+            ],
         )
     old.dispose()
     engine = open_engine(path)
     report = query_container(engine, NUMBER)
+    with engine.connect() as conn:
+        numbered = conn.execute(text("SELECT count(*) FROM readings WHERE container IS NOT NULL")).scalar()
     engine.dispose()
-    assert [r["id"] for r in report["readings"] if r["of_container"]] == [body["id"]]
+    assert [r["id"] for r in report["readings"] if r["of_container"]] == [bodies[0]["id"]]
     assert report["visits"] == []
+    assert numbered == 2401
 
 
 def test_text_that_is_no_container_number_is_not_indexed(sqlite: Engine) -> None:

@@ -38,21 +38,30 @@ def upgrade() -> None:
         sa.column("container", sa.String),
     )
     connection = op.get_bind()
-    rows = connection.execute(
-        sa.select(readings.c.id, readings.c.body).where(readings.c.source == "container_number")
-    ).all()
-    numbers = []
-    for reading_id, body in rows:
-        number = container_read("container_number", json.loads(body).get("value"))
-        if number is not None:
-            numbers.append({"reading_id": reading_id, "number": number})
     update = (
         sa.update(readings)
         .where(readings.c.id == sa.bindparam("reading_id"))
         .values(container=sa.bindparam("number"))
     )
-    for start in range(0, len(numbers), BATCH):
-        connection.execute(update, numbers[start : start + BATCH])
+    # Page by id: a database with millions of reads is never held in memory at once.
+    last = ""
+    while True:
+        page = connection.execute(
+            sa.select(readings.c.id, readings.c.body)
+            .where((readings.c.source == "container_number") & (readings.c.id > last))
+            .order_by(readings.c.id)
+            .limit(BATCH)
+        ).all()
+        if not page:
+            break
+        last = page[-1][0]
+        numbers = []
+        for reading_id, body in page:
+            number = container_read("container_number", json.loads(body).get("value"))
+            if number is not None:
+                numbers.append({"reading_id": reading_id, "number": number})
+        if numbers:
+            connection.execute(update, numbers)
 
 
 def downgrade() -> None:
