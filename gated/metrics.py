@@ -59,6 +59,7 @@ class Metrics:
             buckets=DECISION_BUCKETS,
             registry=self.registry,
         )
+        self._reading_counters: dict[tuple[str, str, str], Counter] = {}
         self._ocr_queue = Gauge(
             "gated_ocr_queue_depth",
             "Frames of a camera waiting for OCR.",
@@ -75,7 +76,12 @@ class Metrics:
 
     def reading(self, lane: str, device: str, kind: str) -> None:
         """One reading taken in by the pipeline."""
-        self._readings.labels(lane, device, kind).inc()
+        key = (lane, device, kind)
+        child = self._reading_counters.get(key)
+        if child is None:
+            # labels() takes a lock and checks its arguments: once per device, not per reading.
+            child = self._reading_counters[key] = self._readings.labels(lane, device, kind)
+        child.inc()
 
     def decision(self, lane: str, outcome: str, seconds: float) -> None:
         """One decision stored, ``seconds`` after the last reading of its visit."""
