@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from gated.clock import rfc3339
 from gated.errors import StorageError
 from gated.holds import HoldStore, normalise_container
 from gated.redact import error_text, printable, url_secrets
@@ -71,7 +72,7 @@ def _query(engine: Engine, container: str, evidence_root: Path | None) -> dict[s
     for row in visit_rows:
         for key in ("opened_at", "closed_at"):
             if row[key] is not None:
-                row[key] = row[key].isoformat()
+                row[key] = rfc3339(row[key])
         row["read_here"] = row["id"] in read_visits
         row["decisions"] = [
             {"id": d["id"], "container": d["container"], "outcome": d["outcome"]}
@@ -214,15 +215,20 @@ def _timeline(report: dict[str, Any]) -> list[tuple[datetime, str]]:
                 f"decided: {decided or 'nothing'}",
             )
         )
+    closed = {visit["id"]: visit["closed_at"] for visit in report["visits"]}
     for reading in report["readings"]:
         if reading.get("of_container"):
             confidence = reading.get("confidence")
             shown = "" if confidence is None else f" confidence {confidence:.2f}"
+            visit = reading.get("visit")
+            end = closed.get(visit) if visit else None
+            late = end is not None and _sortable(reading["ts"]) > _sortable(end)
             events.append(
                 (
                     _sortable(reading["ts"]),
                     f"  {reading['ts']} read by {reading['device']} on {reading['lane']} "
-                    f"({reading['quality']}{shown}) in visit {reading.get('visit') or 'none'}",
+                    f"({reading['quality']}{shown}) in visit {visit or 'none'}"
+                    + (" after it had closed" if late else ""),
                 )
             )
     for decision in report["decisions"]:
@@ -236,13 +242,14 @@ def _timeline(report: dict[str, Any]) -> list[tuple[datetime, str]]:
         )
     for item in report["evidence"]:
         where = item.get("path") or item["uri"]
-        missing = "" if item.get("present", True) else " (missing)"
-        whose = "" if item["of_container"] else " (another reading of the same truck)"
+        missing = "" if item.get("present", True) else ", missing"
+        whose = "" if item["of_container"] else ", another reading of the same truck"
         events.append(
             (
                 _sortable(item["ts"]),
-                f"  {item['ts']} evidence {where}{missing} sha256 {item['sha256']} from "
-                f"{item['device']}{whose}",
+                # The path and the URI both end in the stored sha256: not repeated.
+                f"  {item['ts']} evidence {where} ({item['media_type']}, {item['bytes']} bytes from "
+                f"{item['device']}{whose}{missing})",
             )
         )
     return events

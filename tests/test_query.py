@@ -143,6 +143,7 @@ def drive(engine: Engine, folder: Path) -> tuple[Lane, Story]:
     lane.arrive("e2801100000000000000a003")
     late_visit = lane.open_visit()
     lane.leave()  # the camera saw one container, unread so far
+    clock.advance(3.0)
     crops.append(lane.number(NUMBER, visit=late_visit))
     # 4. Another number, read and still in its open visit: never decided.
     lane.arrive("e2801100000000000000a004")
@@ -252,7 +253,8 @@ def test_the_text_report_lists_reads_decisions_and_files_in_time_order(
     assert stamps == sorted(stamps)
     assert sum(" read by ocr-1 " in line for line in timeline) == 3
     assert sum(" evidence " in line for line in timeline) == 4
-    assert sum("(another reading of the same truck)" in line for line in timeline) == 1
+    assert sum(", another reading of the same truck)" in line for line in timeline) == 1
+    assert sum(line.endswith(f"in visit {story.late_visit} after it had closed") for line in timeline) == 1
     assert any(f"visit {story.late_visit}" in line and "unread MANUAL_REVIEW" in line for line in timeline)
     assert str(tmp_path / "evidence" / story.crops[0].sha256[:2] / story.crops[0].sha256) in text
     assert lines[-1] == "  3 visits, 3 reads of the number, 19 readings, 2 decisions, 4 evidence files"
