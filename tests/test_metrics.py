@@ -268,3 +268,35 @@ def test_gated_run_refuses_an_address_not_on_this_machine(tmp_path: Path) -> Non
     result = gated("run", "--config", str(config), check=False)
     assert result.returncode == 78, result.stderr
     assert "metrics.listen: cannot listen on 192.0.2.1:9108: Cannot assign requested address" in result.stderr
+
+
+def test_a_database_that_cannot_be_read_leaves_its_metrics_out_of_the_scrape(tmp_path: Path) -> None:
+    clock = ManualClock()
+    folder = tmp_path / "gone"
+    engine = open_engine(folder / "g.db")
+    config = gate_config()
+    store = Store(engine, site="s", node="n", clock=clock)
+    holds = HoldStore(engine, clock)
+    topics = Topics("s")
+    metrics = Metrics()
+    pipeline = Pipeline(config, store, holds, clock, metrics=metrics)
+    publisher = MqttPublisher(
+        store,
+        config.mqtt,
+        topics=topics,
+        boot=1,
+        subscriptions=[topics.holds_cmd],
+        on_message=lambda _topic, _payload: None,
+        status_snapshot=list,
+    )
+    commands = HoldCommandWorker(holds, store, config.holds, topics, ["lane-1"], clock)
+    metrics.watch(DaemonState(pipeline, store, holds, publisher, commands, clock))
+    engine.dispose()
+    for file in folder.iterdir():
+        file.unlink()
+    folder.rmdir()  # SQLite cannot even make a new file there
+    found = samples(generate_latest(metrics.registry).decode())
+    names = {name for name, _ in found}
+    assert "gated_outbox_backlog" not in names and "gated_hold_list_loaded" not in names
+    assert value(found, "gated_storage_ok") == 1.0  # the pipeline has not tried to store yet
+    assert value(found, "gated_device_state", lane="lane-1", device="rfid-1", state="offline") == 1.0
