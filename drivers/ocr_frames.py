@@ -112,6 +112,14 @@ MAX_QUEUED_ERRORS: Final = 1000
 MAX_PENDING_READS: Final = 16
 """Most visits read at once (waiting for frames or in the OCR pool); a trigger beyond them is
 refused and counted in ``triggers_refused``: that visit gets no number from this camera."""
+BACKLOG_SECONDS: Final = 8.0
+"""A visit whose frames are still waiting for OCR this long after its window closed is a backlog."""
+BACKLOG_VISITS: Final = 3
+"""More visits than this waiting for OCR at once (their windows closed) is a backlog too."""
+BACKLOG: Final = "OCR backlog"
+"""How the device's degraded detail starts while OCR lags (the pipeline raises ``ocr_backlog``)."""
+DECIDED_KEPT: Final = 64
+"""Decided visits remembered, so a trigger still queued for one of them is not read."""
 DEFAULT_PRE_TRIGGER: Final = 1.0
 DEFAULT_POST_TRIGGER: Final = 1.5
 DEFAULT_FRAMES_PER_VIEW: Final = 2
@@ -562,12 +570,29 @@ class FramesCameraDriver(Driver):
         self._wake = threading.Event()
         self._open_views: list[_View] = []
         self._open_plate_views: list[_View] = []
+        self._decided: BoundedQueue[str] = BoundedQueue(MAX_QUEUED_ERRORS)
+        self._decided_recent: deque[str] = deque(maxlen=DECIDED_KEPT)
+        self.visits_dropped = 0
+        """Visits decided before their read was done: the rest of their frames were not read."""
+        self.backlog: str | None = None
+        """Why OCR lags on this camera (module docstring), or None."""
 
     # -- from the pipeline thread ---------------------------------------------------------------
     def visit_opened(self, visit: Visit) -> None:
         """A visit listener: read the visit when it opened on this lane with a tag or occupancy."""
         if visit.lane == self.lane and visit.trigger in VISIT_TRIGGERS:
             self.trigger(Trigger(visit.id, visit.opened_at.timestamp()))
+
+    def visit_decided(self, visit: Visit, _decisions: object = None) -> None:
+        """A decision listener: a visit of this lane was decided, so a read of its container frames
+        now would be thrown away (the correlator lets no reading join a closed visit). Those still
+        waiting for OCR are dropped before a worker takes them (its plate is still read: it is
+        published for the record, and never decides anything)."""
+        if visit.lane != self.lane:
+            return
+        self.pool.drop(visit.id, plates=False)
+        if self._decided.put(visit.id):
+            self._wake.set()
 
     def trigger(self, trigger: Trigger) -> None:
         """Read the frames around ``trigger`` (thread-safe, never blocks)."""
@@ -616,9 +641,29 @@ class FramesCameraDriver(Driver):
 
     def degraded(self) -> str | None:
         down = self._down()
-        if not down or len(down) == len(self._open_views):
+        views = None
+        if down and len(down) < len(self._open_views):
+            views = f"{len(down)} of {len(self._open_views)} views down: {'; '.join(map(str, down))}"
+        self.backlog = self._backlog()
+        return "; ".join(part for part in (self.backlog, views) if part) or None
+
+    def _backlog(self) -> str | None:
+        """Why OCR lags, or None: a visit's frames waited ``BACKLOG_SECONDS`` after its window
+        closed, or more than ``BACKLOG_VISITS`` visits wait. Once lagging, it is over only when no
+        visit has waited half that long and no more than that many wait, so it does not flap."""
+        now = time.time()
+        waits = [now - read.trigger.ts - self.post_trigger for read in self._reads if read.complete]
+        waits += [now - read.trigger.ts - self.post_trigger for read in self._plate_reads]
+        oldest = max(waits, default=0.0)
+        visits = {read.trigger.visit for read in self._reads if read.complete}
+        count = len(visits | {read.trigger.visit for read in self._plate_reads})
+        limit = BACKLOG_SECONDS / 2 if self.backlog else BACKLOG_SECONDS
+        if oldest <= limit and count <= BACKLOG_VISITS:
             return None
-        return f"{len(down)} of {len(self._open_views)} views down: {'; '.join(map(str, down))}"
+        return (
+            f"{BACKLOG}: {count} visits waiting for OCR, the oldest for {oldest:.0f} s "
+            f"(more than {BACKLOG_SECONDS:g} s or {BACKLOG_VISITS} visits)"
+        )
 
     def _down(self) -> list[DeviceUnavailable]:
         """Why each container view that is down is down."""
@@ -637,6 +682,7 @@ class FramesCameraDriver(Driver):
 
     def step(self) -> Sequence[Reading]:
         self._wait()
+        self._forget_decided()
         self._start_due()
         readings: list[Reading] = []
         for read in [read for read in self._reads if read.done()]:
@@ -667,9 +713,31 @@ class FramesCameraDriver(Driver):
         self._wake.wait(timeout)
         self._wake.clear()
 
+    def _forget_decided(self) -> None:
+        """Drop the reads of visits decided meanwhile: no reading of theirs would be used."""
+        while self._decided:
+            self._decided_recent.append(self._decided.take())
+        if not self._decided_recent:
+            return
+        decided = set(self._decided_recent)
+        self._waiting = [read for read in self._waiting if read.trigger.visit not in decided]
+        # A plate read still goes out: a reading of the truck's plate, published, not joined.
+        for read in [read for read in self._reads if read.trigger.visit in decided]:
+            self._reads.remove(read)
+            self.visits_dropped += 1
+            log.info(
+                "%s/%s: visit %s was decided before its frames were read: %d frames dropped",
+                self.lane,
+                self.device,
+                read.trigger.visit,
+                _cancel(read.futures),
+            )
+
     def _start_due(self) -> None:
         while self._triggers:
             trigger = self._triggers.take()
+            if trigger.visit in self._decided_recent:
+                continue  # decided before its read began
             if len(self._reads) >= MAX_PENDING_READS:
                 self._refuse(trigger)
                 continue
@@ -682,7 +750,8 @@ class FramesCameraDriver(Driver):
             early = self._choose(
                 self._open_views, trigger, trigger.ts, self.frames_per_view // 2 * len(self._open_views)
             )
-            read = _Read(trigger, early, [self._submit(frame.image) for frame in early], complete=False)
+            futures = [self._submit(frame.image, trigger) for frame in early]
+            read = _Read(trigger, early, futures, complete=False)
             self._waiting.append(read)
             self._reads.append(read)
             self.frames_read_early += len(early)
@@ -700,7 +769,7 @@ class FramesCameraDriver(Driver):
 
             quick_only = any(settled_by(future) for future in read.futures)
             read.frames.extend(rest)
-            read.futures.extend(self._submit(frame.image, quick_only=quick_only) for frame in rest)
+            read.futures.extend(self._submit(frame.image, trigger, quick_only=quick_only) for frame in rest)
             read.complete = True
             if self._open_plate_views:
                 # Submitted after the container frames: the pool reads in order, the number first.
@@ -710,8 +779,8 @@ class FramesCameraDriver(Driver):
                     trigger.ts + self.post_trigger,
                     self.frames_per_view * len(self._open_plate_views),
                 )
-                futures = [self._submit_plate(frame.image) for frame in plates]
-                self._plate_reads.append(_Read(trigger, plates, futures))
+                plate_futures = [self._submit_plate(frame.image, trigger) for frame in plates]
+                self._plate_reads.append(_Read(trigger, plates, plate_futures))
 
     def _choose(
         self,
@@ -734,13 +803,20 @@ class FramesCameraDriver(Driver):
         ]
         return select_frames(frames, trigger.ts, max(self.pre_trigger, self.post_trigger), count)
 
-    def _submit(self, image: Image, *, quick_only: bool = False) -> Future[list[Candidate]]:
-        return self._guarded(lambda: self.pool.submit(image, quick_only=quick_only))
+    def _submit(self, image: Image, trigger: Trigger, *, quick_only: bool = False) -> Future[list[Candidate]]:
+        # The pool reads the oldest visit's frames first: the trigger's time ranks them.
+        return self._guarded(
+            lambda: self.pool.submit(image, quick_only=quick_only, visit=trigger.visit, order=trigger.ts)
+        )
 
-    def _submit_plate(self, image: Image) -> Future[PlateRead]:
+    def _submit_plate(self, image: Image, trigger: Trigger) -> Future[PlateRead]:
         return self._guarded(
             lambda: self.pool.submit_plate(
-                image, formats=self.plate_formats, min_confidence=self.plate_min_confidence
+                image,
+                formats=self.plate_formats,
+                min_confidence=self.plate_min_confidence,
+                visit=trigger.visit,
+                order=trigger.ts,
             )
         )
 
@@ -754,14 +830,16 @@ class FramesCameraDriver(Driver):
         future.add_done_callback(lambda _: self._wake.set())
         return future
 
-    def _results(self, read: _Read[R], resubmit: Callable[[Image], Future[R]], nothing: R) -> list[R] | None:
+    def _results(
+        self, read: _Read[R], resubmit: Callable[[Image, Trigger], Future[R]], nothing: R
+    ) -> list[R] | None:
         """Each frame's result, ``nothing`` where its OCR failed; None while a frame is read again."""
         retried = False
         for index, future in enumerate(read.futures):
             if _worker_died(future) and index not in read.resubmitted:
                 # The worker died under this frame and the pool starts a new one: read it once more.
                 read.resubmitted.add(index)
-                read.futures[index] = resubmit(read.frames[index].image)
+                read.futures[index] = resubmit(read.frames[index].image, read.trigger)
                 retried = True
         if retried:
             return None
@@ -861,6 +939,13 @@ class FramesCameraDriver(Driver):
         except StorageError as error:
             log.error("%s/%s: cannot store the OCR crop: %s", self.lane, self.device, error_text(error))
             return ()
+
+
+def _cancel(futures: Sequence[Future[Any]]) -> int:
+    """Cancel what is not read yet; returns how many were cancelled (also by the pool before)."""
+    for future in futures:
+        future.cancel()
+    return sum(1 for future in futures if future.cancelled())
 
 
 def _worker_died(future: Future[Any]) -> bool:

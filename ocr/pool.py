@@ -5,32 +5,55 @@ down a worker, not the daemon.
 Each worker loads its engine once (the pool's initializer), warms it up on a painted frame (the
 first frame through ONNX Runtime costs about a second more than the next ones), and then reads one
 frame per task with ``ocr.reader.read_all`` (every container in the frame): the reading path of
-``gated ocr``. A licence plate task
-runs the same engine and ``ocr.plate.read_plate`` instead, the path of ``gated ocr --plates``.
+``gated ocr``. A licence plate task runs the same engine and ``ocr.plate.read_plate`` instead, the
+path of ``gated ocr --plates``.
+
+The queue is kept here, in the daemon, not in the executor: only as many tasks as there are workers
+are handed to it, so the next one is chosen when a worker is free, by visit:
+
+1. the quick look (``read_all(..., quick_only=True)``) of every frame waiting, before any slow step:
+   it settles most numbers, and every truck gets its chance before one hard frame takes seconds;
+2. then licence plates (informational, one look each);
+3. last, the full read of a frame whose quick look did not settle its number (``settled``), and
+   only while no other frame of its visit has settled one: a settled frame makes the rest
+   confirmations, which the quick look gives.
+
+Within each step the oldest visit goes first (``order``, the trigger's time: the truck at the
+barrier), then frames in the order they came. ``drop(visit)`` cancels what a visit still has
+waiting (its visit was decided: a read now would be thrown away); a caller may also cancel a
+future itself, and a cancelled task never reaches a worker.
 
 - Workers are started with ``forkserver`` (``spawn`` where there is none), never by forking the
   daemon: a fork copies the locks its other threads hold at that moment.
+- ``workers`` defaults to half the machine's cores (``default_workers``), at least one: each
+  worker's engine already spreads one frame over two cores, so more workers than that only make
+  every frame slower. ``[ocr] workers`` in the config overrides it.
 - Frames travel as numpy arrays. Measured on the 2-core gate PC with 1280x720 frames: handing an
   array to a worker and back costs about 4 ms; JPEG instead costs about 10 ms to encode, 10 ms to
   decode in the worker and 0.3 ms to send. The driver holds decoded frames anyway.
 - A worker that dies (killed, out of memory, a segfault in native code) leaves the executor broken
-  for good: the futures in flight fail with ``BrokenProcessPool``, and the next ``submit`` builds a
-  new executor and counts it in ``restarts``. The caller may submit those frames again.
+  for good: the futures of the frames it was reading fail with ``BrokenProcessPool``, and the next
+  task builds a new executor, counted in ``restarts``; tasks still waiting here go to the new one.
+  The caller may submit the failed frames again.
 - An engine that cannot be loaded (not installed, weights missing) does not break the pool: every
   task then fails with that ``OcrError``, so the lane sees why and the pool is not rebuilt in a loop.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import multiprocessing
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
 
 import cv2
 import numpy as np
@@ -45,11 +68,25 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENGINE = "rapidocr"
 
+CONTROL: Final = 0
+"""Task steps, in the order a free worker takes them: start-up and pings first."""
+QUICK: Final = 1
+PLATE: Final = 2
+FULL: Final = 3
+STEP_NAMES: Final = {CONTROL: "control", QUICK: "quick", PLATE: "plate", FULL: "full"}
+STARTED_KEPT: Final = 1000
+"""How many started tasks ``started`` remembers (for logs and tests)."""
+
 T = TypeVar("T")
 
 # Set in each worker by ``_load``: the engine, or why it could not be loaded.
 _engine: OcrEngine | None = None
 _load_error: OcrError | None = None
+
+
+def default_workers() -> int:
+    """Worker processes for this machine: half its cores, at least one (module docstring)."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 def settled_by(future: Future[list[Candidate]]) -> bool:
@@ -109,25 +146,59 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-class OcrPool:
-    """``workers`` processes running the engine called ``engine``; thread-safe."""
+@dataclass(eq=False)
+class _Task:
+    """One call waiting for a worker, and the caller's future it answers."""
 
-    def __init__(self, engine: str = DEFAULT_ENGINE, workers: int = 1) -> None:
+    step: int
+    order: float
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future[Any]
+    visit: str | None
+    queued: float = field(default_factory=time.monotonic)
+    then: Callable[[Any], None] | None = None
+    """Takes the worker's result instead of the future (a quick look that may need a full read)."""
+    skip: Callable[[], bool] = lambda: False
+    """True when the task is no longer worth a worker: ``skipped`` then answers its future."""
+    skipped: Callable[[], None] | None = None
+
+
+class OcrPool:
+    """``workers`` processes running the engine called ``engine``, fed in the order of the module
+    docstring; thread-safe."""
+
+    def __init__(self, engine: str = DEFAULT_ENGINE, workers: int | None = None) -> None:
+        workers = default_workers() if workers is None else workers
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.engine = engine
         self.workers = workers
         self.restarts = 0
         """Executors built again after a worker died."""
-        self._lock = threading.Lock()
+        self.dropped = 0
+        """Tasks cancelled before a worker took them (their visit was decided, or the caller gave up)."""
+        self.full_reads_skipped = 0
+        """Full reads left out because another frame of the visit had settled its number."""
+        self.started: deque[tuple[str | None, str]] = deque(maxlen=STARTED_KEPT)
+        """(visit, step name) of the latest tasks handed to a worker, oldest first."""
+        self.last_task_seconds: float | None = None
+        """Seconds the last task took in a worker (from hand-over to result)."""
+        self._lock = threading.Condition()
+        self._queue: list[tuple[int, float, int, _Task]] = []
+        self._count = itertools.count()
+        self._in_flight = 0
+        self._settled: set[str] = set()  # visits one of whose frames settled its number
+        self._visit_futures: dict[str, dict[Future[Any], int]] = {}  # each future and its step
         self._executor: ProcessPoolExecutor | None = None
+        self._dispatcher: threading.Thread | None = None
         self._closed = False
 
     def start(self) -> Future[int]:
         """Start the workers now rather than on the first frame; the future gives a worker's pid
         once its engine is loaded and warm, or raises why it cannot be loaded (also logged)."""
         started = time.monotonic()
-        future = self._submit(_ready)
+        future: Future[int] = self._enqueue(CONTROL, 0.0, None, _ready)
 
         def report(done: Future[int]) -> None:
             error = None if done.cancelled() else done.exception()
@@ -140,44 +211,215 @@ class OcrPool:
         future.add_done_callback(report)
         return future
 
-    def submit(self, image: Image, *, quick_only: bool = False) -> Future[list[Candidate]]:
-        """Read one BGR frame in a worker (``quick_only``: see ``ocr.reader.read_all``). Never
-        blocks on OCR; the future raises ``OcrError`` when the engine failed, ``BrokenProcessPool``
-        when the worker died while reading."""
-        return self._submit(_read, image, quick_only)
+    def submit(
+        self,
+        image: Image,
+        *,
+        quick_only: bool = False,
+        visit: str | None = None,
+        order: float | None = None,
+    ) -> Future[list[Candidate]]:
+        """Read one BGR frame in a worker: the quick look, then the full read only when that did
+        not settle the number and no other frame of ``visit`` has (``quick_only``: the quick look
+        alone; see ``ocr.reader.read_all``). ``order`` ranks the visit (its trigger's epoch
+        seconds; default now). Never blocks on OCR; the future raises ``OcrError`` when the engine
+        failed, ``BrokenProcessPool`` when the worker died while reading."""
+        future: Future[list[Candidate]] = Future()
+        rank = time.time() if order is None else order
+
+        def quick_done(found: list[Candidate]) -> None:
+            if settled(found):
+                if visit is not None:
+                    with self._lock:
+                        self._settled.add(visit)
+                _answer(future, found)
+            elif quick_only or self._visit_settled(visit):
+                _answer(future, found)
+            else:
+                self._enqueue(
+                    FULL,
+                    rank,
+                    visit,
+                    _read,
+                    image,
+                    False,
+                    future=future,
+                    skip=lambda: self._visit_settled(visit),
+                    skipped=lambda: self._skip_full(future, found),
+                )
+
+        self._enqueue(QUICK, rank, visit, _read, image, True, future=future, then=quick_done)
+        return future
 
     def submit_plate(
-        self, image: Image, *, formats: Sequence[PlateFormat], min_confidence: float
+        self,
+        image: Image,
+        *,
+        formats: Sequence[PlateFormat],
+        min_confidence: float,
+        visit: str | None = None,
+        order: float | None = None,
     ) -> Future[PlateRead]:
-        """Read the licence plate in one BGR frame in a worker; the future fails as ``submit``'s does."""
-        return self._submit(_read_plate, image, tuple(formats), min_confidence)
+        """Read the licence plate in one BGR frame in a worker, after every waiting quick look;
+        the future fails as ``submit``'s does."""
+        rank = time.time() if order is None else order
+        return self._enqueue(PLATE, rank, visit, _read_plate, image, tuple(formats), min_confidence)
 
     def ping(self) -> Future[int]:
         """The pid of the worker that answers (tests kill it to see it replaced)."""
-        return self._submit(_pid)
+        return self._enqueue(CONTROL, 0.0, None, _pid)
+
+    def drop(self, visit: str, *, plates: bool = True) -> int:
+        """Cancel the tasks of ``visit`` that no worker has finished (its visit was decided: the
+        read would be thrown away), its plates too unless ``plates`` is False; returns how many
+        futures were cancelled. Safe from any thread."""
+        with self._lock:
+            futures = self._visit_futures.get(visit, {})
+            chosen = [future for future, step in futures.items() if plates or step != PLATE]
+        return sum(1 for future in chosen if future.cancel())
+
+    def queue_depth(self) -> int:
+        """Tasks waiting for a worker (not those being read)."""
+        with self._lock:
+            return sum(1 for *_, task in self._queue if not task.future.cancelled())
+
+    def waiting(self) -> dict[str | None, float]:
+        """Each visit with tasks waiting for a worker, and how long its oldest has waited (s)."""
+        now = time.monotonic()
+        found: dict[str | None, float] = {}
+        with self._lock:
+            for *_, task in self._queue:
+                if not task.future.cancelled():
+                    found[task.visit] = max(found.get(task.visit, 0.0), now - task.queued)
+        return found
 
     def close(self) -> None:
         """Stop the workers; frames not yet started are cancelled. Safe to call twice."""
         with self._lock:
             self._closed = True
+            queued, self._queue = self._queue, []
             executor, self._executor = self._executor, None
+            dispatcher = self._dispatcher
+            self._lock.notify_all()
+        for *_, task in queued:
+            task.future.cancel()
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+    # -- the queue ---------------------------------------------------------------------------------
+    def _visit_settled(self, visit: str | None) -> bool:
+        with self._lock:
+            return visit is not None and visit in self._settled
+
+    def _skip_full(self, future: Future[list[Candidate]], found: list[Candidate]) -> None:
+        with self._lock:
+            self.full_reads_skipped += 1
+        _answer(future, found)
+
+    def _enqueue(
+        self,
+        step: int,
+        order: float,
+        visit: str | None,
+        fn: Callable[..., T],
+        *args: Any,
+        future: Future[Any] | None = None,
+        then: Callable[[Any], None] | None = None,
+        skip: Callable[[], bool] = lambda: False,
+        skipped: Callable[[], None] | None = None,
+    ) -> Future[T]:
+        if future is None:
+            future = Future()
+        task = _Task(step, order, fn, args, future, visit, then=then, skip=skip, skipped=skipped)
         with self._lock:
             if self._closed:
                 raise OcrError("the OCR pool is closed")
-            for attempt in (1, 2):
-                executor = self._executor_locked()
-                try:
-                    return executor.submit(fn, *args)
-                except BrokenProcessPool:
-                    # A worker died since the last submit: build a new executor and try once more.
-                    self._replace_locked()
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            if visit is not None:
+                self._visit_futures.setdefault(visit, {}).setdefault(future, step)
+                future.add_done_callback(lambda done: self._forget(visit, done))
+            heapq.heappush(self._queue, (step, order, next(self._count), task))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name="ocr-pool", daemon=True)
+                self._dispatcher.start()
+            self._lock.notify_all()
+        return future
+
+    def _forget(self, visit: str, future: Future[Any]) -> None:
+        with self._lock:
+            futures = self._visit_futures.get(visit)
+            if futures is not None:
+                futures.pop(future, None)
+                if not futures:
+                    del self._visit_futures[visit]
+                    # The visit's last frame is answered: it may not come back, free its mark.
+                    self._settled.discard(visit)
+
+    def _dispatch(self) -> None:
+        """The pool's thread: hand the first task in line to the executor whenever a worker is free."""
+        while True:
+            with self._lock:
+                while not self._closed and (self._in_flight >= self.workers or not self._queue):
+                    self._lock.wait()
+                if self._closed:
+                    return
+                *_, task = heapq.heappop(self._queue)
+            if task.future.done():
+                with self._lock:
+                    self.dropped += 1
+                continue
+            if task.skipped is not None and task.skip():
+                task.skipped()
+                continue
+            self._hand_over(task)
+
+    def _hand_over(self, task: _Task) -> None:
+        with self._lock:
+            if self._closed:
+                task.future.cancel()
+                return
+            try:
+                inner = self._submit_locked(task)
+            except BrokenProcessPool as error:
+                _fail(task.future, error)
+                return
+            self._in_flight += 1
+            self.started.append((task.visit, STEP_NAMES[task.step]))
+        handed = time.monotonic()
+        inner.add_done_callback(lambda done: self._done(task, done, handed))
+
+    def _done(self, task: _Task, inner: Future[Any], handed: float) -> None:
+        """A worker answered (or died, or the pool closed): free its place and pass the answer on."""
+        with self._lock:
+            self._in_flight -= 1
+            self.last_task_seconds = time.monotonic() - handed
+            self._lock.notify_all()
+        if inner.cancelled():
+            task.future.cancel()
+            return
+        error = inner.exception()
+        if error is not None:
+            _fail(task.future, error)
+        elif task.then is not None and not task.future.done():
+            try:
+                task.then(inner.result())
+            except OcrError as closed:  # the pool closed between the quick look and the full read
+                _fail(task.future, closed)
+        else:
+            _answer(task.future, inner.result())
+
+    def _submit_locked(self, task: _Task) -> Future[Any]:
+        for attempt in (1, 2):
+            executor = self._executor_locked()
+            try:
+                return executor.submit(task.fn, *task.args)
+            except BrokenProcessPool:
+                # A worker died since the last task: build a new executor and try once more.
+                self._replace_locked()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _executor_locked(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -195,3 +437,14 @@ class OcrPool:
         log.warning("OCR worker died: starting a new one (%d restarts so far)", self.restarts)
         if broken is not None:
             broken.shutdown(wait=False, cancel_futures=True)
+
+
+def _answer(future: Future[T], result: T) -> None:
+    """Set ``future``'s result unless it was cancelled meanwhile (its visit was dropped)."""
+    if not future.done() and future.set_running_or_notify_cancel():
+        future.set_result(result)
+
+
+def _fail(future: Future[Any], error: BaseException) -> None:
+    if not future.done() and future.set_running_or_notify_cancel():
+        future.set_exception(error)

@@ -1,0 +1,130 @@
+"""The OCR pool's queue on real parts: RapidOCR in a real worker process, frames painted by the
+camera simulator's renderer. The queue is the pool's own: a task reaches a worker only when one is
+free, so the order is chosen then (oldest visit first, quick looks before full reads) and a
+dropped visit's frames never reach a worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, wait
+
+import numpy as np
+import pytest
+
+from ocr.assemble import Candidate
+from ocr.errors import OcrError
+from ocr.pool import OcrPool, default_workers
+from simulators.camera_frames import FrameSpec, render_empty_lane, render_frame
+
+pytest.importorskip("rapidocr")
+pytestmark = pytest.mark.timeout(120)
+
+VALID = "MSKU4135329"
+OTHER = "CSQU3054383"
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[OcrPool]:
+    ocr = OcrPool("rapidocr", workers=1)
+    ocr.start().result(timeout=60)
+    yield ocr
+    ocr.close()
+
+
+def painted(number: str) -> np.ndarray:
+    spec = FrameSpec(container_numbers=(number,), char_height_px=46.0, view_angle_deg=5.0, texture_seed=3)
+    image, _ = render_frame(spec, np.random.default_rng(1))
+    return image
+
+
+def empty() -> np.ndarray:
+    """A lane without a truck: the quick look settles nothing, so a full read follows."""
+    return render_empty_lane(np.random.default_rng(2))
+
+
+BUSY, READABLE, OTHER_READABLE, EMPTY = painted(VALID), painted(VALID), painted(OTHER), empty()
+
+
+def since(pool: OcrPool, mark: int) -> list[tuple[str | None, str]]:
+    return list(pool.started)[mark:]
+
+
+def busy(pool: OcrPool) -> tuple[int, Future[list[Candidate]]]:
+    """Keep the one worker reading a frame while the test queues more behind it (frames painted
+    beforehand: queueing one takes microseconds, reading one a large part of a second)."""
+    mark = len(pool.started)
+    return mark, pool.submit(BUSY, visit="busy", order=0.0)
+
+
+def test_the_oldest_visit_first_and_every_quick_look_before_a_full_read(pool: OcrPool) -> None:
+    mark, first = busy(pool)
+    newer = pool.submit(OTHER_READABLE, visit="newer", order=200.0)
+    older = pool.submit(EMPTY, visit="older", order=100.0)
+    wait([first, newer, older], timeout=90)
+    assert [candidate.number for candidate in newer.result()] == [OTHER]
+    assert older.result() == []
+    # Submitted last but triggered first: the older truck's frame is looked at first; its full
+    # read (the quick look settled nothing) waits until every quick look is done.
+    assert since(pool, mark) == [
+        ("busy", "quick"),
+        ("older", "quick"),
+        ("newer", "quick"),
+        ("older", "full"),
+    ]
+    assert pool.queue_depth() == 0
+
+
+def test_a_dropped_visit_never_reaches_a_worker(pool: OcrPool) -> None:
+    mark, first = busy(pool)
+    gone = [pool.submit(READABLE, visit="gone", order=50.0) for _ in range(2)]
+    kept = pool.submit(OTHER_READABLE, visit="kept", order=60.0)
+    assert {"gone", "kept"} <= pool.waiting().keys()
+    dropped = pool.dropped
+    assert pool.drop("gone") == 2
+    wait([first, kept], timeout=90)
+    assert all(future.cancelled() for future in gone)
+    assert [candidate.number for candidate in kept.result()] == [OTHER]
+    assert since(pool, mark) == [("busy", "quick"), ("kept", "quick")]
+    assert pool.dropped == dropped + 2
+
+
+def test_a_settled_frame_spares_its_visit_the_full_reads(pool: OcrPool) -> None:
+    mark, first = busy(pool)
+    read = pool.submit(READABLE, visit="truck", order=10.0)
+    unread = pool.submit(EMPTY, visit="truck", order=10.0)
+    wait([first, read, unread], timeout=90)
+    assert [candidate.number for candidate in read.result()] == [VALID]
+    # The empty frame had its quick look only: another frame of the truck settled the number.
+    assert unread.result() == []
+    assert since(pool, mark) == [("busy", "quick"), ("truck", "quick"), ("truck", "quick")]
+
+
+def test_quick_only_never_gets_a_full_read(pool: OcrPool) -> None:
+    mark = len(pool.started)
+    future = pool.submit(EMPTY, quick_only=True)
+    assert future.result(timeout=60) == []
+    assert [step for _, step in since(pool, mark)] == ["quick"]
+
+
+def test_an_engine_that_cannot_load_fails_every_task_and_close_cancels_the_rest() -> None:
+    broken = OcrPool("no-such-engine", workers=1)
+    try:
+        with pytest.raises(OcrError, match="unknown OCR engine"):
+            broken.start().result(timeout=60)
+        futures = [broken.submit(EMPTY, visit=f"v{index}") for index in range(3)]
+        with pytest.raises(OcrError):
+            futures[0].result(timeout=60)
+    finally:
+        broken.close()
+    assert all(future.done() for future in futures)
+    for future in futures[1:]:
+        # Each failed as the first did, or was cancelled by close before a worker took it.
+        assert future.cancelled() or isinstance(future.exception(timeout=0), OcrError)
+    assert broken.restarts == 0
+    with pytest.raises(OcrError, match="closed"):
+        broken.submit(EMPTY)
+
+
+def test_the_default_worker_count_follows_the_machine() -> None:
+    assert default_workers() >= 1
+    assert OcrPool("rapidocr").workers == default_workers()
