@@ -3,6 +3,8 @@ look-alike swap must be vouched for by the check digit."""
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -10,18 +12,32 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from gated.bench.ocr import gate_frame
 from ocr import reader, reread
 from ocr.assemble import Candidate, assemble, assemble_all, decide, partials, vote_containers
+from ocr.engine import Image as Frame
 from ocr.engine import OcrEngine, load_engine
 from ocr.reader import read_all, read_image
 from ocr.reread import check_digit_after
 from ocr.rods import without_rods
-from ocr.textbox import TextBox
+from ocr.textbox import Recognized, TextBox
 
 pytest.importorskip("rapidocr")
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 SIZE = 60
+REAL_PHOTOS = Path(__file__).parent / "data" / "real-photos"
+
+
+def _real_photos() -> list[tuple[str, str]]:
+    with (REAL_PHOTOS / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        return [(row["image"], row["container_number"]) for row in csv.DictReader(handle)]
+
+
+def _photo(name: str) -> Frame:
+    image = cv2.imread(str(REAL_PHOTOS / "images" / name), cv2.IMREAD_COLOR)
+    assert image is not None, name
+    return np.ascontiguousarray(image, dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -394,3 +410,48 @@ def test_a_number_read_without_rods_must_survive_a_second_look(engine: OcrEngine
     unsure = reader._confirmed(engine, frame, [misread], candidate, always=True)
     assert unsure.number == "TCNU1804035" and unsure.confidence < 0.5
     assert decide(unsure).container is None
+
+
+class _Looks:
+    """The engine, counting the full looks the reader takes (each costs a detector run)."""
+
+    def __init__(self, engine: OcrEngine) -> None:
+        self.engine = engine
+        self.full = 0
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def quick_look(self) -> bool:
+        return self.engine.quick_look
+
+    def read(self, image: Frame, *, coarse: bool = False) -> list[TextBox]:
+        self.full += not coarse
+        return self.engine.read(image, coarse=coarse)
+
+    def recognize(self, crops: Sequence[Frame]) -> list[Recognized]:
+        return self.engine.recognize(crops)
+
+
+@pytest.mark.parametrize(("name", "number"), _real_photos())
+def test_a_real_gate_photo_at_1080p_is_read_with_one_full_look_at_most(
+    engine: OcrEngine, name: str, number: str
+) -> None:
+    # Real gate photos (tests/data/real-photos) that the quick look alone does not settle once
+    # scaled to a 1920x1080 camera's frame; the re-reads of a whole frame (contrast evened out,
+    # rods taken out) are what made such frames take seconds.
+    looks = _Looks(engine)
+    assert decide(read_image(looks, gate_frame(_photo(name)))).container == number
+    assert looks.full <= 1
+    assert decide(read_image(engine, _photo(name))).container == number
+
+
+@pytest.mark.parametrize("name", ["2009251640292080810.jpg", "2010141712555080810.jpg"])
+def test_the_full_look_at_a_1080p_photo_joins_its_owner_code_and_serial(engine: OcrEngine, name: str) -> None:
+    # Run over the whole 1920x1080 frame, the detector drew an owner code's box into its serial's
+    # and the two no longer made a number; at its own size the boxes stand apart again.
+    number = dict(_real_photos())[name]
+    found = assemble_all(engine.read(gate_frame(_photo(name))))
+    assert [candidate.number for candidate in found if candidate.check_digit_valid] == [number]

@@ -13,11 +13,22 @@ running the engine; engines run one after the other, RapidOCR first, so EasyOCR'
 adds on top of RapidOCR's peak.
 
 EasyOCR is roughly ten times slower on a CPU, so it reads only the first ``easyocr_frames`` frames;
-the default engine is chosen on those frames, which both engines read."""
+the default engine is chosen on those frames, which both engines read.
+
+Real photos are read in the same run, by the same RapidOCR engine, right after the generated frames:
+the photos listed in ``labels.csv`` (columns ``image``, ``container_number``; files under ``images/``)
+of the folder named by ``$GATED_REAL_PHOTOS``, or by default ``containers-real-dev`` in the shared
+datasets folder beside the checkout. Each is read as a 1920x1080 gate camera delivers it (scaled to
+fill the frame, aspect kept, the rest grey) and as taken. ``real_photos`` gives, for each, the right,
+wrong and unread counts and the median and p90 seconds per photo; ``real_vs_generated`` puts them
+beside the generated frames' figures. Without the folder, ``real_photos`` says ``absent`` and where
+it looked: nothing is measured in its place."""
 
 from __future__ import annotations
 
+import csv
 import gc
+import os
 import resource
 import statistics
 import sys
@@ -45,6 +56,10 @@ EASYOCR_FRAMES_QUICK = 20
 INVALID_SHARE = 0.10
 MAX_WRONG_SHARE = 0.001
 ENGINE_ORDER = ("rapidocr", "easyocr")
+REAL_PHOTOS_ENV = "GATED_REAL_PHOTOS"
+REAL_PHOTOS_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "containers-real-dev"
+GATE_FRAME = (1920, 1080)
+REAL_MEDIAN_GOAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,12 @@ class _Frame:
     @property
     def answer(self) -> str | None:
         return self.number if self.valid else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Photo:
+    path: Path
+    number: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +127,7 @@ def _load(name: str) -> OcrEngine:
     return EasyOcrEngine()
 
 
-def _run(name: str, frames: list[_Frame]) -> tuple[list[_Outcome], dict[str, Any]]:
+def _run(name: str, frames: list[_Frame]) -> tuple[list[_Outcome], dict[str, Any], OcrEngine]:
     gc.collect()
     peak_before = _peak_rss_mb()
     start = time.perf_counter()
@@ -129,7 +150,11 @@ def _run(name: str, frames: list[_Frame]) -> tuple[list[_Outcome], dict[str, Any
         "load_seconds": round(load_seconds, 2),
         "peak_rss_growth_mb": round(_peak_rss_mb() - peak_before, 1),
     }
-    return outcomes, extra
+    return outcomes, extra, engine
+
+
+def _p90(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, max(0, round(0.9 * len(ordered)) - 1))]
 
 
 def _summary(frames: list[_Frame], outcomes: list[_Outcome]) -> dict[str, Any]:
@@ -153,10 +178,124 @@ def _summary(frames: list[_Frame], outcomes: list[_Outcome]) -> dict[str, Any]:
         "read_exactly": round(exact / count, 4),
         "confidently_wrong": round(wrong / count, 4),
         "sent_to_review": round(review / count, 4),
+        "right": exact,
+        "wrong": wrong,
+        "unread": review,
         "median_seconds": round(statistics.median(seconds), 4),
+        "p90_seconds": round(_p90(seconds), 4),
         "p95_seconds": round(p95, 4),
         "wrong_reads": wrong_reads[:10],
     }
+
+
+def real_photos_folder() -> Path:
+    """Where the real photos are looked for: ``$GATED_REAL_PHOTOS``, else the shared dev set."""
+    named = os.environ.get(REAL_PHOTOS_ENV)
+    return Path(named) if named else REAL_PHOTOS_DEFAULT
+
+
+def _real_photos(folder: Path) -> list[_Photo]:
+    with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        return [
+            _Photo(folder / "images" / row["image"], row["container_number"].strip().upper())
+            for row in csv.DictReader(handle)
+        ]
+
+
+def gate_frame(image: Any) -> Any:
+    """``image`` as a 1920x1080 gate camera shows it: scaled to fill the frame, aspect kept, the
+    rest grey."""
+    rows, cols = image.shape[:2]
+    width, height = GATE_FRAME
+    scale = min(width / cols, height / rows)
+    size = (min(width, round(cols * scale)), min(height, round(rows * scale)))
+    scaled = image if size == (cols, rows) else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    top, left = (height - size[1]) // 2, (width - size[0]) // 2
+    framed = cv2.copyMakeBorder(
+        scaled,
+        top,
+        height - size[1] - top,
+        left,
+        width - size[0] - left,
+        cv2.BORDER_CONSTANT,
+        value=(128, 128, 128),
+    )
+    return np.ascontiguousarray(framed, dtype=np.uint8)
+
+
+def _read_photos(engine: OcrEngine, photos: list[_Photo], images: list[Any]) -> dict[str, Any]:
+    """Right / wrong / unread counts and seconds per photo (``read_image`` plus ``decide``)."""
+    right = 0
+    wrong_reads: list[dict[str, Any]] = []
+    unread: list[str] = []
+    seconds: list[float] = []
+    for photo, image in zip(photos, images, strict=True):
+        start = time.perf_counter()
+        try:
+            reported = decide(read_image(engine, image)).container
+        except OcrError as error:
+            _progress(f"real photos: {photo.path.name}: {error}")
+            reported = None
+        seconds.append(time.perf_counter() - start)
+        if reported == photo.number:
+            right += 1
+        elif reported is None:
+            unread.append(photo.path.name)
+        else:
+            wrong_reads.append({"photo": photo.path.name, "painted": photo.number, "reported": reported})
+    ordered = sorted(seconds)
+    return {
+        "photos": len(photos),
+        "right": right,
+        "wrong": len(wrong_reads),
+        "unread": len(unread),
+        "median_seconds": round(statistics.median(ordered), 4),
+        "p90_seconds": round(_p90(ordered), 4),
+        "wrong_reads": wrong_reads,
+        "unread_photos": unread,
+    }
+
+
+def measure_real_photos(engine: OcrEngine, folder: Path) -> dict[str, Any]:
+    """The real photos in ``folder`` read at 1920x1080 and as taken; ``status`` ``absent`` (with
+    the reason) when the folder holds no labelled photos."""
+    labels = folder / "labels.csv"
+    if not labels.is_file():
+        return {"status": "absent", "folder": str(folder), "reason": f"no {labels}"}
+    photos = _real_photos(folder)
+    loaded = [cv2.imread(str(photo.path), cv2.IMREAD_COLOR) for photo in photos]
+    missing = [photo.path.name for photo, image in zip(photos, loaded, strict=True) if image is None]
+    if missing or not photos:
+        reason = f"cannot read {', '.join(missing)}" if missing else f"no photos listed in {labels}"
+        return {"status": "absent", "folder": str(folder), "reason": reason}
+    taken = [np.ascontiguousarray(image, dtype=np.uint8) for image in loaded]
+    _progress(f"real photos: reading {len(photos)} at 1920x1080, then as taken")
+    return {
+        "status": "measured",
+        "folder": str(folder),
+        "photos": len(photos),
+        "sizes_as_taken": sorted({f"{image.shape[1]}x{image.shape[0]}" for image in taken}),
+        "at_1920x1080": _read_photos(engine, photos, [gate_frame(image) for image in taken]),
+        "as_taken": _read_photos(engine, photos, taken),
+    }
+
+
+def _side_by_side(generated: dict[str, Any] | None, real: dict[str, Any]) -> dict[str, Any]:
+    """The generated frames' and the real photos' figures under the same keys, and their ratio."""
+    keys = ("right", "wrong", "unread", "median_seconds", "p90_seconds")
+    rows: dict[str, Any] = {
+        "generated_1280x720": {key: generated[key] for key in ("frames", *keys)}
+        if generated
+        else {"status": "not measured"},
+        "real_1920x1080": {key: real["at_1920x1080"][key] for key in ("photos", *keys)}
+        if real["status"] == "measured"
+        else {"status": real["status"]},
+    }
+    if generated and real["status"] == "measured" and generated["median_seconds"] > 0:
+        rows["real_over_generated_median_seconds"] = round(
+            real["at_1920x1080"]["median_seconds"] / generated["median_seconds"], 2
+        )
+    return rows
 
 
 def _visit_latency(frames: list[_Frame], *, workers: int, per_visit: int, visits: int) -> dict[str, Any]:
@@ -228,8 +367,11 @@ def bench_ocr(
     seed: int = SEED,
     visits: int | None = None,
     plates: int | None = None,
+    real_photos: Path | None = None,
 ) -> dict[str, Any]:
-    """Both engines on the same frames; ``easyocr_frames`` caps how many EasyOCR reads (the first ones)."""
+    """Both engines on the same frames; ``easyocr_frames`` caps how many EasyOCR reads (the first ones).
+    RapidOCR also reads the real photos in ``real_photos`` (default ``real_photos_folder()``);
+    ``visits=0`` and ``plates=0`` leave out the pool latency and licence plates."""
     count = frames if frames is not None else FRAMES_QUICK if quick else FRAMES_FULL
     easy_count = (
         easyocr_frames
@@ -244,6 +386,7 @@ def bench_ocr(
     result: dict[str, Any] = {"bench": "ocr", "frames": count, "seed": seed}
     engines_out: dict[str, Any] = {}
     per_engine: dict[str, list[_Outcome]] = {}
+    real: dict[str, Any] = {"status": "not measured", "reason": "RapidOCR did not run"}
     with tempfile.TemporaryDirectory(prefix="gated-bench-ocr-") as folder:
         _progress(f"generating {count} frames")
         generated = generate_frames(Path(folder), count, seed)
@@ -255,13 +398,17 @@ def bench_ocr(
             chosen = generated if name == "rapidocr" else generated[:easy_count]
             _progress(f"{name}: loading, then reading {len(chosen)} frames")
             try:
-                outcomes, extra = _run(name, chosen)
+                outcomes, extra, engine = _run(name, chosen)
             except OcrError as error:
                 _progress(f"{name}: unavailable: {error}")
                 engines_out[name] = {"status": "unavailable", "reason": str(error)}
                 continue
             per_engine[name] = outcomes
             engines_out[name] = {"status": "measured", **_summary(chosen, outcomes), **extra}
+            if name == "rapidocr":
+                # The same warm engine, straight after the generated frames: one run, one machine load.
+                real = measure_real_photos(engine, real_photos or real_photos_folder())
+            del engine
     compared_count = min((len(outcomes) for outcomes in per_engine.values()), default=0)
     compared = {
         name: _summary(generated[:compared_count], outcomes[:compared_count])
@@ -278,9 +425,18 @@ def bench_ocr(
         result["easyocr_over_rapidocr_median_seconds"] = round(
             compared["easyocr"]["median_seconds"] / compared["rapidocr"]["median_seconds"], 1
         )
-    if "rapidocr" in engines and "rapidocr" in per_engine:
+    result["real_photos"] = real
+    result["real_vs_generated"] = _side_by_side(
+        engines_out["rapidocr"] if "rapidocr" in per_engine else None, real
+    )
+    result[f"goal_real_median_at_most_{REAL_MEDIAN_GOAL_SECONDS:g}s"] = (
+        real["at_1920x1080"]["median_seconds"] <= REAL_MEDIAN_GOAL_SECONDS
+        if real["status"] == "measured"
+        else None
+    )
+    visit_count = visits if visits is not None else 4 if quick else 20
+    if "rapidocr" in engines and "rapidocr" in per_engine and visit_count > 0:
         _progress("visit latency through the OCR process pool")
-        visit_count = visits if visits is not None else 4 if quick else 20
         pools = ((1, 2), (2, 2)) if quick else ((1, 2), (1, 3), (2, 2))
         with tempfile.TemporaryDirectory(prefix="gated-bench-ocr-") as folder:
             latency_frames = generate_frames(Path(folder), 3 * visit_count, seed + 1)
@@ -290,19 +446,49 @@ def bench_ocr(
             ]
         default_pool = result["visit_ready_after_last_frame"][0]
         result["goal_visit_ready_at_most_1s_with_default_pool"] = default_pool["max_seconds"] <= 1.0
+    plate_count = plates if plates is not None else 20 if quick else 150
+    if "rapidocr" in engines and "rapidocr" in per_engine and plate_count > 0:
         _progress("licence plates (rendered truck fronts, RapidOCR)")
         from simulators.plate_frames import measure_plates
 
-        result["plates"] = measure_plates(plates if plates is not None else 20 if quick else 150, seed)
+        result["plates"] = measure_plates(plate_count, seed)
     result["machine"] = machine()
     return result
 
 
-def main() -> int:
-    """``python -m gated.bench.ocr [--quick]``: the bench on its own, last stdout line JSON."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gated.bench.ocr [--quick] [--frames N] ...``: the bench on its own (also in a
+    smaller run than ``gated bench ocr --quick``), last stdout line JSON."""
+    import argparse
     import json
 
-    print(json.dumps(bench_ocr("--quick" in sys.argv[1:])))
+    parser = argparse.ArgumentParser(prog="python -m gated.bench.ocr", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the short run's defaults")
+    parser.add_argument("--frames", type=int, help="generated frames RapidOCR reads")
+    parser.add_argument("--easyocr-frames", type=int, help="of those, how many EasyOCR reads")
+    parser.add_argument("--engines", default=",".join(ENGINE_ORDER), help="comma-separated engines to run")
+    parser.add_argument("--visits", type=int, help="visits through the OCR pool (0: none)")
+    parser.add_argument("--plates", type=int, help="licence plate frames (0: none)")
+    parser.add_argument(
+        "--real-photos",
+        type=Path,
+        help=f"folder of labelled real photos (default ${REAL_PHOTOS_ENV} or the dev set)",
+    )
+    args = parser.parse_args(argv)
+    engines = tuple(name.strip() for name in args.engines.split(",") if name.strip())
+    unknown = sorted(set(engines) - set(ENGINE_ORDER))
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINE_ORDER)}")
+    result = bench_ocr(
+        args.quick,
+        frames=args.frames,
+        easyocr_frames=args.easyocr_frames,
+        engines=engines,
+        visits=args.visits,
+        plates=args.plates,
+        real_photos=args.real_photos,
+    )
+    print(json.dumps(result))
     return 0
 
 
