@@ -1,7 +1,8 @@
 """``gated holds ...``: import, place, release, list and check customs holds from the command line.
 
 Each sub-command's ``func(args, engine)`` returns the exit code: 0 ok, 1 when the hold list refused
-the request or the database failed (one line on stderr saying why). argparse exits 2 on usage errors.
+the request or the database failed (one line on stderr saying why), and for ``check`` 3 when the
+container is held (``EX_HELD``). argparse exits 2 on usage errors.
 Every change is audited with the operator (the OS user, or the one behind sudo) and a reason.
 ``keygen`` and ``send`` are customs' side (``gated.holds_send``).
 """
@@ -13,10 +14,11 @@ import json
 import os
 import pwd
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
@@ -29,6 +31,9 @@ from gated.iso6346 import ContainerNumber
 from gated.redact import printable
 
 Handler = Callable[[argparse.Namespace, Engine], int]
+
+EX_HELD = 3
+"""``gated holds check``: the container is held (an active hold on it or on a B/L it carries)."""
 
 
 def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
@@ -145,12 +150,12 @@ def register(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()) -
         parents=inherited,
         help="is a container free to leave as far as holds go?",
         description="Show the active holds that stop a container, directly or through a bill of "
-        "lading it carries. Exit status: 0 clear (no active hold, hold list loaded); 1 held, or "
-        "not eligible because the hold list has never been loaded (or the check failed).",
+        "lading it carries. Exit status: 0 clear (no active hold, hold list loaded); 3 held; 1 not "
+        "eligible because the hold list has never been loaded, or the check failed.",
         **examples(
             "gated holds check MSKU4135329 --config gate.toml",
             "gated holds check MSKU4135329 --db gated.db --json",
-            "gated holds check MSKU4135329 --config gate.toml || echo 'not clear'",
+            "gated holds check MSKU4135329 --config gate.toml; [ $? -eq 3 ] && echo held",
         ),
     )
     check.add_argument("container", metavar="CONTAINER")
@@ -192,6 +197,7 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
             raise HoldListError(f"--list-date: {args.list_date!r} is not an RFC 3339 time") from None
         if list_date.tzinfo is None:
             raise HoldListError(f"--list-date: {args.list_date!r} needs its offset (e.g. Z)")
+    meter = ProgressLine(sys.stderr)
     result = HoldStore(engine).import_file(
         args.file,
         kind,
@@ -202,7 +208,9 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
         allow_empty=args.allow_empty,
         allow_shrink=args.allow_shrink,
         allow_old=args.allow_old,
+        progress=meter,
     )
+    meter.done()
     if result.kind == "manifest":
         print(
             f"imported manifest {result.path}: {result.rows} line(s), {result.manifest_added} new; "
@@ -215,6 +223,42 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
             f"hold list version {result.version}"
         )
     return 0
+
+
+class ProgressLine:
+    """How far an import is, on stderr: one line rewritten in place on a terminal, otherwise a
+    plain line every ``every`` seconds (a log stays readable; a short import says nothing)."""
+
+    def __init__(self, stream: TextIO, every: float = 5.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = every
+        self.started = time.monotonic()
+        self.last = self.started
+        self.shown = False
+
+    def __call__(self, phase: str, rows: int, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        if phase == "apply":
+            text = f"{rows:,} rows checked in {elapsed:.1f} s; applying them in one transaction"
+        else:
+            left = f", about {elapsed * (total - done) / done:.0f} s left" if 0 < done < total else ""
+            text = f"{rows:,} rows checked, {rows / elapsed:,.0f} rows/s{left}"
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
 
 def _add(args: argparse.Namespace, engine: Engine) -> int:
@@ -291,7 +335,7 @@ def _check(args: argparse.Namespace, engine: Engine) -> int:
             "hold_list": state.to_json(),
         }
         print(json.dumps(report))
-        return 0 if eligible else 1
+        return _check_status(bool(records), eligible)
     carried = f" (B/L {', '.join(bills)})" if bills else ""
     if records:
         print(f"{number}{carried}: HELD by {len(records)} active hold(s)")
@@ -303,6 +347,13 @@ def _check(args: argparse.Namespace, engine: Engine) -> int:
         print(f"{number}{carried}: no active hold (hold list version {state.version})")
     if not check_digit_valid:
         print(f"note: {number} does not carry a valid ISO 6346 check digit")
+    return _check_status(bool(records), eligible)
+
+
+def _check_status(held: bool, eligible: bool) -> int:
+    """0 clear, 3 held, 1 not held but not eligible (a list never loaded proves nothing)."""
+    if held:
+        return EX_HELD
     return 0 if eligible else 1
 
 

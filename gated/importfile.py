@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gated.errors import GatedError, PayloadError
 from gated.jsonsafe import parse_json
@@ -196,3 +198,212 @@ def _read_csv(
 def _shape(names: Sequence[str]) -> str:
     """``a[,b][,c]``: how a line of these columns looks."""
     return names[0] + "".join(f"[,{name}]" for name in names[1:])
+
+
+# --- streaming: files too large to hold in memory (a hold list of a million rows) -------------------
+
+
+class Problems:
+    """The problems met while streaming a file: every one counted, the first
+    ``MAX_REPORTED_PROBLEMS`` kept as "file:line: problem" lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.shown: list[str] = []
+
+    def add(self, line: int, text: str) -> None:
+        self.count += 1
+        if len(self.shown) < MAX_REPORTED_PROBLEMS:
+            self.shown.append(f"{self.path}:{line}: {text}")
+
+    def raise_if_any(self, error: type[GatedError]) -> None:
+        """Raise ``error`` as ``raise_problems`` words it, when there was any problem."""
+        if not self.count:
+            return
+        shown = list(self.shown)
+        if self.count > MAX_REPORTED_PROBLEMS:
+            shown.append(f"... and {self.count - MAX_REPORTED_PROBLEMS} more problems")
+        raise error(f"{self.path}: {self.count} problem(s), nothing imported\n" + "\n".join(shown))
+
+
+@dataclass(slots=True)
+class StreamedFile:
+    """A file being read row by row. ``columns`` is complete for CSV at once (its header) and for
+    JSON lines once ``rows`` is exhausted; bad rows are left out and told to ``problems``."""
+
+    path: Path
+    format: FileFormat
+    columns: set[str]
+    rows: Iterator[FileRow]
+    size: int = 0  # the file's bytes
+    handle: Any = None
+
+    def consumed(self) -> int:
+        """Bytes read so far (for a progress estimate)."""
+        try:
+            return (
+                int(self.handle.tell()) if self.handle is not None and not self.handle.closed else self.size
+            )
+        except (OSError, ValueError):
+            return self.size
+
+    def close(self) -> None:
+        close = getattr(self.rows, "close", None)
+        if close is not None:
+            close()
+        if self.handle is not None:
+            self.handle.close()
+
+
+def stream_import_file(
+    path: Path, columns: Mapping[str, str], error: type[GatedError], problems: Problems
+) -> StreamedFile:
+    """``read_import_file`` for large files (a header required, no comments): the same rules and
+    messages, but rows come one at a time and memory stays flat. The file stays open until
+    ``rows`` is exhausted or closed. Raises ``error`` at once for an unreadable file, a bad
+    header or bytes that are not UTF-8; every other problem goes to ``problems``."""
+    try:
+        handle = path.open("rb")
+    except OSError as problem:
+        raise error(f"{path}: cannot read: {problem.strerror or problem}") from None
+    size = os.fstat(handle.fileno()).st_size
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="strict", newline="")
+    lines = _decoded_lines(path, text, error)
+    ahead: list[str] = []
+    for line in lines:
+        ahead.append(line)
+        if line.strip():
+            break
+    if not ahead or not ahead[-1].strip():
+        text.close()
+        return StreamedFile(path, "csv", set(), iter(()), size)
+    if ahead[-1].lstrip().startswith("{"):
+        used: set[str] = set()
+        rows = _stream_json_lines(path, text, itertools.chain(ahead, lines), columns, problems, used)
+        return StreamedFile(path, "jsonl", used, rows, size, handle)
+    reader = csv.reader(itertools.chain(ahead, lines), strict=True)
+    names = _stream_csv_header(path, reader, columns, error, text)
+    return StreamedFile(
+        path, "csv", set(names), _stream_csv(path, text, reader, names, problems), size, handle
+    )
+
+
+def _decoded_lines(path: Path, text: io.TextIOWrapper, error: type[GatedError]) -> Iterator[str]:
+    """The file's lines (ends kept: CR, LF or CRLF, as csv splits them); bytes that are not UTF-8
+    raise ``error`` naming the line and the byte, as ``read_import_file`` does."""
+    try:
+        yield from text
+    except UnicodeDecodeError:
+        text.close()
+        data = path.read_bytes()  # only on this error path: find where the bad byte is
+        try:
+            data.decode("utf-8-sig")
+        except UnicodeDecodeError as problem:
+            number = data[: problem.start].count(b"\n") + 1
+            raise error(f"{path}:{number}: not UTF-8 text (byte {problem.start})") from None
+        raise error(f"{path}: not UTF-8 text") from None
+
+
+def _stream_json_lines(
+    path: Path,
+    text: io.TextIOWrapper,
+    lines: Iterator[str],
+    columns: Mapping[str, str],
+    problems: Problems,
+    used: set[str],
+) -> Iterator[FileRow]:
+    try:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = parse_json(
+                    line.rstrip("\r\n"), max_bytes=MAX_JSON_LINE_BYTES, max_depth=MAX_JSON_LINE_DEPTH
+                )
+            except PayloadError as problem:
+                problems.add(number, f"not valid JSON: {problem}")
+                continue
+            if not isinstance(value, dict):
+                problems.add(number, f"expected a JSON object, got {type(value).__name__}")
+                continue
+            values: dict[str, str | None] = {}
+            bad = False
+            for key, item in value.items():
+                name = columns.get(column_key(key))
+                if name is None:
+                    problems.add(number, f"unknown key {key[:40]!r}")
+                elif name in values:
+                    problems.add(number, f"{key[:40]!r} names the {name} a second time")
+                elif item is not None and not isinstance(item, str):
+                    problems.add(number, f"{name} must be text, got {type(item).__name__}")
+                else:
+                    values[name] = item
+                    continue
+                bad = True
+            used.update(values)
+            if not bad:
+                yield FileRow(number, values)
+    finally:
+        text.close()
+
+
+def _stream_csv_header(
+    path: Path,
+    reader: Any,
+    columns: Mapping[str, str],
+    error: type[GatedError],
+    text: io.TextIOWrapper,
+) -> list[str]:
+    """The canonical names of the header's columns (the first line that is not blank)."""
+    try:
+        return _csv_header(path, reader, columns, error)
+    except BaseException:
+        text.close()
+        raise
+
+
+def _csv_header(path: Path, reader: Any, columns: Mapping[str, str], error: type[GatedError]) -> list[str]:
+    try:
+        for record in reader:
+            if not any(cell.strip() for cell in record):
+                continue
+            line = reader.line_num
+            known = [columns.get(column_key(cell)) for cell in record]
+            if not any(known):
+                expected = ", ".join(sorted(set(columns.values())))
+                raise error(f"{path}:{line}: no header: the first line must name the columns ({expected})")
+            names: list[str] = []
+            problems: list[str] = []
+            for cell, name in zip(record, known, strict=True):
+                if name is None:
+                    problems.append(f"{path}:{line}: unknown column {cell[:40]!r}")
+                elif name in names:
+                    problems.append(f"{path}:{line}: column {cell[:40]!r} appears twice")
+                names.append(name or "")
+            raise_problems(path, problems, error)
+            return names
+    except csv.Error as problem:
+        raise error(f"{path}:{reader.line_num}: malformed CSV: {problem}") from None
+    return []
+
+
+def _stream_csv(
+    path: Path, text: io.TextIOWrapper, reader: Any, names: list[str], problems: Problems
+) -> Iterator[FileRow]:
+    width = len(names)
+    start = reader.line_num + 1
+    try:
+        for record in reader:
+            line = start
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in record):
+                continue
+            if len(record) > width:
+                problems.add(line, f"{len(record)} fields, the header has {width}")
+                continue
+            yield FileRow(line, dict(zip(names, record, strict=False)))
+    except csv.Error as problem:
+        problems.add(reader.line_num, f"malformed CSV: {problem}")
+    finally:
+        text.close()

@@ -625,13 +625,13 @@ def test_cli_add_check_release_list(
     )
     assert "placed hold 1: B/L MAE-1 CBP customs 1H" in capsys.readouterr().out
 
-    assert run_cli(engine, "holds", "check", HELD, "--json") == 1  # held
+    assert run_cli(engine, "holds", "check", HELD, "--json") == 3  # held
     report = json.loads(capsys.readouterr().out)
     assert report["held"] is True and report["eligible"] is False
     assert report["bills_of_lading"] == ["MAE-1"]
     assert [h["code"] for h in report["holds"]] == ["1H"]
 
-    assert run_cli(engine, "holds", "check", "csqu 305438 3") == 1
+    assert run_cli(engine, "holds", "check", "csqu 305438 3") == 3
     assert "HELD by 1 active hold" in capsys.readouterr().out
 
     assert run_cli(engine, "holds", "release", "--bl", "MAE-1", "--code", "1I", "--reason", "x") == 1
@@ -699,7 +699,7 @@ def test_cli_sub_commands_take_the_parent_options(engine: Engine, capsys: pytest
     assert args.func(args, engine) == 0
     args = parser.parse_args(["holds", "check", HELD, "--json", "--db", "x.db"])
     assert args.db == "x.db"
-    assert args.func(args, engine) == 1  # held
+    assert args.func(args, engine) == 3  # held
     assert "placed hold 1" in capsys.readouterr().out
 
 

@@ -8,10 +8,13 @@ atomic, on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +73,10 @@ from gated.holds.model import (
     source_id,
 )
 from gated.redact import error_text
-from gated.store import AuditRecord, insert_audit
+from gated.store import AuditRecord, counters, insert_audit
 
 _STATE_ID = 1
+_ACTIVE = "holds_active"  # the node_counters row that counts the active holds
 
 
 holds = Table(
@@ -162,7 +166,7 @@ def _record(row: Row[Any]) -> HoldRecord:
 
 
 @contextmanager
-def _storage(what: str) -> Iterator[None]:
+def storage_errors(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as error:
@@ -175,13 +179,18 @@ class HoldStore:
     def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
         self._engine = engine
         self._clock: Clock = clock or SystemClock()
-        with _storage("initialise the hold list state"):
+        self._lookups = _Lookups(engine)
+        with storage_errors("initialise the hold list state"):
             self._ensure_state_row()
 
     def _ensure_state_row(self) -> None:
         with self._engine.connect() as conn:
-            if conn.execute(select(holdlist_state.c.id)).first() is not None:
-                return
+            has_state = conn.execute(select(holdlist_state.c.id)).first() is not None
+            has_count = conn.execute(select(counters.c.value).where(counters.c.name == _ACTIVE)).first()
+        if has_count is None:
+            self._ensure_active_count()
+        if has_state:
+            return
         try:
             with self._engine.begin() as conn:
                 conn.execute(
@@ -199,14 +208,32 @@ class HoldStore:
         except IntegrityError:
             pass  # another process created it first
 
+    def _ensure_active_count(self) -> None:
+        """Count the active holds once (a database from before the count was kept); from then on
+        every change keeps the count, so reading the state never scans a million holds."""
+        try:
+            with self._engine.begin() as conn:
+                self.lock(conn)
+                if conn.execute(select(counters.c.value).where(counters.c.name == _ACTIVE)).first() is None:
+                    active = conn.execute(
+                        select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
+                    ).scalar_one()
+                    conn.execute(insert(counters).values(name=_ACTIVE, value=int(active)))
+        except IntegrityError:
+            pass  # another process counted first
+
     @property
     def clock(self) -> Clock:
         return self._clock
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     @contextmanager
     def writing(self, what: str) -> Iterator[Transaction]:
         """A write transaction that first takes the hold-list lock (a write to the state row)."""
-        with _storage(what), self._engine.begin() as conn:
+        with storage_errors(what), self._engine.begin() as conn:
             self.lock(conn)
             yield Transaction(conn, self._clock)
 
@@ -353,8 +380,15 @@ class HoldStore:
     def active_holds_for(self, container: str) -> list[HoldRecord]:
         """The active holds that stop ``container``: on the container itself, or on any B/L the
         manifest says it carries. Raises ``ContainerNumberError`` for text that is no container
-        number (never an empty answer for a number it could not look up)."""
-        number = normalise_container(container)
+        number (never an empty answer for a number it could not look up).
+
+        Every truck asks this, so it runs one prepared statement on a connection of the calling
+        thread's own (``_Lookups``); should that connection fail, the pooled path below answers
+        (or raises ``StorageError``)."""
+        number = container if _CANONICAL.fullmatch(container) else normalise_container(container)
+        found = self._lookups.active_holds_for(number)
+        if found is not None:
+            return found
         bills = select(manifest.c.bill_of_lading).where(manifest.c.container == number)
         query = (
             select(holds)
@@ -364,7 +398,7 @@ class HoldStore:
             )
             .order_by(holds.c.id)
         )
-        with _storage("read holds"), self._engine.connect() as conn:
+        with storage_errors("read holds"), self._engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
 
     def bills_for(self, container: str) -> list[str]:
@@ -375,7 +409,7 @@ class HoldStore:
             .where(manifest.c.container == number)
             .order_by(manifest.c.bill_of_lading)
         )
-        with _storage("read the manifest"), self._engine.connect() as conn:
+        with storage_errors("read the manifest"), self._engine.connect() as conn:
             return [str(bill) for bill in conn.execute(query).scalars()]
 
     def list_holds(
@@ -393,20 +427,22 @@ class HoldStore:
             query = query.where(holds.c.container == normalise_container(container))
         if bill_of_lading is not None:
             query = query.where(holds.c.bill_of_lading == normalise_bill_of_lading(bill_of_lading))
-        with _storage("list holds"), self._engine.connect() as conn:
+        with storage_errors("list holds"), self._engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
 
     def state(self) -> HoldListState:
-        with _storage("read the hold list state"), self._engine.connect() as conn:
+        with storage_errors("read the hold list state"), self._engine.connect() as conn:
             return self.state_in(conn)
 
     @staticmethod
     def state_in(conn: Connection) -> HoldListState:
         """The state as ``conn``'s transaction sees it (with its own changes)."""
         row = conn.execute(select(holdlist_state).where(holdlist_state.c.id == _STATE_ID)).first()
-        active = conn.execute(
-            select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
-        ).scalar_one()
+        active = conn.execute(select(counters.c.value).where(counters.c.name == _ACTIVE)).scalar()
+        if active is None:  # a database this store did not open (the count is made at start-up)
+            active = conn.execute(
+                select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
+            ).scalar_one()
         if row is None:
             return HoldListState(version=0, active=int(active), updated_at=None, loaded=False, loaded_at=None)
         return HoldListState(
@@ -434,6 +470,7 @@ class HoldStore:
         allow_empty: bool = False,
         allow_shrink: bool = False,
         allow_old: bool = False,
+        progress: Callable[[str, int, int, int], None] | None = None,
     ) -> ImportResult:
         """Import a hold list or a manifest: see ``gated.holds.imports.import_file``."""
         from gated.holds.imports import import_file  # here: that module builds on this one
@@ -449,6 +486,7 @@ class HoldStore:
             allow_empty=allow_empty,
             allow_shrink=allow_shrink,
             allow_old=allow_old,
+            progress=progress,
         )
 
     def import_holds(self, path: str | Path, **options: Any) -> ImportResult:
@@ -470,6 +508,92 @@ class HoldStore:
         return apply_command_in(Transaction(conn, self._clock), command)
 
 
+_CANONICAL = re.compile(r"[A-Z]{3}[UJZ][0-9]{7}")  # what normalise_container returns unchanged
+_LOOKUP_COLUMNS = ", ".join(column.name for column in holds.c)
+_LOOKUP = (
+    f"SELECT {_LOOKUP_COLUMNS} FROM holds WHERE released_at IS NULL AND (container = {{mark}}"  # noqa: S608 (constants)
+    " OR bill_of_lading IN (SELECT bill_of_lading FROM manifest WHERE container = {mark})) ORDER BY id"
+)
+
+
+class _Lookups:
+    """The hot read, a container's active holds, on one plain DB-API connection per thread:
+    no pool checkout, no statement building, a statement the driver has prepared. Read-only and
+    outside any transaction (SQLite: autocommit reads; PostgreSQL: autocommit), so it never holds
+    a snapshot or a lock. Any failure closes that connection and answers None: the caller then
+    takes the pooled path, which reports the problem as gated does everywhere."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        dialect = engine.dialect.name
+        self._sql = _LOOKUP.format(mark="?" if dialect == "sqlite" else "%s")
+        self._sqlite = dialect == "sqlite"
+        self._usable = dialect in ("sqlite", "postgresql")
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            args, params = self._engine.dialect.create_connect_args(self._engine.url)
+            if self._sqlite:
+                conn = self._engine.dialect.loaded_dbapi.connect(*args, **params)
+                conn.execute("PRAGMA busy_timeout=10000")
+                conn.execute("PRAGMA query_only=1")
+            else:
+                conn = self._engine.dialect.loaded_dbapi.connect(*args, **params)
+                conn.autocommit = True
+            self._local.conn = conn
+        return conn
+
+    def active_holds_for(self, number: str) -> list[HoldRecord] | None:
+        if not self._usable:
+            return None
+        try:
+            conn = self._connection()
+            rows = conn.execute(self._sql, (number, number)).fetchall()
+        except Exception:  # noqa: BLE001 (any driver error: the pooled path answers and reports it)
+            self.close()
+            return None
+        return [_plain_record(row, self._sqlite) for row in rows]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _utc(value: Any, sqlite: bool) -> datetime | None:
+    """A stored time as ``UTCDateTime`` reads it (SQLite keeps text without a zone, in UTC)."""
+    if value is None:
+        return None
+    if sqlite:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def _plain_record(row: Sequence[Any], sqlite: bool) -> HoldRecord:
+    placed = _utc(row[9], sqlite)
+    assert placed is not None  # NOT NULL in the table
+    return HoldRecord(
+        id=row[0],
+        container=row[1],
+        bill_of_lading=row[2],
+        agency=row[3],
+        hold_type=row[4],
+        code=row[5],
+        reference=row[6],
+        note=row[7],
+        source_message_id=row[8],
+        placed_at=placed,
+        released_at=_utc(row[10], sqlite),
+        release_code=row[11],
+        release_reference=row[12],
+        release_source_message_id=row[13],
+    )
+
+
 class Transaction:
     """One write transaction on the hold list, its lock taken: the steps that placing, releasing,
     imports and customs' commands are made of. ``conn`` is the transaction's connection."""
@@ -480,6 +604,13 @@ class Transaction:
 
     def now(self) -> datetime:
         return self._clock.now()
+
+    def adjust_active(self, delta: int) -> None:
+        """Keep the count of active holds (``HoldListState.active``) with a change of ``delta``."""
+        if delta:
+            self.conn.execute(
+                update(counters).where(counters.c.name == _ACTIVE).values(value=counters.c.value + delta)
+            )
 
     def changed(self, *, changed: bool) -> int:
         if changed:
@@ -576,6 +707,7 @@ class Transaction:
             )
             .returning(*holds.c)
         )
+        self.adjust_active(1)
         return _record(result.one())
 
     def release(self, spec: Release, message_id: str | None) -> list[HoldRecord]:
@@ -605,6 +737,7 @@ class Transaction:
                 release_source_message_id=message_id,
             )
         )
+        self.adjust_active(-len(ids))
         rows = self.conn.execute(select(holds).where(holds.c.id.in_(ids)).order_by(holds.c.id))
         return [_record(row) for row in rows]
 
