@@ -87,6 +87,7 @@ from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, NO_PLATE, PlateFo
 from ocr.textbox import TextBox
 
 if TYPE_CHECKING:
+    from gated.metrics import Metrics
     from ocr.engine import Image
     from ocr.frames import Frame, FrameSource
     from ocr.pool import OcrPool
@@ -576,6 +577,8 @@ class FramesCameraDriver(Driver):
         """Visits decided before their read was done: the rest of their frames were not read."""
         self.backlog: str | None = None
         """Why OCR lags on this camera (module docstring), or None."""
+        self.metrics: Metrics | None = None
+        """Where the OCR queue depth and seconds per frame are recorded (set by the daemon)."""
 
     # -- from the pipeline thread ---------------------------------------------------------------
     def visit_opened(self, visit: Visit) -> None:
@@ -684,6 +687,10 @@ class FramesCameraDriver(Driver):
         self._wait()
         self._forget_decided()
         self._start_due()
+        if self.metrics is not None:
+            visits = {read.trigger.visit for read in self._reads}
+            visits.update(read.trigger.visit for read in self._plate_reads)
+            self.metrics.ocr_queue_depth(self.lane, self.device, self.pool.queue_depth(visits))
         readings: list[Reading] = []
         for read in [read for read in self._reads if read.done()]:
             readings.extend(self._finish(read))
@@ -806,8 +813,18 @@ class FramesCameraDriver(Driver):
     def _submit(self, image: Image, trigger: Trigger, *, quick_only: bool = False) -> Future[list[Candidate]]:
         # The pool reads the oldest visit's frames first: the trigger's time ranks them.
         return self._guarded(
-            lambda: self.pool.submit(image, quick_only=quick_only, visit=trigger.visit, order=trigger.ts)
+            lambda: self.pool.submit(
+                image,
+                quick_only=quick_only,
+                visit=trigger.visit,
+                order=trigger.ts,
+                on_seconds=None if self.metrics is None else self._frame_seconds,
+            )
         )
+
+    def _frame_seconds(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.ocr_frame(self.lane, self.device, seconds)
 
     def _submit_plate(self, image: Image, trigger: Trigger) -> Future[PlateRead]:
         return self._guarded(

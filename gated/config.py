@@ -226,12 +226,12 @@ class HoldsConfig(Strict):
 
 
 class OcrConfig(Strict):
-    workers: int = Field(
-        1,
+    workers: int | None = Field(
+        None,
         ge=1,
         le=16,
         description="OCR worker processes shared by every ocr-frames camera (each reads one frame at a "
-        "time and uses the machine's cores: one is right for a 2-core PC).",
+        "time and uses two cores); default: half the machine's cores, at least one (one on a 2-core PC).",
     )
 
 
@@ -288,6 +288,15 @@ class LaneConfig(Strict):
     )
     settle_seconds: float = Field(
         1.0, ge=0, description="After the last expected reading, wait this long for late ones."
+    )
+    ocr_wait_seconds: float = Field(
+        20.0,
+        ge=0,
+        le=300,
+        description="When the next truck arrives while an ocr-frames camera is still reading the visit "
+        "before it, that visit waits up to this long for the read (only readings naming it join it), then "
+        "is decided; 0 closes it at once, unread. A late decision never opens the barrier for the next "
+        "truck.",
     )
     require: list[RequiredKind] = Field(
         default_factory=lambda: list(DEFAULT_REQUIRE),

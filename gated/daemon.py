@@ -114,6 +114,7 @@ class Daemon:
                 self.pipeline.visit_listeners.append(driver.visit_opened)
                 # A decided visit's frames still waiting for OCR are not worth a worker's time.
                 self.pipeline.listeners.append(driver.visit_decided)
+                driver.metrics = self.metrics
         self.printers = [
             PassPrinter(self.pipeline, build_printer(lane.id, device, context), self.clock, device.places())
             for lane in config.lanes

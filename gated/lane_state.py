@@ -2,6 +2,10 @@
 and the facts of the open visit that the decision needs but the readings do not carry (a device
 that went offline or reported tamper meanwhile, readings that were dropped).
 
+A visit set aside to wait for its OCR (``gated.correlator``) keeps its own facts: what went
+offline or reported tamper while it was open, and anything more that does while it waits; the next
+truck's visit starts afresh.
+
 One ``LaneState`` per lane, owned by the pipeline thread (not thread-safe).
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from drivers.ocr_frames import VISIT_TRIGGERS
 from gated.clock import Clock
 from gated.config import DEVICE_KINDS, LaneConfig
 from gated.correlator import LaneCorrelator, LaneRules
@@ -36,6 +41,8 @@ class LaneState:
     """Devices that reported tamper at some point of the open visit."""
     dropped_until: datetime | None = None
     """Readings of the lane were dropped: visits opened before this are not released."""
+    waiting_facts: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+    """Each visit waiting for its OCR: the devices offline and those that reported tamper during it."""
 
     @classmethod
     def for_lane(
@@ -46,6 +53,9 @@ class LaneState:
             require=frozenset(lane.require),
             visit_timeout=lane.visit_timeout_seconds,
             settle=lane.settle_seconds,
+            ocr_wait=lane.ocr_wait_seconds,
+            named_readers=frozenset(device.id for device in lane.devices if device.driver == "ocr-frames"),
+            named_triggers=VISIT_TRIGGERS,
         )
         policy = PolicySettings(
             hold_list_max_age_seconds=hold_list_max_age_seconds, require_rfid="rfid" in lane.require
@@ -66,24 +76,40 @@ class LaneState:
         )
 
     def visit_opened(self) -> None:
-        """A visit opened: what is wrong now is what is wrong during it, so far."""
+        """A visit opened: what is wrong now is what is wrong during it, so far. A visit the
+        correlator has just set aside to wait for its OCR keeps what was wrong during it."""
+        waiting = self.correlator.waiting
+        for visit in waiting:
+            if visit not in self.waiting_facts:
+                self.waiting_facts[visit] = (set(self.offline_seen), set(self.tamper_seen))
+        self.waiting_facts = {visit: facts for visit, facts in self.waiting_facts.items() if visit in waiting}
         self.offline_seen = set(self.offline())
         self.tamper_seen = set(self.tampered)
+
+    def went_offline(self, device: str) -> None:
+        """``device`` reported offline: the open visit and every waiting one saw it."""
+        self.offline_seen.add(device)
+        for offline, _ in self.waiting_facts.values():
+            offline.add(device)
 
     def tamper(self, device: str, on: bool) -> None:
         if on:
             self.tampered.add(device)
             self.tamper_seen.add(device)
+            for _, tampered in self.waiting_facts.values():
+                tampered.add(device)
         else:
             self.tampered.discard(device)
 
-    def offline_during(self) -> set[str]:
-        """Devices offline at some point of the open visit, or now."""
-        return self.offline_seen | set(self.offline())
+    def offline_during(self, visit: str | None = None) -> set[str]:
+        """Devices offline at some point of ``visit`` (default: the open one), or now."""
+        seen = self.waiting_facts[visit][0] if visit in self.waiting_facts else self.offline_seen
+        return seen | set(self.offline())
 
-    def tampered_during(self) -> list[str]:
-        """Devices that reported tamper at some point of the open visit, or do now."""
-        return sorted(self.tamper_seen | self.tampered)
+    def tampered_during(self, visit: str | None = None) -> list[str]:
+        """Devices that reported tamper at some point of ``visit`` (default: the open one), or do now."""
+        seen = self.waiting_facts[visit][1] if visit in self.waiting_facts else self.tamper_seen
+        return sorted(seen | self.tampered)
 
     def readings_dropped_before(self, opened_at: datetime) -> bool:
         """Were readings dropped in the window that taints a visit opened at ``opened_at``?"""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from drivers.ocr_frames import BACKLOG as OCR_BACKLOG
 from gated.clock import Clock, rfc3339
 from gated.config import GateConfig
 from gated.credentials import CancelledCardList, max_age_for
@@ -354,7 +355,7 @@ class Pipeline:
         previous = lane.device_states.get(event.device)
         lane.device_states[event.device] = (event.state, event.detail)
         if event.state is DeviceState.OFFLINE:
-            lane.offline_seen.add(event.device)
+            lane.went_offline(event.device)
         if previous is not None and previous[0] == event.state:
             return
         now = self.clock.now()
@@ -365,11 +366,13 @@ class Pipeline:
         batch.messages.append(self._lane_status(event.lane))
         if previous is not None and _WORSE[event.state] > _WORSE[previous[0]]:
             went = "offline" if event.state is DeviceState.OFFLINE else "degraded"
+            # A camera whose frames wait for OCR works, but late: its own alarm says so.
+            backlog = event.detail.startswith(OCR_BACKLOG)
             batch.messages.append(
                 alarm_message(
                     self.topics,
                     lane=event.lane,
-                    alarm="device_fault",
+                    alarm="ocr_backlog" if backlog else "device_fault",
                     text=f"{event.device} went {went}: {event.detail}",
                     ts=now,
                     device=event.device,
@@ -385,10 +388,17 @@ class Pipeline:
     def _lane_status(self, lane: str) -> Message:
         devices = {device: state for device, (state, _) in self.lanes[lane].device_states.items()}
         offline = sorted(device for device, state in devices.items() if state is not DeviceState.ONLINE)
+        backlogs = [
+            f"{device} ({detail})"
+            for device, (state, detail) in self.lanes[lane].device_states.items()
+            if state is DeviceState.DEGRADED and detail.startswith(OCR_BACKLOG)
+        ]
         if not self.storage_ok:
             state, reason = "closed", "storage failure: no automatic release"
         elif offline:
             state, reason = "degraded", f"not online: {', '.join(offline)}"
+            if backlogs:
+                reason += f"; {', '.join(backlogs)}"
         else:
             state, reason = "open", "all devices online"
         return lane_status_message(
@@ -459,7 +469,7 @@ class Pipeline:
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
         holds = self._holds_for(numbers | (expected or frozenset()))
         now = self.clock.now()
-        offline = lane.offline_during()
+        offline = lane.offline_during(visit.id)
         if lane.readings_dropped_before(visit.opened_at):
             offline.add("readings dropped")
         decisions = decide(
@@ -470,7 +480,7 @@ class Pipeline:
             now=now,
             offline_devices=sorted(offline),
             expected_containers=expected,
-            tampered_devices=lane.tampered_during(),
+            tampered_devices=lane.tampered_during(visit.id),
             extra_reasons=self._credential_reasons(visit, now),
         )
         if not self.storage_ok:

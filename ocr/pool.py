@@ -49,7 +49,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -162,6 +162,8 @@ class _Task:
     skip: Callable[[], bool] = lambda: False
     """True when the task is no longer worth a worker: ``skipped`` then answers its future."""
     skipped: Callable[[], None] | None = None
+    timed: Callable[[float], None] | None = None
+    """Told the seconds a worker spent on the task."""
 
 
 class OcrPool:
@@ -218,14 +220,23 @@ class OcrPool:
         quick_only: bool = False,
         visit: str | None = None,
         order: float | None = None,
+        on_seconds: Callable[[float], None] | None = None,
     ) -> Future[list[Candidate]]:
         """Read one BGR frame in a worker: the quick look, then the full read only when that did
         not settle the number and no other frame of ``visit`` has (``quick_only``: the quick look
         alone; see ``ocr.reader.read_all``). ``order`` ranks the visit (its trigger's epoch
-        seconds; default now). Never blocks on OCR; the future raises ``OcrError`` when the engine
-        failed, ``BrokenProcessPool`` when the worker died while reading."""
+        seconds; default now). ``on_seconds`` is told the seconds workers spent on the frame (quick
+        look and full read) once it is read. Never blocks on OCR; the future raises ``OcrError``
+        when the engine failed, ``BrokenProcessPool`` when the worker died while reading."""
         future: Future[list[Candidate]] = Future()
         rank = time.time() if order is None else order
+        spent = [0.0]
+
+        def add(seconds: float) -> None:
+            spent[0] += seconds
+
+        if on_seconds is not None:
+            future.add_done_callback(lambda done: None if done.cancelled() else on_seconds(spent[0]))
 
         def quick_done(found: list[Candidate]) -> None:
             if settled(found):
@@ -246,9 +257,10 @@ class OcrPool:
                     future=future,
                     skip=lambda: self._visit_settled(visit),
                     skipped=lambda: self._skip_full(future, found),
+                    timed=add,
                 )
 
-        self._enqueue(QUICK, rank, visit, _read, image, True, future=future, then=quick_done)
+        self._enqueue(QUICK, rank, visit, _read, image, True, future=future, then=quick_done, timed=add)
         return future
 
     def submit_plate(
@@ -278,10 +290,14 @@ class OcrPool:
             chosen = [future for future, step in futures.items() if plates or step != PLATE]
         return sum(1 for future in chosen if future.cancel())
 
-    def queue_depth(self) -> int:
-        """Tasks waiting for a worker (not those being read)."""
+    def queue_depth(self, visits: Collection[str] | None = None) -> int:
+        """Tasks waiting for a worker (not those being read), of ``visits`` only when given."""
         with self._lock:
-            return sum(1 for *_, task in self._queue if not task.future.cancelled())
+            return sum(
+                1
+                for *_, task in self._queue
+                if not task.future.cancelled() and (visits is None or task.visit in visits)
+            )
 
     def waiting(self) -> dict[str | None, float]:
         """Each visit with tasks waiting for a worker, and how long its oldest has waited (s)."""
@@ -329,10 +345,11 @@ class OcrPool:
         then: Callable[[Any], None] | None = None,
         skip: Callable[[], bool] = lambda: False,
         skipped: Callable[[], None] | None = None,
+        timed: Callable[[float], None] | None = None,
     ) -> Future[T]:
         if future is None:
             future = Future()
-        task = _Task(step, order, fn, args, future, visit, then=then, skip=skip, skipped=skipped)
+        task = _Task(step, order, fn, args, future, visit, then=then, skip=skip, skipped=skipped, timed=timed)
         with self._lock:
             if self._closed:
                 raise OcrError("the OCR pool is closed")
@@ -391,10 +408,13 @@ class OcrPool:
 
     def _done(self, task: _Task, inner: Future[Any], handed: float) -> None:
         """A worker answered (or died, or the pool closed): free its place and pass the answer on."""
+        seconds = time.monotonic() - handed
         with self._lock:
             self._in_flight -= 1
-            self.last_task_seconds = time.monotonic() - handed
+            self.last_task_seconds = seconds
             self._lock.notify_all()
+        if task.timed is not None:
+            task.timed(seconds)
         if inner.cancelled():
             task.future.cancel()
             return

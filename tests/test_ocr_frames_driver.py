@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ import numpy as np
 import pytest
 
 from drivers.ocr_frames import (
+    BACKLOG,
+    BACKLOG_VISITS,
     FramesCameraDriver,
     OcrFramesDevice,
     Trigger,
@@ -29,12 +32,13 @@ from drivers.ocr_frames import (
 )
 from gated.errors import ProtocolError
 from gated.evidence import EvidenceStore
+from gated.metrics import Metrics
 from gated.model import DeviceState, Evidence, Quality, Reading, Source, Visit
 from ocr.assemble import ContainerRead
 from ocr.plate import PlateRead
 from ocr.pool import OcrPool
 from ocr.textbox import TextBox
-from simulators.camera_frames import FrameSpec, MjpegCameraSimulator, encode_jpeg
+from simulators.camera_frames import FrameSpec, MjpegCameraSimulator, encode_jpeg, render_empty_lane
 from simulators.plate_frames import PlateSpec, PlateTruth, render_frame
 from tests.sinks import driver_running
 
@@ -54,6 +58,7 @@ class Sink:
         self.readings: list[Reading] = []
         self.evidence_stored_first: list[bool] = []
         self.states: list[DeviceState] = []
+        self.details: list[str] = []
         self.errors: list[ProtocolError] = []
         self._changed = threading.Condition()
 
@@ -67,6 +72,7 @@ class Sink:
     def device_status(self, lane: str, device: str, state: DeviceState, detail: str) -> None:
         with self._changed:
             self.states.append(state)
+            self.details.append(detail)
             self._changed.notify_all()
 
     def frame_error(self, lane: str, device: str, error: ProtocolError) -> None:
@@ -331,6 +337,66 @@ def test_a_killed_ocr_worker_is_replaced_and_the_visit_still_read(
     assert killed.value == VALID and killed.quality is Quality.GOOD and driver.ocr_failures == 0
     assert pool.restarts == restarts + 1
     assert pool.ping().result(timeout=30) != worker
+
+
+def keep_busy(pool: OcrPool, count: int) -> list[Future[Any]]:
+    """Frames of an older visit that the pool reads first: empty lanes, each a quick look and a full
+    read (about a second or more), so what the driver hands over meanwhile waits in the queue."""
+    frames = [render_empty_lane(np.random.default_rng(index)) for index in range(count)]
+    return [pool.submit(frame, visit=f"older-{index}", order=0.0) for index, frame in enumerate(frames)]
+
+
+def test_a_decided_visits_frames_never_reach_a_worker(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    driver.post_trigger = 1.0
+    with running(driver, sink):
+        camera.show(truck(VALID))
+        time.sleep(0.6)  # frames of the truck from before the trigger
+        mark = len(pool.started)
+        blockers = keep_busy(pool, 2)
+        opened = Visit("decided-early", "lane-1", datetime.now(UTC), "rfid:epc")
+        driver.visit_opened(opened)
+        poll(lambda: driver.frames_read_early == 1)
+        driver.visit_decided(opened, [])  # timed out or superseded and given up: decided unread
+        poll(lambda: driver.visits_dropped == 1)
+        wait(blockers, timeout=60)
+        # The window closed meanwhile: nothing more of it was chosen or handed over.
+        poll(lambda: not pool.waiting())
+        assert not driver._reads and not driver._waiting
+    assert [visit for visit, _ in list(pool.started)[mark:] if visit == opened.id] == []
+    assert sink.numbers_of(opened.id) == [] and driver.ocr_failures == 0
+
+
+def test_an_ocr_backlog_degrades_the_camera_until_it_drains(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    driver = make_driver(camera, pool, evidence)
+    metrics = Metrics()
+    driver.metrics = metrics
+    with running(driver, sink):
+        camera.show(truck(VALID))
+        time.sleep(0.6)
+        blockers = keep_busy(pool, 3)
+        visits = [f"queued-{index}" for index in range(BACKLOG_VISITS + 1)]
+        for visit in visits:  # more trucks than the bound, all waiting behind the older frames
+            driver.trigger(Trigger(visit, time.time() - driver.post_trigger))
+        sink.wait(lambda: DeviceState.DEGRADED in sink.states, timeout=30)
+        detail = sink.details[sink.states.index(DeviceState.DEGRADED)]
+        assert detail.startswith(f"{BACKLOG}: {len(visits)} visits waiting for OCR"), detail
+        wait(blockers, timeout=60)
+        sink.wait(lambda: all(sink.numbers_of(visit) for visit in visits), timeout=60)
+        sink.wait(lambda: sink.states[-1] is DeviceState.ONLINE)
+    assert sink.states == [DeviceState.ONLINE, DeviceState.DEGRADED, DeviceState.ONLINE]
+    assert all(r.value == VALID for visit in visits for r in sink.numbers_of(visit))
+    labels = {"lane": "lane-1", "device": "ocr-1"}
+    assert (metrics.registry.get_sample_value("gated_ocr_frame_seconds_count", labels) or 0) >= len(visits)
+    assert metrics.registry.get_sample_value("gated_ocr_queue_depth", labels) == 0
 
 
 CROP = Evidence("evidence://sha256/" + "a" * 64, "image/jpeg", "a" * 64, 1234)
