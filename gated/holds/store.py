@@ -230,6 +230,10 @@ class HoldStore:
     def engine(self) -> Engine:
         return self._engine
 
+    def close(self) -> None:
+        """Close the calling thread's lookup connection (others close with their threads)."""
+        self._lookups.close()
+
     @contextmanager
     def writing(self, what: str) -> Iterator[Transaction]:
         """A write transaction that first takes the hold-list lock (a write to the state row)."""
