@@ -364,11 +364,13 @@ def _stream_csv_header(
 
 
 def _csv_header(path: Path, reader: Any, columns: Mapping[str, str], error: type[GatedError]) -> list[str]:
+    start = 1
     try:
         for record in reader:
+            line = start
+            start = reader.line_num + 1
             if not any(cell.strip() for cell in record):
                 continue
-            line = reader.line_num
             known = [columns.get(column_key(cell)) for cell in record]
             if not any(known):
                 expected = ", ".join(sorted(set(columns.values())))
@@ -384,7 +386,7 @@ def _csv_header(path: Path, reader: Any, columns: Mapping[str, str], error: type
             raise_problems(path, problems, error)
             return names
     except csv.Error as problem:
-        raise error(f"{path}:{reader.line_num}: malformed CSV: {problem}") from None
+        raise_problems(path, [f"{path}:{reader.line_num}: malformed CSV: {problem}"], error)
     return []
 
 

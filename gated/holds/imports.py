@@ -14,6 +14,7 @@ dies with its connection, and running the same command again does the whole impo
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -475,6 +476,15 @@ class _Staging:
         conn.commit()
 
     def drop(self, conn: Connection) -> None:
+        if self._copy_context is not None:
+            # An unfinished COPY holds the connection: end it (as failed) before anything else.
+            abort = HoldListError("import abandoned")
+            with contextlib.suppress(Exception):
+                self._copy_context.__exit__(HoldListError, abort, None)
+            with contextlib.suppress(Exception):
+                self._cursor.close()
+                self._raw.rollback()
+            self._copy = self._copy_context = None
         try:
             if conn.in_transaction():
                 conn.rollback()
