@@ -1,14 +1,17 @@
 """One frame in, container-number candidates out: the one path the CLI, the benchmark and the
 cameras read a frame by, so every path reads numbers the same way.
 
-A quick look first, the full look and the re-reads (check digit, tall boxes, re-cut boxes, the
-door's rods taken out) only while no number is settled; README.md, "How a frame is read", lists
-the steps. The check digit is never chosen to make a number fit: it is read, and a read that does
-not fit is reported as not fitting."""
+A quick look first, then a closer look round each serial it saw, and the full look and the
+re-reads (check digit, tall boxes, re-cut boxes, the door's rods taken out) only while no number
+is settled; README.md, "How a frame is read", lists the steps (eight). The check digit is never
+chosen to make a number fit: it is read, and a read that does not fit is reported as not fitting."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+
+import numpy as np
 
 from ocr.assemble import (
     DEFAULT_MIN_CONFIDENCE,
@@ -26,7 +29,7 @@ from ocr.assemble import (
 from ocr.engine import Image, OcrEngine, check_image
 from ocr.reread import check_digit_after, equalized, reread_boxes, reread_columns
 from ocr.rods import without_rods
-from ocr.textbox import TextBox
+from ocr.textbox import Quad, TextBox
 
 MAX_PARTIALS = 3
 """Owner code + serial candidates whose check digit is re-read (each costs one or two crops)."""
@@ -34,6 +37,14 @@ MAX_SECOND_LOOKS = 12
 """Boxes re-read in the last step (one recogniser call each, on frames nothing else could read)."""
 CONTRADICTED = 0.5
 """What is left of a number's confidence when a second look reads one of its boxes differently."""
+MAX_REGIONS = 3
+"""Serial-like boxes of the quick look whose surroundings get a closer look before the full look."""
+REGION_MARGIN = 1.0
+"""How far round such a box its region reaches, in the box's longer side: an owner code before or
+above a serial, its check digit's box after it and its size code below all lie within it."""
+MAX_REGION_SHARE = 0.25
+"""Regions covering more of the frame than this are left to the full look (as costly by then)."""
+_SERIAL_LIKE = re.compile(r"\d{6}")
 
 
 def read_image(engine: OcrEngine, image: Image) -> Candidate:
@@ -58,9 +69,19 @@ def read_all(engine: OcrEngine, image: Image, *, quick_only: bool = False) -> li
     # quick look never decides alone that there is nothing to read.
     found: list[Candidate] = []
     if engine.quick_look:
-        found, unsettled = _numbers(engine, frame, engine.read(frame, coarse=True))
+        quick = engine.read(frame, coarse=True)
+        found, unsettled = _numbers(engine, frame, quick)
         if quick_only or (found and unsettled == 0 and all(_settled(candidate) for candidate in found)):
             return found
+        # What the quick look missed next to a serial it saw (an owner code, a misread letter, the
+        # check digit's box) is mostly there at the frame's own resolution: the serial's surroundings
+        # are looked at closely, at a fraction of a full look's cost, and settle the frame when they
+        # settle every number found, as the quick look would have.
+        closer = _region_look(engine, frame, quick)
+        if closer is not None:
+            near, unsettled = _numbers(engine, frame, closer)
+            if near and unsettled == 0 and all(_settled(candidate) for candidate in near):
+                return near
     # Anything left open (no number, one whose check digit does not fit or that is not sure, an
     # owner code and serial whose check digit could not be read: perhaps a second box on the
     # chassis) gets the full look, whose readings replace the quick look's in the same place.
@@ -103,6 +124,57 @@ def read_all(engine: OcrEngine, image: Image, *, quick_only: bool = False) -> li
         kept = [first for first in found if not any(same_place(first, other) for other in unrodded)]
         found = marks([*unrodded, *kept])
     return found
+
+
+def _region_look(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[TextBox] | None:
+    """``boxes`` with those round their serial-like boxes replaced by what a quick look at each
+    serial's surroundings, cut from ``frame``, reads; None when there is no such box or the regions
+    would cover too much of the frame."""
+    rows, cols = frame.shape[:2]
+    anchors = sorted(
+        (box for box in boxes if _SERIAL_LIKE.search(_plain(box.text))), key=lambda box: -box.confidence
+    )[:MAX_REGIONS]
+    regions: list[tuple[int, int, int, int]] = []
+    for box in anchors:
+        x0, y0, x1, y1 = box.bbox
+        margin = REGION_MARGIN * max(x1 - x0, y1 - y0)
+        region = (
+            max(0, int(x0 - margin)),
+            max(0, int(y0 - margin)),
+            min(cols, int(x1 + margin) + 1),
+            min(rows, int(y1 + margin) + 1),
+        )
+        if region[2] - region[0] >= 16 and region[3] - region[1] >= 16:
+            regions.append(region)
+    area = sum((right - left) * (bottom - top) for left, top, right, bottom in regions)
+    if not regions or area > MAX_REGION_SHARE * rows * cols:
+        return None
+    looked: list[TextBox] = []
+    for left, top, right, bottom in regions:
+        crop = np.ascontiguousarray(frame[top:bottom, left:right])
+        looked.extend(
+            TextBox(box.text, box.confidence, _shifted(box.quad, left, top))
+            for box in engine.read(crop, coarse=True)
+        )
+
+    def outside(box: TextBox) -> bool:
+        x0, y0, x1, y1 = box.bbox
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        return not any(left <= cx < right and top <= cy < bottom for left, top, right, bottom in regions)
+
+    return [*looked, *(box for box in boxes if outside(box))]
+
+
+def _shifted(quad: Quad, dx: float, dy: float) -> Quad:
+    p0, p1, p2, p3 = ((x + dx, y + dy) for x, y in quad)
+    return p0, p1, p2, p3
+
+
+def _plain(text: str) -> str:
+    """``text``'s ASCII letters and digits, upper case, slashed zeros as zeros."""
+    return "".join(
+        char for char in text.translate(SLASHED_ZEROS).upper() if char.isascii() and char.isalnum()
+    )
 
 
 def _could_be_number(box: TextBox) -> bool:
@@ -189,10 +261,5 @@ def _contradicts(first: str, second: str) -> bool:
     """True when ``second`` (a box read again) is not ``first`` or a part of it, letters and digits
     only."""
 
-    def plain(text: str) -> str:
-        return "".join(
-            char for char in text.translate(SLASHED_ZEROS).upper() if char.isascii() and char.isalnum()
-        )
-
-    kept = plain(second)
-    return bool(kept) and kept not in plain(first)
+    kept = _plain(second)
+    return bool(kept) and kept not in _plain(first)

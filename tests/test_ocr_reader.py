@@ -448,6 +448,16 @@ def test_a_real_gate_photo_at_1080p_is_read_with_one_full_look_at_most(
     assert decide(read_image(engine, _photo(name))).container == number
 
 
+@pytest.mark.parametrize("name", ["2010141557120080810.jpg", "2010141718465080810.jpg"])
+def test_an_owner_code_the_quick_look_missed_is_found_round_its_serial(engine: OcrEngine, name: str) -> None:
+    # At 1080p the quick look sees the serial but misses the owner code (CADU) or misreads it
+    # (DRYI): a closer look round the serial settles the number without a full look.
+    looks = _Looks(engine)
+    found = read_all(looks, gate_frame(_photo(name)))
+    assert [candidate.number for candidate in found] == [dict(_real_photos())[name]]
+    assert reader.settled(found) and looks.full == 0
+
+
 @pytest.mark.parametrize("name", ["2009251640292080810.jpg", "2010141712555080810.jpg"])
 def test_the_full_look_at_a_1080p_photo_joins_its_owner_code_and_serial(engine: OcrEngine, name: str) -> None:
     # Run over the whole 1920x1080 frame, the detector drew an owner code's box into its serial's
