@@ -34,8 +34,8 @@ from sqlalchemy import (
     false,
     func,
     insert,
-    or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -394,14 +394,9 @@ class HoldStore:
         if found is not None:
             return found
         bills = select(manifest.c.bill_of_lading).where(manifest.c.container == number)
-        query = (
-            select(holds)
-            .where(
-                holds.c.released_at.is_(None),
-                or_(holds.c.container == number, holds.c.bill_of_lading.in_(bills)),
-            )
-            .order_by(holds.c.id)
-        )
+        direct = select(holds).where(holds.c.released_at.is_(None), holds.c.container == number)
+        carried = select(holds).where(holds.c.released_at.is_(None), holds.c.bill_of_lading.in_(bills))
+        query = union(direct, carried).order_by("id")
         with storage_errors("read holds"), self._engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
 
@@ -514,9 +509,11 @@ class HoldStore:
 
 _CANONICAL = re.compile(r"[A-Z]{3}[UJZ][0-9]{7}")  # what normalise_container returns unchanged
 _LOOKUP_COLUMNS = ", ".join(column.name for column in holds.c)
+# Two indexed halves: an OR across them would make PostgreSQL scan every hold.
 _LOOKUP = (
-    f"SELECT {_LOOKUP_COLUMNS} FROM holds WHERE released_at IS NULL AND (container = {{mark}}"  # noqa: S608 (constants)
-    " OR bill_of_lading IN (SELECT bill_of_lading FROM manifest WHERE container = {mark})) ORDER BY id"
+    f"SELECT {_LOOKUP_COLUMNS} FROM holds WHERE released_at IS NULL AND container = {{mark}}"  # noqa: S608 (constants)
+    f" UNION SELECT {_LOOKUP_COLUMNS} FROM holds WHERE released_at IS NULL AND bill_of_lading IN"
+    " (SELECT bill_of_lading FROM manifest WHERE container = {mark}) ORDER BY id"
 )
 
 
