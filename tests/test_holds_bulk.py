@@ -548,3 +548,22 @@ def test_no_database_lock_is_held_while_the_file_is_checked(store: HoldStore, tm
     store.import_file(path, reason="r", progress=tell)  # told on the import's own thread
     assert waits and max(waits) < 2.0
     assert store.state().active == 50_000
+
+
+def test_the_per_thread_reads_answer_as_the_pooled_path(store: HoldStore, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"container,bill_of_lading\n{number(1)},MAE-1\n")
+    store.import_file(manifest)
+    store.import_file(big_list(tmp_path / "h.csv", 50), reason="r")
+    store.place(bill_of_lading="MAE-1", agency="LINE", hold_type="freight", note="two\nlines")
+    store.release(container=number(2), agency="CBP", code="1I")
+    fast = (
+        store.state(),
+        store.active_holds_for(number(1)),
+        store.active_holds_for("abcu 000001 " + number(1)[-1]),
+    )
+    with store.engine.connect() as conn:
+        pooled_state = HoldStore.state_in(conn)
+    store._lookups._usable = False  # the pooled path, as when the per-thread connection fails
+    assert fast == (pooled_state, store.active_holds_for(number(1)), store.active_holds_for(number(1)))
+    assert [h.bill_of_lading for h in fast[1]] == [None, "MAE-1"]

@@ -430,6 +430,10 @@ class HoldStore:
             return [_record(row) for row in conn.execute(query)]
 
     def state(self) -> HoldListState:
+        """The list's state (asked for every truck: read like ``active_holds_for``)."""
+        found = self._lookups.state()
+        if found is not None:
+            return found
         with storage_errors("read the hold list state"), self._engine.connect() as conn:
             return self.state_in(conn)
 
@@ -517,6 +521,12 @@ _LOOKUP = (
 )
 
 
+_STATE = (
+    "SELECT version, updated_at, loaded, loaded_at, confirmed_at, confirmed_by, out_of_step,"  # noqa: S608 (constants)
+    f" (SELECT value FROM node_counters WHERE name = '{_ACTIVE}') FROM holdlist_state WHERE id = {_STATE_ID}"
+)
+
+
 class _Lookups:
     """The hot read, a container's active holds, on one plain DB-API connection per thread:
     no pool checkout, no statement building, a statement the driver has prepared. Read-only and
@@ -531,6 +541,7 @@ class _Lookups:
         self._sql = _LOOKUP.format(mark="?" if dialect == "sqlite" else "%s")
         self._sqlite = dialect == "sqlite"
         self._usable = dialect in ("sqlite", "postgresql")
+        self._state_sql = _STATE
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -556,6 +567,30 @@ class _Lookups:
             self.close()
             return None
         return [_plain_record(row, self._sqlite) for row in rows]
+
+    def state(self) -> HoldListState | None:
+        """The state row and the count of active holds in one statement; None as above, and
+        when either row is missing (the pooled path knows what to do then)."""
+        if not self._usable:
+            return None
+        try:
+            row = self._connection().execute(self._state_sql).fetchone()
+        except Exception:  # noqa: BLE001 (any driver error: the pooled path answers and reports it)
+            self.close()
+            return None
+        if row is None or row[7] is None:
+            return None
+        sqlite = self._sqlite
+        return HoldListState(
+            version=int(row[0]),
+            active=int(row[7]),
+            updated_at=_utc(row[1], sqlite),
+            loaded=bool(row[2]),
+            loaded_at=_utc(row[3], sqlite),
+            confirmed_at=_utc(row[4], sqlite),
+            confirmed_by=row[5],
+            out_of_step=bool(row[6]),
+        )
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
