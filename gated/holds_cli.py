@@ -10,12 +10,14 @@ Every change is audited with the operator (the OS user, or the one behind sudo) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -198,18 +200,19 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
         if list_date.tzinfo is None:
             raise HoldListError(f"--list-date: {args.list_date!r} needs its offset (e.g. Z)")
     meter = ProgressLine(sys.stderr)
-    result = HoldStore(engine).import_file(
-        args.file,
-        kind,
-        actor=operator(),
-        reason=args.reason or f"import of {Path(args.file).name}",
-        replace=args.replace,
-        list_date=list_date,
-        allow_empty=args.allow_empty,
-        allow_shrink=args.allow_shrink,
-        allow_old=args.allow_old,
-        progress=meter,
-    )
+    with _background():
+        result = HoldStore(engine).import_file(
+            args.file,
+            kind,
+            actor=operator(),
+            reason=args.reason or f"import of {Path(args.file).name}",
+            replace=args.replace,
+            list_date=list_date,
+            allow_empty=args.allow_empty,
+            allow_shrink=args.allow_shrink,
+            allow_old=args.allow_old,
+            progress=meter,
+        )
     meter.done()
     if result.kind == "manifest":
         print(
@@ -223,6 +226,24 @@ def _import(args: argparse.Namespace, engine: Engine) -> int:
             f"hold list version {result.version}"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _background() -> Iterator[None]:
+    """Run at a lower CPU priority (this thread only, Linux): an import is a batch job beside a
+    daemon deciding in real time, whose CPU comes first. Put back afterwards where allowed."""
+    thread = threading.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(before + 10, 19))
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # lowering it back needs privileges
+            os.setpriority(os.PRIO_PROCESS, thread, before)
 
 
 class ProgressLine:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -567,3 +569,14 @@ def test_the_per_thread_reads_answer_as_the_pooled_path(store: HoldStore, tmp_pa
     store._lookups._usable = False  # the pooled path, as when the per-thread connection fails
     assert fast == (pooled_state, store.active_holds_for(number(1)), store.active_holds_for(number(1)))
     assert [h.bill_of_lading for h in fast[1]] == [None, "MAE-1"]
+
+
+def test_the_import_command_yields_the_cpu_to_the_daemon() -> None:
+    from gated.holds_cli import _background
+
+    thread = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, thread)
+    with _background():
+        assert os.getpriority(os.PRIO_PROCESS, thread) == min(before + 10, 19)
+    if os.geteuid() == 0:  # only a privileged process may take its priority back
+        assert os.getpriority(os.PRIO_PROCESS, thread) == before
