@@ -114,9 +114,9 @@ MAX_PENDING_READS: Final = 16
 """Most visits read at once (waiting for frames or in the OCR pool); a trigger beyond them is
 refused and counted in ``triggers_refused``: that visit gets no number from this camera."""
 BACKLOG_SECONDS: Final = 8.0
-"""A visit whose frames are still waiting for OCR this long after its window closed is a backlog."""
+"""A frame of a visit waiting this long for an OCR worker (not being read) is a backlog."""
 BACKLOG_VISITS: Final = 3
-"""More visits than this waiting for OCR at once (their windows closed) is a backlog too."""
+"""More visits than this with frames waiting for an OCR worker at once is a backlog too."""
 BACKLOG: Final = "OCR backlog"
 """How the device's degraded detail starts while OCR lags (the pipeline raises ``ocr_backlog``)."""
 DECIDED_KEPT: Final = 64
@@ -651,20 +651,18 @@ class FramesCameraDriver(Driver):
         return "; ".join(part for part in (self.backlog, views) if part) or None
 
     def _backlog(self) -> str | None:
-        """Why OCR lags, or None: a visit's frames waited ``BACKLOG_SECONDS`` after its window
-        closed, or more than ``BACKLOG_VISITS`` visits wait. Once lagging, it is over only when no
-        visit has waited half that long and no more than that many wait, so it does not flap."""
-        now = time.time()
-        waits = [now - read.trigger.ts - self.post_trigger for read in self._reads if read.complete]
-        waits += [now - read.trigger.ts - self.post_trigger for read in self._plate_reads]
+        """Why OCR lags, or None: a frame of this camera's visits has waited ``BACKLOG_SECONDS``
+        for a worker, or more than ``BACKLOG_VISITS`` visits have frames waiting (being read is not
+        waiting: a hard frame takes seconds). Once lagging, it is over only when no frame has waited
+        half that long and no more than that many visits wait, so it does not flap."""
+        visits = {read.trigger.visit for read in self._reads}
+        waits = [seconds for visit, seconds in self.pool.waiting().items() if visit in visits]
         oldest = max(waits, default=0.0)
-        visits = {read.trigger.visit for read in self._reads if read.complete}
-        count = len(visits | {read.trigger.visit for read in self._plate_reads})
         limit = BACKLOG_SECONDS / 2 if self.backlog else BACKLOG_SECONDS
-        if oldest <= limit and count <= BACKLOG_VISITS:
+        if oldest <= limit and len(waits) <= BACKLOG_VISITS:
             return None
         return (
-            f"{BACKLOG}: {count} visits waiting for OCR, the oldest for {oldest:.0f} s "
+            f"{BACKLOG}: frames of {len(waits)} visit(s) waiting for OCR, the oldest for {oldest:.0f} s "
             f"(more than {BACKLOG_SECONDS:g} s or {BACKLOG_VISITS} visits)"
         )
 

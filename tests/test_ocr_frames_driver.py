@@ -388,7 +388,7 @@ def test_an_ocr_backlog_degrades_the_camera_until_it_drains(
             driver.trigger(Trigger(visit, time.time() - driver.post_trigger))
         sink.wait(lambda: DeviceState.DEGRADED in sink.states, timeout=30)
         detail = sink.details[sink.states.index(DeviceState.DEGRADED)]
-        assert detail.startswith(f"{BACKLOG}: {len(visits)} visits waiting for OCR"), detail
+        assert detail.startswith(f"{BACKLOG}: frames of {len(visits)} visit(s) waiting for OCR"), detail
         wait(blockers, timeout=60)
         sink.wait(lambda: all(sink.numbers_of(visit) for visit in visits), timeout=60)
         sink.wait(lambda: sink.states[-1] is DeviceState.ONLINE)

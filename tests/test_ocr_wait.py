@@ -263,7 +263,9 @@ def test_an_ocr_backlog_degrades_the_camera_and_lane_with_an_alarm_until_it_drai
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with gate(tmp_path, caplog) as g:
-        detail = f"{BACKLOG}: 4 visits waiting for OCR, the oldest for 9 s (more than 8 s or 3 visits)"
+        detail = (
+            f"{BACKLOG}: frames of 4 visit(s) waiting for OCR, the oldest for 9 s (more than 8 s or 3 visits)"
+        )
         g.pipeline.device_status(LANE, "cam-1", DeviceState.DEGRADED, detail)
         g.pipeline.step()
         [alarm] = [a for a in g.messages("/alarm") if a["device"] == "cam-1"]
