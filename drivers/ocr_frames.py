@@ -37,6 +37,15 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
    plate-shaped was read. The plate is informational: it joins the visit, it never completes or
    decides one.
 
+5. The pool reads the oldest visit's frames first (the trigger's time ranks them; ``ocr.pool``).
+   When a visit is decided before its frames are read (``visit_decided``, a decision listener),
+   its container frames still waiting are dropped: no reading of theirs would join it.
+
+While this camera's frames fall behind (one waits ``BACKLOG_SECONDS`` for an OCR worker, or frames
+of more than ``BACKLOG_VISITS`` visits wait), the device is degraded with a detail starting
+``OCR backlog``: the pipeline raises an ``ocr_backlog`` alarm and the lane shows why. It is online
+again once the queue has drained (to half that wait).
+
 The device is online while every container view delivers frames. A view that fails, or a live
 stream that sends no frame for ``silence_timeout`` seconds, is opened again on its own every
 ``backoff_max`` seconds; meanwhile the device is degraded (its visits are read from the views that
