@@ -44,7 +44,9 @@ REGION_MARGIN = 1.0
 above a serial, its check digit's box after it and its size code below all lie within it."""
 MAX_REGION_SHARE = 0.25
 """Regions covering more of the frame than this are left to the full look (as costly by then)."""
-_SERIAL_LIKE = re.compile(r"\d{6}")
+_SERIAL_LIKE = re.compile(r"(?<![\d.,])\d{6,7}(?![\d.,])")
+"""Six or seven digits on their own (a serial, with or without its check digit); not a weight
+(71.650, or 71650 read on into its unit as 71650185), not a phone number."""
 
 
 def read_image(engine: OcrEngine, image: Image) -> Candidate:
@@ -132,7 +134,7 @@ def _region_look(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[
     would cover too much of the frame."""
     rows, cols = frame.shape[:2]
     anchors = sorted(
-        (box for box in boxes if _SERIAL_LIKE.search(_plain(box.text))), key=lambda box: -box.confidence
+        (box for box in boxes if _SERIAL_LIKE.search(_joined(box.text))), key=lambda box: -box.confidence
     )[:MAX_REGIONS]
     regions: list[tuple[int, int, int, int]] = []
     for box in anchors:
@@ -168,6 +170,11 @@ def _region_look(engine: OcrEngine, frame: Image, boxes: list[TextBox]) -> list[
 def _shifted(quad: Quad, dx: float, dy: float) -> Quad:
     p0, p1, p2, p3 = ((x + dx, y + dy) for x, y in quad)
     return p0, p1, p2, p3
+
+
+def _joined(text: str) -> str:
+    """``text`` without its spaces (a serial is often read with a gap before its check digit)."""
+    return "".join(text.translate(SLASHED_ZEROS).split())
 
 
 def _plain(text: str) -> str:
