@@ -40,6 +40,20 @@ def test_holds_bench_reports_its_fixed_keys_with_sane_values() -> None:
     assert "rows checked" in done.stderr  # progress goes to stderr, the JSON alone to stdout's last line
 
 
+@pytest.mark.timeout(600)
+def test_holds_bench_quick_is_twenty_thousand_rows() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gated", "bench", "holds", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["bench"], result["rows"]) == ("holds", 20_000)
+    assert result["lookup_ratio"] > 0 and result["decision_p99_ms"] > 0
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "said"),
     [

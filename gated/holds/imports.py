@@ -412,7 +412,6 @@ class _Staging:
             if kind == "holds"
             else (_MANIFEST_STAGING, _MANIFEST_COLUMNS_STAGED)
         )
-        self._conn = conn
         self._raw: Any = conn.connection.dbapi_connection
         self._pending: list[tuple[Any, ...]] = []
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._temp}")
