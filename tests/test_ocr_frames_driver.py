@@ -392,7 +392,16 @@ def test_an_ocr_backlog_degrades_the_camera_until_it_drains(
         wait(blockers, timeout=60)
         sink.wait(lambda: all(sink.numbers_of(visit) for visit in visits), timeout=60)
         sink.wait(lambda: sink.states[-1] is DeviceState.ONLINE)
-    assert sink.states == [DeviceState.ONLINE, DeviceState.DEGRADED, DeviceState.ONLINE]
+    # Online, behind, caught up (a busy machine may fall behind again on the way: always for OCR).
+    assert (
+        sink.states[:2] == [DeviceState.ONLINE, DeviceState.DEGRADED]
+        and sink.states[-1] is DeviceState.ONLINE
+    )
+    assert all(
+        d.startswith(BACKLOG)
+        for d, state in zip(sink.details, sink.states, strict=True)
+        if state is DeviceState.DEGRADED
+    )
     assert all(r.value == VALID for visit in visits for r in sink.numbers_of(visit))
     labels = {"lane": "lane-1", "device": "ocr-1"}
     assert (metrics.registry.get_sample_value("gated_ocr_frame_seconds_count", labels) or 0) >= len(visits)
