@@ -10,6 +10,7 @@ gives its ``-wal`` and ``-shm`` files the database file's mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from datetime import UTC, datetime
@@ -75,17 +76,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _narrow(path: Path) -> None:
     """Take the bits beyond ``FILE_MODE`` off an existing file of ours; nothing when it is absent."""
+    # By path, never through a descriptor: closing any descriptor of a SQLite file drops every
+    # POSIX lock this process's open connections hold on it, and another process could then write.
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        info = os.lstat(path)
     except FileNotFoundError:
         return
-    try:
-        info = os.fstat(descriptor)
-        mode = stat.S_IMODE(info.st_mode)
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and mode & ~FILE_MODE:
-            os.fchmod(descriptor, mode & FILE_MODE)
-    finally:
-        os.close(descriptor)
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and mode & ~FILE_MODE:
+        os.chmod(path, mode & FILE_MODE)
 
 
 def _prepare_sqlite_file(url: str) -> None:
@@ -96,7 +95,9 @@ def _prepare_sqlite_file(url: str) -> None:
         return
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+    # O_EXCL: only a file made here is opened (and closed), never one a connection may have locked.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
     for name in (path, *(Path(f"{path}{end}") for end in ("-wal", "-shm", "-journal"))):
         _narrow(name)
 

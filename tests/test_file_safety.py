@@ -246,6 +246,34 @@ def test_an_existing_world_readable_database_is_narrowed(tmp_path: Path, umask_0
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
+def test_opening_a_database_again_keeps_the_locks_of_its_open_connections(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it: opening the
+    same database again (as a second engine in one process does) must not let another process in."""
+    path = tmp_path / "gated.db"
+    engine = open_engine(path)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, held
+            open_engine(path, create=False).dispose()
+            probe = (
+                "import sqlite3, sys\n"
+                "connection = sqlite3.connect(sys.argv[1], timeout=0)\n"
+                "try:\n"
+                "    connection.execute('BEGIN IMMEDIATE')\n"
+                "except sqlite3.OperationalError as error:\n"
+                "    print(error)\n"
+                "else:\n"
+                "    print('got the write lock')\n"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60
+            )
+            assert done.stdout.strip() == "database is locked", done.stdout + done.stderr
+            connection.exec_driver_sql("ROLLBACK")
+    finally:
+        engine.dispose()
+
+
 def test_the_gated_command_sets_a_restrictive_umask(tmp_path: Path) -> None:
     """Everything the command creates without naming a mode (here the database's parent folders)."""
     database = tmp_path / "made" / "by" / "gated.db"
