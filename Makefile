@@ -40,9 +40,11 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-## Everything: lint, types, and the whole test suite on real parts.
+## Everything: lint, types, and the whole test suite on real parts, in TEST_WORKERS processes
+## (most tests wait on a broker, a device or a child process, so two share two cores well).
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP) system-deps lint typecheck
-	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 ## The inner loop, about a minute: lint, types, and the fast tier (tests that need no broker,
 ## simulator, PostgreSQL, OCR engine or child process; tests/conftest.py marks them) with few
@@ -57,6 +59,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/gated bench rpm
 	$(BIN)/gated bench ocr
 	$(BIN)/gated bench commands
+	$(BIN)/gated bench holds
 
 schema: $(STAMP)
 	$(BIN)/python -c "from gated.config import json_schema; open('config/gated.schema.json', 'w').write(json_schema())"
