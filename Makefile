@@ -60,6 +60,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/gated bench ocr
 	$(BIN)/gated bench commands
 	$(BIN)/gated bench holds
+	$(BIN)/gated bench lanes
 
 schema: $(STAMP)
 	$(BIN)/python -c "from gated.config import json_schema; open('config/gated.schema.json', 'w').write(json_schema())"

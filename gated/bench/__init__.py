@@ -14,7 +14,7 @@ from typing import Any
 from gated.errors import GatedError
 
 # `gated bench NAME` runs `bench_NAME(quick)` from `gated.bench.NAME`.
-BENCHES = ("policy", "store", "pipeline", "rpm", "ocr", "commands", "holds")
+BENCHES = ("policy", "store", "pipeline", "rpm", "ocr", "commands", "holds", "lanes")
 
 
 def run_bench(name: str, *, quick: bool = False) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from gated.bench import BENCHES
@@ -19,6 +20,7 @@ def register(commands: Any, database: argparse.ArgumentParser) -> None:
             "gated bench policy --quick                  # a short smoke run",
             "gated bench store | tail -1                 # the JSON figures only",
             "gated bench holds --rows 20000              # a million holds by default",
+            "gated bench lanes --max-lanes 4 --seconds 60 # lanes sustained with real OCR",
             "make bench                                  # every benchmark",
         ),
     )
@@ -27,7 +29,36 @@ def register(commands: Any, database: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--rows", type=_rows, metavar="N", help="holds: how many holds to import (default 1,000,000)"
     )
+    lanes = "lanes: "
+    bench.add_argument(
+        "--max-lanes", type=_positive(int), metavar="N", help=lanes + "most lanes (default 12)"
+    )
+    bench.add_argument(
+        "--seconds", type=_positive(float), metavar="S", help=lanes + "measured seconds per step (default 90)"
+    )
+    bench.add_argument(
+        "--p99-bound", type=_positive(float), metavar="S", help=lanes + "decision p99 bound (default 5 s)"
+    )
+    bench.add_argument(
+        "--headway",
+        type=float,
+        metavar="S",
+        help=lanes + "seconds between trucks on a lane (default 30; 0: each as soon as the last has left)",
+    )
     bench.set_defaults(handler=_bench)
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be more than 0")
+        return value
+
+    return parse
 
 
 def _rows(text: str) -> int:
@@ -43,7 +74,22 @@ def _rows(text: str) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from gated.bench import run_bench
 
-    if args.rows is not None:
+    lane_options = {
+        "max_lanes": args.max_lanes,
+        "seconds": args.seconds,
+        "p99_bound": args.p99_bound,
+        "headway": args.headway,
+    }
+    given = {key: value for key, value in lane_options.items() if value is not None}
+    if given and args.name != "lanes":
+        raise GatedError("--max-lanes, --seconds, --p99-bound and --headway are for `gated bench lanes`")
+    if given:
+        from gated.bench.lanes import bench_lanes
+
+        if args.headway is not None and args.headway < 0:
+            raise GatedError("--headway must not be negative")
+        result = bench_lanes(args.quick, **given)
+    elif args.rows is not None:
         if args.name != "holds":
             raise GatedError("--rows is for `gated bench holds`")
         from gated.bench.holds import bench_holds
