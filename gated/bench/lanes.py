@@ -320,10 +320,20 @@ def _run_step(
         tags = {str(reading.value) for reading in visit.of_source(Source.EPC)}
         last = max((reading.ts for reading in visit.readings), default=None)
         with lock:
-            passage = current.get(visit.lane)
-            if passage is None or passage.scripted.truck.tag not in tags or passage.decided is not None:
+            # The lane's latest undecided truck with this tag: a truck that left undecided still
+            # gets its late decision (and its true time), not the truck now at the barrier.
+            passage = next(
+                (
+                    p
+                    for p in reversed(step.passages)
+                    if p.lane == visit.lane and p.decided is None and p.scripted.truck.tag in tags
+                ),
+                None,
+            )
+            if passage is None:
                 step.unmatched += len(decisions)
                 return
+            at_barrier = passage is current.get(visit.lane)
             passage.decided = now
             # One box per truck: one decision; a second one would be a wrong decision.
             outcomes = {str(decision.outcome) for decision in decisions}
@@ -331,7 +341,8 @@ def _run_step(
             passage.container = decisions[0].container
             if last is not None:
                 passage.last_reading_lag = (datetime.now(UTC) - last).total_seconds()
-        decided[visit.lane].set()
+        if at_barrier:
+            decided[visit.lane].set()
 
     daemon.on_decision(on_decision)
     subscriber = _Subscriber(broker.port, f"{Topics(site).prefix}/+/decision")
@@ -356,8 +367,8 @@ def _run_step(
             trucks = 0
             while not stop.is_set() and (max_trucks is None or trucks < max_trucks):
                 now = time.monotonic()
-                if now >= end:
-                    break
+                if max(now, due) >= end:
+                    break  # only trucks that pull up inside the window count
                 if now < due and stop.wait(due - now):
                     break
                 scripted = lane.script[trucks % len(lane.script)]
