@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -33,6 +34,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from simulators.lane import LaneDevices
 from tests.gate import lane_devices_fixture
 from tests.system import free_port, require_tool
+
+# pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored in every program they
+# start: give it back, so the Ctrl-C a test sends reaches the command it runs.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Hypothesis profiles. ``ci`` keeps hypothesis' defaults, what the suite has always run with; ``dev``
 # runs a fifth of the examples. Loaded here, before the test modules are imported; a

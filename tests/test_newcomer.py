@@ -327,7 +327,7 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path: Path) -> None:
 # -- 11. holds check's exit status, holds add of a hold already active ----------------------------
 
 
-def test_holds_check_exits_1_for_a_held_container_and_add_does_not_duplicate(tmp_path: Path) -> None:
+def test_holds_check_exits_3_for_a_held_container_and_add_does_not_duplicate(tmp_path: Path) -> None:
     db = str(tmp_path / "gated.db")
     gated("holds", "import", "/dev/null", "--kind", "holds", "--allow-empty", "--reason", "r", "--db", db)
     assert gated("holds", "check", CLEAR, "--db", db).returncode == 0
@@ -351,8 +351,8 @@ def test_holds_check_exits_1_for_a_held_container_and_add_does_not_duplicate(tmp
     listed = gated("holds", "list", "--db", db).stdout
     assert "1 active hold(s) shown; hold list version 1" in listed, listed
     held = gated("holds", "check", HELD, "--db", db, check=False)
-    assert held.returncode == 1 and "HELD by 1 active hold" in held.stdout
-    assert "1 held" in " ".join(gated("holds", "check", "--help").stdout.split())
+    assert held.returncode == 3 and "HELD by 1 active hold" in held.stdout
+    assert "3 held" in " ".join(gated("holds", "check", "--help").stdout.split())
 
 
 # -- 12. gated-sim lane says how to confirm a hold list ---------------------------------------------
