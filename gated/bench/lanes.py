@@ -150,6 +150,8 @@ class _Lane:
         self.index = index
         self.id = f"lane-{index + 1}"
         self.script = lane_script(index)
+        self.trucks = 0
+        """Trucks driven so far: each step goes on with the lane's cycle, so every kind comes by."""
         self.doors = LaneCamera(seed=index)
         self.left = LaneCamera(seed=1000 + index)
         self.right = LaneCamera(seed=2000 + index)
@@ -371,7 +373,7 @@ def _run_step(
                     break  # only trucks that pull up inside the window count
                 if now < due and stop.wait(due - now):
                     break
-                scripted = lane.script[trucks % len(lane.script)]
+                scripted = lane.script[lane.trucks % len(lane.script)]
                 now = time.monotonic()
                 passage = _Passage(scripted, lane.id, now, max(0.0, now - due))
                 with lock:
@@ -386,6 +388,7 @@ def _run_step(
                     lane.left.depart()
                     lane.right.depart()
                 trucks += 1
+                lane.trucks += 1
                 # The next truck pulls up once this one has left, and not before its time.
                 due = max(due + headway, time.monotonic() + 1.5)
             with lock:
