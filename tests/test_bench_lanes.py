@@ -32,6 +32,7 @@ def test_lanes_bench_decides_every_truck_right_and_reports_its_fixed_keys() -> N
     assert step["wrong_decisions"] == 0 and result["wrong_decisions"] == 0
     assert step["undecided"] == 0 and step["sustained"] is True
     assert result["lanes"] == 1
+    assert step["slowest_truck"]["seconds"] == step["decision_max_s"]
     assert 0 < result["trucks_per_hour"] == step["trucks_per_hour"] < 3600
     assert 0 < step["decision_p50_s"] <= result["decision_p99_s"] == step["decision_p99_s"] < 60
     assert result["views_per_truck"] == 4 and result["ocr_workers"] >= 1

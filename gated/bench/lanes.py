@@ -472,6 +472,16 @@ def _summary(step: _Step, bound: float, headway: float) -> dict[str, Any]:
         "mqtt_decisions": step.mqtt_decisions,
         "outcomes": dict(Counter(p.outcome or "none" for p in passages)),
         "most_behind_s": round(behind, 1),
+        # Which truck set the p99 (few trucks a step: p99 is close to the slowest one).
+        "slowest_truck": max(
+            (
+                {"lane": p.lane, "truck": p.scripted.truck.label, "seconds": round(p.decided - p.started, 2)}
+                for p in passages
+                if p.decided is not None
+            ),
+            key=lambda slowest: float(slowest["seconds"]),
+            default=None,
+        ),
         "ocr_workers": step.ocr_workers,
     }
     problems = []
