@@ -424,6 +424,9 @@ def test_socat_killed_mid_run_takes_the_reader_offline(
             sink.wait_for("the first tag", lambda: sink.values() == [EPC1.lower()])
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
+            # A killed socat leaves its links behind, naming a pty number the next pty opened on
+            # the machine (another test's) is given: the reader must not reconnect to a stranger.
+            b.unlink()
             sink.wait_for("the driver to go offline", lambda: sink.state is DeviceState.OFFLINE)
             simulator.present_tag(EPC2)  # into a dead port: dropped, no exception
             time.sleep(0.5)

@@ -18,7 +18,6 @@ def register(commands: Any, database: argparse.ArgumentParser) -> None:
         help=HELP["bench"],
         **examples(
             "gated bench policy --quick                  # a short smoke run",
-            "gated bench store | tail -1                 # the JSON figures only",
             "gated bench holds --rows 20000              # a million holds by default",
             "gated bench lanes --max-lanes 4 --seconds 60 # lanes sustained with real OCR",
             "make bench                                  # every benchmark",
