@@ -30,7 +30,6 @@ MAX_JSON_LINE_BYTES = 16384
 MAX_JSON_LINE_DEPTH = 4
 
 FileFormat = Literal["csv", "jsonl"]
-_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,131 +75,24 @@ def read_import_file(
     headerless: Sequence[str] = (),
     comments: bool = False,
 ) -> ImportFile:
-    """Read ``path``. ``columns`` maps each accepted name (as ``column_key`` gives it) to its
+    """Read ``path`` whole. ``columns`` maps each accepted name (as ``column_key`` gives it) to its
     canonical column. ``headerless``: the columns, in order, of a CSV file without a header (by
     default a header is required). ``comments``: lines starting with ``#`` are returned apart,
     not read as data. Raises ``error`` for an unreadable or malformed file."""
+    problems = Problems(path)
+    notes: list[tuple[int, str]] | None = [] if comments else None
+    streamed = stream_import_file(path, columns, error, problems, headerless=headerless, comments=notes)
     try:
-        data = path.read_bytes()
-    except OSError as problem:
-        raise error(f"{path}: cannot read: {problem.strerror or problem}") from None
-    try:
-        content = data.decode("utf-8-sig")
-    except UnicodeDecodeError as problem:
-        number = data[: problem.start].count(b"\n") + 1
-        raise error(f"{path}:{number}: not UTF-8 text (byte {problem.start})") from None
-    notes: list[tuple[int, str]] = []
-    # Only CR and LF end a line, as in csv: str.splitlines() would also split at U+2028 and friends.
-    lines = _LINE_END.split(content)
-    for index, line in enumerate(lines):
-        if comments and line.lstrip().startswith("#"):
-            notes.append((index + 1, line.strip()))
-            lines[index] = ""  # kept as a blank line, so every other line keeps its number
-    first = next((line for line in lines if line.strip()), None)
-    if first is None:
-        return ImportFile(path, "csv", frozenset(), [], notes)
-    if first.lstrip().startswith("{"):
-        rows, used = _read_json_lines(path, lines, columns, error)
-        return ImportFile(path, "jsonl", frozenset(used), rows, notes)
-    rows, used = _read_csv(path, "\n".join(lines) if notes else content, columns, error, headerless)
-    return ImportFile(path, "csv", frozenset(used), rows, notes)
-
-
-def _read_json_lines(
-    path: Path, lines: list[str], columns: Mapping[str, str], error: type[GatedError]
-) -> tuple[list[FileRow], set[str]]:
-    rows: list[FileRow] = []
-    used: set[str] = set()
-    problems: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = parse_json(line, max_bytes=MAX_JSON_LINE_BYTES, max_depth=MAX_JSON_LINE_DEPTH)
-        except PayloadError as problem:
-            problems.append(f"{path}:{number}: not valid JSON: {problem}")
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
-            continue
-        values: dict[str, str | None] = {}
-        for key, item in value.items():
-            name = columns.get(column_key(key))
-            if name is None:
-                problems.append(f"{path}:{number}: unknown key {key[:40]!r}")
-                continue
-            if name in values:
-                # "container" and "container_number" at once: which one is meant must not be a guess.
-                problems.append(f"{path}:{number}: {key[:40]!r} names the {name} a second time")
-                continue
-            if item is not None and not isinstance(item, str):
-                problems.append(f"{path}:{number}: {name} must be text, got {type(item).__name__}")
-                continue
-            values[name] = item
-        used.update(values)
-        rows.append(FileRow(number, values))
-    raise_problems(path, problems, error)
-    return rows, used
-
-
-def _read_csv(
-    path: Path,
-    text: str,
-    columns: Mapping[str, str],
-    error: type[GatedError],
-    headerless: Sequence[str],
-) -> tuple[list[FileRow], set[str]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    problems: list[str] = []
-    rows: list[FileRow] = []
-    names: list[str] = []
-    start = 1
-    try:
-        for record in reader:
-            line = start
-            start = reader.line_num + 1
-            if not any(cell.strip() for cell in record):
-                continue
-            if not names:
-                known = [columns.get(column_key(cell)) for cell in record]
-                if any(known):
-                    for cell, name in zip(record, known, strict=True):
-                        if name is None:
-                            problems.append(f"{path}:{line}: unknown column {cell[:40]!r}")
-                        elif name in names:
-                            problems.append(f"{path}:{line}: column {cell[:40]!r} appears twice")
-                        names.append(name or "")
-                    if problems and headerless:
-                        # A file of fixed columns has one header shape: say it, not each bad name.
-                        problems = [f"{path}:{line}: the header must be {_shape(headerless)}"]
-                    raise_problems(path, problems, error)
-                    continue
-                if not headerless:
-                    expected = ", ".join(sorted(set(columns.values())))
-                    raise error(
-                        f"{path}:{line}: no header: the first line must name the columns ({expected})"
-                    )
-                names = list(headerless)
-            if len(record) > len(names):
-                if headerless:
-                    problems.append(f"{path}:{line}: expected {_shape(names)}, got {len(record)} fields")
-                else:
-                    problems.append(f"{path}:{line}: {len(record)} fields, the header has {len(names)}")
-                continue
-            rows.append(FileRow(line, dict(zip(names, record, strict=False))))
-    except csv.Error as problem:
-        problems.append(f"{path}:{reader.line_num}: malformed CSV: {problem}")
-        rows = []
-    raise_problems(path, problems, error)
-    return rows, set(names)
+        rows = list(streamed.rows)
+    finally:
+        streamed.close()
+    problems.raise_if_any(error)
+    return ImportFile(path, streamed.format, frozenset(streamed.columns), rows, notes or [])
 
 
 def _shape(names: Sequence[str]) -> str:
     """``a[,b][,c]``: how a line of these columns looks."""
     return names[0] + "".join(f"[,{name}]" for name in names[1:])
-
-
-# --- streaming: files too large to hold in memory (a hold list of a million rows) -------------------
 
 
 class Problems:
@@ -257,12 +149,20 @@ class StreamedFile:
 
 
 def stream_import_file(
-    path: Path, columns: Mapping[str, str], error: type[GatedError], problems: Problems
+    path: Path,
+    columns: Mapping[str, str],
+    error: type[GatedError],
+    problems: Problems,
+    *,
+    headerless: Sequence[str] = (),
+    comments: list[tuple[int, str]] | None = None,
 ) -> StreamedFile:
-    """``read_import_file`` for large files (a header required, no comments): the same rules and
-    messages, but rows come one at a time and memory stays flat. The file stays open until
-    ``rows`` is exhausted or closed. Raises ``error`` at once for an unreadable file, a bad
-    header or bytes that are not UTF-8; every other problem goes to ``problems``."""
+    """The reader every import uses (``read_import_file`` for a file read whole): rows come one at
+    a time and memory stays flat, so a hold list of a million rows reads like a short one. The file
+    stays open until ``rows`` is exhausted or closed. Raises ``error`` at once for an unreadable
+    file, a bad header or bytes that are not UTF-8; every other problem goes to ``problems``.
+    ``headerless`` and ``comments`` as ``read_import_file`` takes them (``#`` lines are appended
+    to ``comments`` as they are met)."""
     try:
         handle = path.open("rb")
     except OSError as problem:
@@ -270,6 +170,8 @@ def stream_import_file(
     size = os.fstat(handle.fileno()).st_size
     text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="strict", newline="")
     lines = _decoded_lines(path, text, error)
+    if comments is not None:
+        lines = _without_comments(lines, comments)
     ahead: list[str] = []
     for line in lines:
         ahead.append(line)
@@ -283,10 +185,19 @@ def stream_import_file(
         rows = _stream_json_lines(path, text, itertools.chain(ahead, lines), columns, problems, used)
         return StreamedFile(path, "jsonl", used, rows, size, handle)
     reader = csv.reader(itertools.chain(ahead, lines), strict=True)
-    names = _stream_csv_header(path, reader, columns, error, text)
-    return StreamedFile(
-        path, "csv", set(names), _stream_csv(path, text, reader, names, problems), size, handle
-    )
+    names, first = _stream_csv_header(path, reader, columns, error, text, headerless)
+    rows = _stream_csv(path, text, reader, names, problems, first, fixed=bool(headerless))
+    return StreamedFile(path, "csv", set(names), rows, size, handle)
+
+
+def _without_comments(lines: Iterator[str], comments: list[tuple[int, str]]) -> Iterator[str]:
+    """``lines`` with each ``#`` line told to ``comments`` and left blank, so every line keeps its number."""
+    for number, line in enumerate(lines, start=1):
+        if line.lstrip().startswith("#"):
+            comments.append((number, line.strip()))
+            yield "\n"
+        else:
+            yield line
 
 
 def _decoded_lines(path: Path, text: io.TextIOWrapper, error: type[GatedError]) -> Iterator[str]:
@@ -354,16 +265,20 @@ def _stream_csv_header(
     columns: Mapping[str, str],
     error: type[GatedError],
     text: io.TextIOWrapper,
-) -> list[str]:
-    """The canonical names of the header's columns (the first line that is not blank)."""
+    headerless: Sequence[str],
+) -> tuple[list[str], tuple[int, list[str]] | None]:
+    """The canonical names of the columns, from the header (the first line that is not blank) or
+    ``headerless``; in that case also the first line's number and record, which is data."""
     try:
-        return _csv_header(path, reader, columns, error)
+        return _csv_header(path, reader, columns, error, headerless)
     except BaseException:
         text.close()
         raise
 
 
-def _csv_header(path: Path, reader: Any, columns: Mapping[str, str], error: type[GatedError]) -> list[str]:
+def _csv_header(
+    path: Path, reader: Any, columns: Mapping[str, str], error: type[GatedError], headerless: Sequence[str]
+) -> tuple[list[str], tuple[int, list[str]] | None]:
     start = 1
     try:
         for record in reader:
@@ -373,6 +288,8 @@ def _csv_header(path: Path, reader: Any, columns: Mapping[str, str], error: type
                 continue
             known = [columns.get(column_key(cell)) for cell in record]
             if not any(known):
+                if headerless:
+                    return list(headerless), (line, record)
                 expected = ", ".join(sorted(set(columns.values())))
                 raise error(f"{path}:{line}: no header: the first line must name the columns ({expected})")
             names: list[str] = []
@@ -383,29 +300,51 @@ def _csv_header(path: Path, reader: Any, columns: Mapping[str, str], error: type
                 elif name in names:
                     problems.append(f"{path}:{line}: column {cell[:40]!r} appears twice")
                 names.append(name or "")
+            if problems and headerless:
+                # A file of fixed columns has one header shape: say it, not each bad name.
+                problems = [f"{path}:{line}: the header must be {_shape(headerless)}"]
             raise_problems(path, problems, error)
-            return names
+            return names, None
     except csv.Error as problem:
         raise_problems(path, [f"{path}:{reader.line_num}: malformed CSV: {problem}"], error)
-    return []
+    return [], None
 
 
 def _stream_csv(
-    path: Path, text: io.TextIOWrapper, reader: Any, names: list[str], problems: Problems
+    path: Path,
+    text: io.TextIOWrapper,
+    reader: Any,
+    names: list[str],
+    problems: Problems,
+    first: tuple[int, list[str]] | None,
+    *,
+    fixed: bool,
 ) -> Iterator[FileRow]:
+    """The rows after the header (``first``: a header-less file's first row, read already);
+    ``fixed``: the file has one shape, the caller's, and a long row is told that shape."""
     width = len(names)
     start = reader.line_num + 1
     try:
-        for record in reader:
-            line = start
-            start = reader.line_num + 1
+        records = itertools.chain([first], _numbered(reader, start)) if first else _numbered(reader, start)
+        for line, record in records:
             if not any(cell.strip() for cell in record):
                 continue
             if len(record) > width:
-                problems.add(line, f"{len(record)} fields, the header has {width}")
+                if fixed:
+                    problems.add(line, f"expected {_shape(names)}, got {len(record)} fields")
+                else:
+                    problems.add(line, f"{len(record)} fields, the header has {width}")
                 continue
             yield FileRow(line, dict(zip(names, record, strict=False)))
     except csv.Error as problem:
         problems.add(reader.line_num, f"malformed CSV: {problem}")
     finally:
         text.close()
+
+
+def _numbered(reader: Any, start: int) -> Iterator[tuple[int, list[str]]]:
+    """Each record with the number of the line it starts on."""
+    for record in reader:
+        line = start
+        start = reader.line_num + 1
+        yield line, record
