@@ -128,25 +128,14 @@ def _daemon(folder: Path, port: int, public_key: str, dead_port: int) -> Any:
 def _trucks(daemon: Any, watcher: _Decisions, count: int, tag: str) -> list[float]:
     """``count`` trucks, each: a container read and the portal's verdict, then its tag last (which
     completes the visit); returns each truck's seconds from the tag to its decision on the broker."""
+    from gated.bench.common import present_truck
     from gated.iso6346 import check_digit
-    from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
 
     latencies = []
     for index in range(count):
         first_ten = f"MSKU{(hash(tag) % 50 + 1) * 10_000 + index:06d}"
         box = first_ten + str(check_digit(first_ten))
-        now = datetime.now(UTC)
-        pipeline = daemon.pipeline
-        pipeline.reading(
-            Reading("lane-1", Kind.OCR, "rfid-1", Source.CONTAINER_NUMBER, box, now, confidence=0.97)
-        )
-        pipeline.reading(
-            Reading("lane-1", Kind.RPM, "rfid-1", Source.SCREENING, ScreeningVerdict.CLEAR, now, Quality.GOOD)
-        )
-        started = time.monotonic()
-        pipeline.reading(
-            Reading("lane-1", Kind.RFID, "rfid-1", Source.EPC, f"e2801160{tag}{index:015d}", now)
-        )
+        started = present_truck(daemon.pipeline, box, f"e2801160{tag}{index:015d}", time.monotonic)
         latencies.append(watcher.wait(box, started, timeout=120.0))
         time.sleep(TRUCK_GAP)
     return latencies

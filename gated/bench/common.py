@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,22 @@ class Mosquitto:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+def present_truck(pipeline: Any, box: str, epc: str, clock: Callable[[], float]) -> float:
+    """One truck at lane-1 of a bench daemon: its container read and the portal's verdict, then its
+    tag last (which completes the visit); ``clock()`` just before the tag, where its latency starts."""
+    from datetime import UTC, datetime
+
+    from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
+
+    now = datetime.now(UTC)
+    pipeline.reading(
+        Reading("lane-1", Kind.OCR, "rfid-1", Source.CONTAINER_NUMBER, box, now, confidence=0.97)
+    )
+    pipeline.reading(
+        Reading("lane-1", Kind.RPM, "rfid-1", Source.SCREENING, ScreeningVerdict.CLEAR, now, Quality.GOOD)
+    )
+    started = clock()
+    pipeline.reading(Reading("lane-1", Kind.RFID, "rfid-1", Source.EPC, epc, now))
+    return started

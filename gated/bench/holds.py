@@ -28,11 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gated.bench.common import free_port, machine, progress
+from gated.bench.common import free_port, machine, present_truck, progress
 from gated.errors import GatedError
 
 DEFAULT_ROWS = 1_000_000
@@ -267,21 +266,8 @@ class _Gate:
             self._arrived.notify_all()
 
     def truck(self, box: str) -> float:
-        from gated.model import Kind, Quality, Reading, ScreeningVerdict, Source
-
         self.trucks += 1
-        now = datetime.now(UTC)
-        pipeline = self.pipeline
-        pipeline.reading(
-            Reading("lane-1", Kind.OCR, "rfid-1", Source.CONTAINER_NUMBER, box, now, confidence=0.97)
-        )
-        pipeline.reading(
-            Reading("lane-1", Kind.RPM, "rfid-1", Source.SCREENING, ScreeningVerdict.CLEAR, now, Quality.GOOD)
-        )
-        started = time.perf_counter()
-        pipeline.reading(
-            Reading("lane-1", Kind.RFID, "rfid-1", Source.EPC, f"e2801160{self.trucks:016d}", now)
-        )
+        started = present_truck(self.pipeline, box, f"e2801160{self.trucks:016d}", time.perf_counter)
         deadline = time.monotonic() + 60
         with self._arrived:
             while box not in self._stored:
