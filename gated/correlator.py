@@ -60,6 +60,11 @@ VISIT_SOURCES = frozenset(
 JOIN_ONLY_SOURCES = frozenset({Source.LICENCE_PLATE})
 
 
+MAX_WAITING = 16
+"""Most superseded visits a lane keeps waiting for their reads (a frames camera reads at most as
+many visits at once: ``drivers.ocr_frames.MAX_PENDING_READS``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LaneRules:
     lane: str
@@ -114,7 +119,7 @@ class LaneCorrelator:
         opened: Visit | None = None
         if self.visit is not None and self._starts_new_truck(reading):
             if self._being_read(self.visit):
-                self._wait_for_read()
+                closed.extend(self._wait_for_read())
             else:
                 closed.append(self._close("superseded"))
         if self.visit is None:
@@ -152,13 +157,20 @@ class LaneCorrelator:
         done = {r.device for r in visit.of_source(Source.PASSAGE_END)}
         return set(self.rules.named_readers) - done
 
-    def _wait_for_read(self) -> None:
-        """Set the open visit aside to wait for its read; the lane has no open visit then."""
+    def _wait_for_read(self) -> list[Visit]:
+        """Set the open visit aside to wait for its read; the lane has no open visit then. Returns
+        the oldest waiting visit, closed superseded, when more than ``MAX_WAITING`` would wait."""
         assert self.visit is not None
+        oldest: list[Visit] = []
+        if len(self.waiting) >= MAX_WAITING:
+            # A burst of trucks (or of forged tags) must not pile up visits: no camera reads them all.
+            stale = self.waiting.pop(next(iter(self.waiting)))
+            oldest.append(stale.visit.closed(self.clock.now(), "superseded"))
         until = self.clock.monotonic() + self.rules.ocr_wait
         self.waiting[self.visit.id] = _Waiting(self.visit, until)
         self.visit = None
         self._complete_since = None
+        return oldest
 
     def _join_waiting(self, reading: Reading) -> Reading:
         waiting = self.waiting[reading.visit or ""]

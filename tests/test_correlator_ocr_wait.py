@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gated.clock import ManualClock
-from gated.correlator import LaneCorrelator, LaneRules
+from gated.correlator import MAX_WAITING, LaneCorrelator, LaneRules
 from gated.model import Kind, Reading, Source, Visit
 
 RULES = LaneRules(
@@ -152,3 +152,21 @@ def test_shutdown_closes_the_waiting_visit_too() -> None:
         (second.id, "shutdown"),
     ]
     assert not lane.waiting and lane.visit is None
+
+
+def test_a_burst_of_trucks_keeps_at_most_max_waiting_visits_and_closes_the_oldest() -> None:
+    clock = ManualClock()
+    lane = LaneCorrelator(RULES, clock)
+    visits = [truck_passes(lane, clock)]
+    superseded: list[Visit] = []
+    for _ in range(MAX_WAITING + 3):  # each next truck sets the one before aside, unread
+        clock.advance(0.1)
+        _, closed, opened = lane.accept(portal(clock, Source.OCCUPANCY, True))
+        assert opened is not None
+        superseded.extend(closed)
+        visits.append(opened)
+        lane.accept(portal(clock, Source.OCCUPANCY, False))
+    assert len(lane.waiting) == MAX_WAITING
+    assert [visit.id for visit in superseded] == [visit.id for visit in visits[:3]]
+    assert all(visit.close_cause == "superseded" for visit in superseded)
+    assert list(lane.waiting) == [visit.id for visit in visits[3:-1]]
