@@ -194,6 +194,11 @@ class Driver(ABC):
         views down), or None when it works in full. Asked after every step."""
         return None
 
+    def proven(self) -> bool:
+        """Whether the device has shown on this connection that it is there; it is not called
+        online before. Most devices prove it by accepting the connection."""
+        return True
+
     def run(self, sink: DriverSink, stop: threading.Event) -> None:
         """The driver's thread: connect, step, reconnect with backoff, until ``stop`` is set."""
         where = f"{self.lane}/{self.device}"
@@ -225,7 +230,7 @@ class Driver(ABC):
         def judge(health: _Health) -> None:
             verdict = health.verdict(time.monotonic())
             if verdict is None:
-                if not trusted:
+                if not trusted or not self.proven():
                     return
                 reason = self.degraded()
                 verdict = (

@@ -105,6 +105,7 @@ class SerialFrameDriver(Driver, Generic[Read]):
         self._queue: BoundedQueue[Reading | ProtocolError] = BoundedQueue(MAX_QUEUED)
         self._failure: DeviceUnavailable | None = None
         self._last_data = 0.0
+        self._heard = False  # a good frame on this connection
 
     @abstractmethod
     def new_splitter(self) -> Splitter:
@@ -133,6 +134,11 @@ class SerialFrameDriver(Driver, Generic[Read]):
             self._queue.clear()
         self._failure = None
         self._last_data = self.clock.monotonic()
+        self._heard = False
+
+    def proven(self) -> bool:
+        # An open port proves nothing: a pty's number is reused and a wrong device answers nothing.
+        return self._heard
 
     def step(self) -> Sequence[Reading]:
         """Readings queued from earlier reads first; a bad frame is raised in its place in order."""
@@ -183,6 +189,7 @@ class SerialFrameDriver(Driver, Generic[Read]):
             except ProtocolError as error:
                 self._queue.put(error)
                 continue
+            self._heard = True
             if read is not None and self._repeats.admit(self.repeat_key(read), now):
                 self._queue.put(self.reading(read))
 

@@ -477,6 +477,33 @@ def test_heartbeats_keep_a_quiet_reader_online_and_their_absence_does_not() -> N
 
 
 @pytest.mark.timeout(30)
+def test_a_port_that_opens_but_speaks_no_frame_is_never_online() -> None:
+    # A pty whose number another device now has opens fine: only a good frame proves the reader.
+    master, slave = os.openpty()
+    saying = [b"login: \x00\xff garbage\r\n"]
+    stop = threading.Event()
+
+    def speak() -> None:
+        while not stop.wait(0.2):
+            with suppress(OSError):
+                os.write(master, saying[0])
+
+    speaker = threading.Thread(target=speak, daemon=True)
+    speaker.start()
+    try:
+        with running(make_driver(os.ttyname(slave), silence_timeout=1.0)) as sink:
+            sink.wait_for("garbage to be refused", lambda: len(sink.errors) >= 3)
+            assert DeviceState.ONLINE not in sink.states
+            saying[0] = heartbeat_frame()
+            sink.wait_for("a heartbeat to prove the reader", lambda: sink.state is DeviceState.ONLINE)
+    finally:
+        stop.set()
+        speaker.join()
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.timeout(30)
 def test_one_reading_per_truck_within_the_repeat_window() -> None:
     clock = ManualClock()
     with SerialRfidSimulator() as simulator:
