@@ -11,7 +11,10 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
    once; once ``post_trigger`` seconds have passed, the sharpest of the rest of the window (from
    ``pre_trigger`` before the trigger to ``post_trigger`` after it) make up ``frames_per_view`` a
    view. The early frames are read while the truck drives on, so the number is ready about one
-   frame's read after the window closes. Its own thread never waits on OCR.
+   frame's read after the window closes. Every frame gets the quick look; the slow full read only
+   once all are in (``OcrPool.collecting``), when none settled the number, and only for the
+   sharpest frame of each view (the others show the same marks, less sharp). Its own thread never
+   waits on OCR.
 3. When every frame is read, the candidates are voted per container (``ocr.assemble.vote``: frames
    and views that agree raise the confidence, disagreement lowers it) and decided against
    ``min_confidence``. The crop the number was read from (when nothing was read: the sharpest frame)
@@ -764,6 +767,7 @@ class FramesCameraDriver(Driver):
             early = self._choose(
                 self._open_views, trigger, trigger.ts, self.frames_per_view // 2 * len(self._open_views)
             )
+            self.pool.collecting(trigger.visit)  # its full reads wait for the frames still to come
             futures = [self._submit(frame.image, trigger) for frame in early]
             read = _Read(trigger, early, futures, complete=False)
             self._waiting.append(read)
@@ -782,9 +786,19 @@ class FramesCameraDriver(Driver):
             from ocr.pool import settled_by
 
             quick_only = any(settled_by(future) for future in read.futures)
+            # A view's frames show the same marks: if none settles them, the sharpest frame of
+            # each view gets the full read (seconds each), the others their quick look alone.
+            best = _sharpest_of_each_view([*read.frames, *rest])
+            early_not_best = [
+                future for frame, future in zip(read.frames, read.futures, strict=True) if frame not in best
+            ]
+            read.futures.extend(
+                self._submit(frame.image, trigger, quick_only=quick_only or frame not in best)
+                for frame in rest
+            )
             read.frames.extend(rest)
-            read.futures.extend(self._submit(frame.image, trigger, quick_only=quick_only) for frame in rest)
             read.complete = True
+            self.pool.collected(trigger.visit, quick_only=early_not_best)
             if self._open_plate_views:
                 # Submitted after the container frames: the pool reads in order, the number first.
                 plates = self._choose(
@@ -963,6 +977,17 @@ class FramesCameraDriver(Driver):
         except StorageError as error:
             log.error("%s/%s: cannot store the OCR crop: %s", self.lane, self.device, error_text(error))
             return ()
+
+
+def _sharpest_of_each_view(frames: Sequence[Frame]) -> list[Frame]:
+    from ocr.frames import sharpness
+
+    best: dict[str, tuple[float, Frame]] = {}
+    for frame in frames:
+        score = sharpness(frame.image)
+        if frame.source not in best or score > best[frame.source][0]:
+            best[frame.source] = (score, frame)
+    return [frame for _, frame in best.values()]
 
 
 def _cancel(futures: Sequence[Future[Any]]) -> int:

@@ -231,7 +231,7 @@ class OcrConfig(Strict):
         ge=1,
         le=16,
         description="OCR worker processes shared by every ocr-frames camera (each reads one frame at a "
-        "time and uses two cores); default: half the machine's cores, at least one (one on a 2-core PC).",
+        "time on one core, at a lower CPU priority than the daemon); default: one per core.",
     )
 
 

@@ -76,7 +76,7 @@ class EasyOcrEngine:
     name = "easyocr"
     quick_look = False
 
-    def __init__(self, model_dir: str | Path | None = None) -> None:
+    def __init__(self, model_dir: str | Path | None = None, *, threads: int | None = None) -> None:
         try:
             import easyocr  # type: ignore[import-untyped]
         except Exception as error:
@@ -85,6 +85,10 @@ class EasyOcrEngine:
                 f"OCR engine 'easyocr' is not installed or does not import: {error} "
                 f"(install with: {INSTALL_HINT})"
             ) from error
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         folder = Path(model_dir) if model_dir is not None else default_model_dir()
         verify_weights(folder)
         try:

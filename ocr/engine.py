@@ -45,24 +45,30 @@ class OcrEngine(Protocol):
         ...
 
 
-_loaded: dict[str, OcrEngine] = {}
+_loaded: dict[tuple[str, int | None], OcrEngine] = {}
 
 
-def load_engine(name: str) -> OcrEngine:
-    """The engine called ``name``, loaded once per process (models are big and slow to load)."""
-    if name in _loaded:
-        return _loaded[name]
+def load_engine(name: str, threads: int | None = None) -> OcrEngine:
+    """The engine called ``name``, loaded once per process (models are big and slow to load).
+
+    ``threads``: how many threads the engine spreads one frame over; None lets the runtime choose
+    (every core: the quickest single frame). The OCR pool's workers use one each."""
+    key = (name, threads)
+    if key in _loaded:
+        return _loaded[key]
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     if name == "rapidocr":
         from ocr.rapid import RapidOcrEngine
 
-        engine: OcrEngine = RapidOcrEngine()
+        engine: OcrEngine = RapidOcrEngine(threads=threads)
     elif name == "easyocr":
         from ocr.easy import EasyOcrEngine
 
-        engine = EasyOcrEngine()
+        engine = EasyOcrEngine(threads=threads)
     else:
         raise EngineUnavailable(f"unknown OCR engine {name!r}; known: {', '.join(ENGINES)}")
-    _loaded[name] = engine
+    _loaded[key] = engine
     return engine
 
 

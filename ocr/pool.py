@@ -16,7 +16,10 @@ are handed to it, so the next one is chosen when a worker is free, by visit:
 2. then licence plates (informational, one look each);
 3. last, the full read of a frame whose quick look did not settle its number (``settled``), and
    only while no other frame of its visit has settled one: a settled frame makes the rest
-   confirmations, which the quick look gives. The full read is ``read_all``'s own path, its quick
+   confirmations, which the quick look gives. While a caller still collects a visit's frames
+   (``collecting`` until ``collected``), its full reads wait: a frame taken before the truck was in
+   view settles nothing, and its full read (seconds) would run before the quick look of the frame
+   that shows the number. The full read is ``read_all``'s own path, its quick
    look included (about 70% of a full look more, on frames that then take seconds anyway).
 
 Within each step the oldest visit goes first (``order``, the trigger's time: the truck at the
@@ -26,9 +29,12 @@ future itself, and a cancelled task never reaches a worker.
 
 - Workers are started with ``forkserver`` (``spawn`` where there is none), never by forking the
   daemon: a fork copies the locks its other threads hold at that moment.
-- ``workers`` defaults to half the machine's cores (``default_workers``), at least one: each
-  worker's engine already spreads one frame over two cores, so more workers than that only make
-  every frame slower. ``[ocr] workers`` in the config overrides it.
+- ``workers`` defaults to one per core (``default_workers``), and each worker's engine reads its
+  frame on one thread: ONNX Runtime's own threads spin while they wait, so one frame spread over two
+  cores took 1.5x the CPU for 1.3x the speed, CPU the other lanes' frames need. ``[ocr] workers``
+  in the config overrides it.
+- Workers run at a lower CPU priority (``WORKER_NICENESS``): the daemon's own threads (the barrier's
+  heartbeat, the drivers, the decisions) come first, OCR takes the CPU they leave.
 - Frames travel as numpy arrays. Measured on the 2-core gate PC with 1280x720 frames: handing an
   array to a worker and back costs about 4 ms; JPEG instead costs about 10 ms to encode, 10 ms to
   decode in the worker and 0.3 ms to send. The driver holds decoded frames anyway.
@@ -42,6 +48,7 @@ future itself, and a cancelled task never reaches a worker.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -49,6 +56,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -75,6 +83,8 @@ QUICK: Final = 1
 PLATE: Final = 2
 FULL: Final = 3
 STEP_NAMES: Final = {CONTROL: "control", QUICK: "quick", PLATE: "plate", FULL: "full"}
+COLLECT_LIMIT: Final = 30.0
+"""Seconds a visit's full reads wait for ``collected`` at most (a caller that never says it)."""
 STARTED_KEPT: Final = 1000
 """How many started tasks ``started`` remembers (for logs and tests)."""
 
@@ -85,9 +95,15 @@ _engine: OcrEngine | None = None
 _load_error: OcrError | None = None
 
 
+WORKER_THREADS: Final = 1
+"""Threads each worker's engine reads a frame with (module docstring)."""
+WORKER_NICENESS: Final = 5
+"""How much lower than the daemon the workers run (``nice``)."""
+
+
 def default_workers() -> int:
-    """Worker processes for this machine: half its cores, at least one (module docstring)."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    """Worker processes for this machine: one per core (module docstring)."""
+    return max(1, os.cpu_count() or 1)
 
 
 def settled_by(future: Future[list[Candidate]]) -> bool:
@@ -100,8 +116,10 @@ def settled_by(future: Future[list[Candidate]]) -> bool:
 def _load(name: str) -> None:
     """Worker initializer: load the engine once and run it on one painted frame."""
     global _engine, _load_error
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     try:
-        _engine = load_engine(name)
+        _engine = load_engine(name, threads=WORKER_THREADS)
         read_image(_engine, _warm_up_frame())
     except OcrError as error:
         _engine, _load_error = None, error
@@ -193,6 +211,8 @@ class OcrPool:
         self._in_flight = 0
         self._settled: set[str] = set()  # visits one of whose frames settled its number
         self._visit_futures: dict[str, dict[Future[Any], int]] = {}  # each future and its step
+        self._collecting: dict[str, float] = {}  # visits whose frames still come, since when
+        self._quick_only: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # no full read for these
         self._executor: ProcessPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._closed = False
@@ -245,7 +265,7 @@ class OcrPool:
                     with self._lock:
                         self._settled.add(visit)
                 _answer(future, found)
-            elif quick_only or self._visit_settled(visit):
+            elif quick_only or self._visit_settled(visit) or self._quick_only_after_all(future):
                 _answer(future, found)
             else:
                 self._enqueue(
@@ -256,7 +276,7 @@ class OcrPool:
                     image,
                     False,
                     future=future,
-                    skip=lambda: self._visit_settled(visit),
+                    skip=lambda: self._visit_settled(visit) or self._quick_only_after_all(future),
                     skipped=lambda: self._skip_full(future, found),
                     timed=add,
                 )
@@ -282,11 +302,27 @@ class OcrPool:
         """The pid of the worker that answers (tests kill it to see it replaced)."""
         return self._enqueue(CONTROL, 0.0, None, _pid)
 
+    def collecting(self, visit: str) -> None:
+        """More frames of ``visit`` are coming: its full reads wait for ``collected`` (module
+        docstring), at most ``COLLECT_LIMIT`` seconds."""
+        with self._lock:
+            self._collecting.setdefault(visit, time.monotonic())
+
+    def collected(self, visit: str, *, quick_only: Collection[Future[list[Candidate]]] = ()) -> None:
+        """Every frame of ``visit`` has been submitted: its full reads may run, but not those of the
+        frames in ``quick_only`` (another frame of their view is sharper: its full read is the one)."""
+        with self._lock:
+            self._quick_only.update(quick_only)
+            if self._collecting.pop(visit, None) is not None:
+                self._lock.notify_all()
+
     def drop(self, visit: str, *, plates: bool = True) -> int:
         """Cancel the tasks of ``visit`` that no worker has finished (its visit was decided: the
         read would be thrown away), its plates too unless ``plates`` is False; returns how many
         futures were cancelled. Safe from any thread."""
         with self._lock:
+            if self._collecting.pop(visit, None) is not None:
+                self._lock.notify_all()
             futures = self._visit_futures.get(visit, {})
             chosen = [future for future, step in futures.items() if plates or step != PLATE]
         return sum(1 for future in chosen if future.cancel())
@@ -329,6 +365,10 @@ class OcrPool:
     def _visit_settled(self, visit: str | None) -> bool:
         with self._lock:
             return visit is not None and visit in self._settled
+
+    def _quick_only_after_all(self, future: Future[Any]) -> bool:
+        with self._lock:
+            return future in self._quick_only
 
     def _skip_full(self, future: Future[list[Candidate]], found: list[Candidate]) -> None:
         with self._lock:
@@ -378,11 +418,17 @@ class OcrPool:
         """The pool's thread: hand the first task in line to the executor whenever a worker is free."""
         while True:
             with self._lock:
-                while not self._closed and (self._in_flight >= self.workers or not self._queue):
-                    self._lock.wait()
-                if self._closed:
+                task = None
+                while not self._closed:
+                    if self._in_flight < self.workers:
+                        task = self._next_locked()
+                        if task is not None:
+                            break
+                    # Full reads held for a visit still collecting are released by ``collected``
+                    # or, at the latest, by time.
+                    self._lock.wait(1.0 if self._collecting else None)
+                if self._closed or task is None:
                     return
-                *_, task = heapq.heappop(self._queue)
             if task.future.done():
                 with self._lock:
                     self.dropped += 1
@@ -391,6 +437,25 @@ class OcrPool:
                 task.skipped()
                 continue
             self._hand_over(task)
+
+    def _next_locked(self) -> _Task | None:
+        """The first task in line that may run now, taken off the queue; None when there is none."""
+        now = time.monotonic()
+        for visit in [v for v, since in self._collecting.items() if now - since >= COLLECT_LIMIT]:
+            del self._collecting[visit]
+        held = []
+        found = None
+        while self._queue:
+            entry = heapq.heappop(self._queue)
+            task = entry[-1]
+            if task.step == FULL and task.visit in self._collecting and not task.future.done():
+                held.append(entry)
+                continue
+            found = task
+            break
+        for entry in held:
+            heapq.heappush(self._queue, entry)
+        return found
 
     def _hand_over(self, task: _Task) -> None:
         with self._lock:

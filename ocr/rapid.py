@@ -57,14 +57,21 @@ class RapidOcrEngine:
     name = "rapidocr"
     quick_look = True
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
+        params, coarse_params = PARAMS, COARSE_PARAMS
+        if threads is not None:
+            # ONNX Runtime's worker threads spin while they wait for work: a second thread took
+            # 12.4 s for 36 frames against 15.9 s with one, for 23.9 s of CPU against 16.2 s.
+            sized = {"EngineConfig.onnxruntime.intra_op_num_threads": threads}
+            sized["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
+            params, coarse_params = {**PARAMS, **sized}, {**COARSE_PARAMS, **sized}
         try:
             from rapidocr import RapidOCR
         except ImportError as error:
             raise EngineUnavailable(f"OCR engine 'rapidocr' is not installed: {error}") from error
         try:
-            self._engine: Any = RapidOCR(params=PARAMS)
-            self._coarse: Any = RapidOCR(params=COARSE_PARAMS)
+            self._engine: Any = RapidOCR(params=params)
+            self._coarse: Any = RapidOCR(params=coarse_params)
         except Exception as error:
             raise OcrError(f"RapidOCR could not be set up: {error}") from error
         self._lock = threading.Lock()

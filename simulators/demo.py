@@ -7,7 +7,7 @@ trucks that cover the four outcomes: a clean container, held containers (by numb
 lading), a radiation alarm, and a number nobody can read.
 
 OCR takes about half a second a frame on a 2-core PC, so the demo's cameras read two frames per
-truck, in the OCR pool every lane shares (half the machine's cores: one worker on a 2-core PC).
+truck, in the OCR pool every lane shares (one worker per core, each on one core).
 Each truck waits at the barrier for its own decision (told apart by its tag), so the trucks keep
 the pace OCR allows rather than leave while their frames are still being read.
 """

@@ -371,6 +371,27 @@ def test_a_decided_visits_frames_never_reach_a_worker(
     assert sink.numbers_of(opened.id) == [] and driver.ocr_failures == 0
 
 
+def test_an_unreadable_truck_gets_one_full_read_per_view_after_every_quick_look(
+    camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
+) -> None:
+    evidence = EvidenceStore(tmp_path / "evidence")
+    sink = Sink(evidence)
+    with MjpegCameraSimulator(fps=10, seed=8) as second:
+        driver = make_driver(camera, pool, evidence, second.url)
+        with running(driver, sink):
+            camera.show(None)  # nothing to read in either view: every quick look settles nothing
+            second.show(None)
+            time.sleep(0.6)
+            mark = len(pool.started)
+            driver.trigger(Trigger("mud", time.time()))
+            sink.wait(lambda: bool(sink.numbers_of("mud")), timeout=60)
+    steps = [step for visit, step in list(pool.started)[mark:] if visit == "mud"]
+    # Two frames of each view: four quick looks, then a full read of each view's sharpest frame.
+    assert steps == ["quick"] * 4 + ["full"] * 2
+    [number] = sink.numbers_of("mud")
+    assert number.quality is Quality.BAD
+
+
 def test_an_ocr_backlog_degrades_the_camera_until_it_drains(
     camera: MjpegCameraSimulator, pool: OcrPool, tmp_path: Path
 ) -> None:

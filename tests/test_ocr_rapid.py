@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,32 @@ def test_dev_set_is_never_confidently_wrong(engine: OcrEngine) -> None:
         print(f"{name}: expected {expected}, read {read.container} (raw {read.raw}, {read.confidence})")
     print(f"dev set: {exact} exact, {wrong} wrong, {unread} null out of {len(labels)}")
     assert wrong == 0
+
+
+_THREADS_PROBE = """
+import os, sys
+import numpy as np
+from ocr.rapid import RapidOcrEngine
+before = len(os.listdir("/proc/self/task"))
+engine = RapidOcrEngine(threads=None if sys.argv[1] == "default" else int(sys.argv[1]))
+engine.read(np.full((720, 1280, 3), 200, dtype=np.uint8))
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: ONNX Runtime adds no threads either way")
+def test_an_engine_given_one_thread_reads_on_one_thread() -> None:
+    # The OCR pool's workers read on one thread each: ONNX Runtime's own threads spin while they
+    # wait, taking CPU the other workers need.
+    def added(threads: str) -> int:
+        probe = subprocess.run(
+            [sys.executable, "-c", _THREADS_PROBE, threads],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        return int(probe.stdout.split()[-1])
+
+    assert added("1") < added("default")

@@ -5,6 +5,8 @@ dropped visit's frames never reach a worker."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 
@@ -13,7 +15,7 @@ import pytest
 
 from ocr.assemble import Candidate
 from ocr.errors import OcrError
-from ocr.pool import OcrPool, default_workers
+from ocr.pool import WORKER_NICENESS, OcrPool, default_workers
 from simulators.camera_frames import FrameSpec, render_empty_lane, render_frame
 
 pytest.importorskip("rapidocr")
@@ -99,6 +101,48 @@ def test_a_settled_frame_spares_its_visit_the_full_reads(pool: OcrPool) -> None:
     assert since(pool, mark) == [("busy", "quick"), ("truck", "quick"), ("truck", "quick")]
 
 
+def test_full_reads_wait_while_the_visit_is_still_collecting_frames(pool: OcrPool) -> None:
+    # An early frame of the lane before the truck came settles nothing; its full read (seconds)
+    # must not run before the quick look of the frame that shows the number, submitted later.
+    pool.collecting("truck")
+    mark, first = busy(pool)
+    early = pool.submit(EMPTY, visit="truck", order=10.0)
+    first.result(timeout=90)
+    wait_until_started(pool, mark, 2)
+    other = pool.submit(OTHER_READABLE, visit="other", order=20.0)
+    other.result(timeout=90)
+    assert not early.done()  # its full read waits, the later visit's quick look did not
+    later = pool.submit(READABLE, visit="truck", order=10.0)
+    pool.collected("truck")
+    wait([early, later], timeout=90)
+    assert early.result() == []
+    assert [candidate.number for candidate in later.result()] == [VALID]
+    assert since(pool, mark) == [
+        ("busy", "quick"),
+        ("truck", "quick"),
+        ("other", "quick"),
+        ("truck", "quick"),
+    ]
+
+
+def test_a_visit_never_collected_gets_its_full_reads_after_the_limit(
+    pool: OcrPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ocr.pool.COLLECT_LIMIT", 1.0)
+    pool.collecting("forgotten")
+    mark = len(pool.started)
+    future = pool.submit(EMPTY, visit="forgotten", order=5.0)
+    assert future.result(timeout=90) == []
+    assert since(pool, mark) == [("forgotten", "quick"), ("forgotten", "full")]
+
+
+def wait_until_started(pool: OcrPool, mark: int, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(since(pool, mark)) < count:
+        assert time.monotonic() < deadline, since(pool, mark)
+        time.sleep(0.01)
+
+
 def test_quick_only_never_gets_a_full_read(pool: OcrPool) -> None:
     mark = len(pool.started)
     future = pool.submit(EMPTY, quick_only=True)
@@ -123,6 +167,13 @@ def test_an_engine_that_cannot_load_fails_every_task_and_close_cancels_the_rest(
     assert broken.restarts == 0
     with pytest.raises(OcrError, match="closed"):
         broken.submit(EMPTY)
+
+
+def test_workers_run_below_the_daemon(pool: OcrPool) -> None:
+    # The barrier's heartbeat and the decisions come before OCR.
+    worker = pool.ping().result(timeout=60)
+    expected = min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, worker) == expected
 
 
 def test_the_default_worker_count_follows_the_machine() -> None:
