@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Index,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from gated.audit import canonical, chain
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import ContainerNumberError, StorageError
@@ -121,6 +123,11 @@ audit = Table(
     Column("action", String(64), nullable=False),
     Column("subject", String(128), nullable=True),
     Column("detail", Text, nullable=False),
+    # The hash chain (gated/audit.py): position, the hash of the record before, this one's hash.
+    Column("seq", BigInteger, nullable=True),
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
+    UniqueConstraint("seq", name="uq_audit_seq"),
 )
 
 Index("ix_readings_lane_ts", readings.c.lane, readings.c.ts)
@@ -161,22 +168,33 @@ class Batch:
 
 
 def insert_audit(conn: Connection, records: Sequence[AuditRecord]) -> None:
-    """Add audit records inside ``conn``'s transaction (the change they record is in the same one)."""
-    if records:
-        conn.execute(
-            insert(audit),
-            [
-                {
-                    "id": a.id,
-                    "ts": a.ts,
-                    "actor": a.actor,
-                    "action": a.action,
-                    "subject": a.subject,
-                    "detail": _dumps(a.detail),
-                }
-                for a in records
-            ],
-        )
+    """Add audit records inside ``conn``'s transaction (the change they record is in the same one),
+    each chained to the one before (``gated.audit``)."""
+    if not records:
+        return
+    details = [_dumps(a.detail) for a in records]
+    bodies = [
+        canonical(a.id, a.ts, a.actor, a.action, a.subject, detail)
+        for a, detail in zip(records, details, strict=True)
+    ]
+    links = chain(conn, bodies)
+    conn.execute(
+        insert(audit),
+        [
+            {
+                "id": a.id,
+                "ts": a.ts,
+                "actor": a.actor,
+                "action": a.action,
+                "subject": a.subject,
+                "detail": detail,
+                "seq": link.seq,
+                "prev_hash": link.prev_hash,
+                "hash": link.hash,
+            }
+            for a, detail, link in zip(records, details, links, strict=True)
+        ],
+    )
 
 
 def container_read(source: str, value: object) -> str | None:

@@ -44,6 +44,7 @@ COMMANDS = {
     "preadvice": "preadvice",
     "credentials": "credentials",
     "query": "query",
+    "audit": "audit",
     "bench": "bench",
 }
 

@@ -26,6 +26,7 @@ HELP = {
     "preadvice": "which containers each truck tag is announced to carry (import, list)",
     "credentials": "the cancelled-card list drivers' credentials are checked against",
     "query": "everything known about one container number",
+    "audit": "check the audit trail's hash chain (verify)",
     "bench": "run a benchmark; the last stdout line is JSON",
 }
 
