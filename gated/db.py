@@ -159,7 +159,8 @@ def schema_tables() -> MetaData:
     import gated.credentials
     import gated.holds
     import gated.preadvice
-    import gated.store  # noqa: F401
+    import gated.store
+    import gated.users  # noqa: F401
 
     return metadata
 

@@ -45,6 +45,7 @@ COMMANDS = {
     "credentials": "credentials",
     "query": "query",
     "audit": "audit",
+    "users": "users",
     "bench": "bench",
 }
 

@@ -27,6 +27,7 @@ HELP = {
     "credentials": "the cancelled-card list drivers' credentials are checked against",
     "query": "everything known about one container number",
     "audit": "check the audit trail's hash chain (verify)",
+    "users": "the console's accounts: add, passwd, unlock, list",
     "bench": "run a benchmark; the last stdout line is JSON",
 }
 
