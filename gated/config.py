@@ -265,6 +265,54 @@ class MetricsConfig(Strict):
         return value
 
 
+class ConsoleConfig(Strict):
+    listen: str | None = Field(
+        None,
+        description="Serve the control-room console on this host:port, e.g. 0.0.0.0:8443 (unset: no "
+        "console). Without TLS only a loopback address is allowed, unless lab_cleartext.",
+    )
+    tls_cert_file: str | None = Field(
+        None, description="PEM certificate (chain) the console serves HTTPS with"
+    )
+    tls_key_file: str | None = Field(
+        None, description="PEM private key of tls_cert_file (readable only by gated)"
+    )
+    lab_cleartext: bool = Field(
+        False, description="Serve plain HTTP on a non-loopback address (a lab only: passwords cross in clear)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> ConsoleConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        if self.listen is not None and self.tls_cert_file is None and not self.lab_cleartext:
+            host, _ = listen_address(self.listen)
+            if not _loopback(host):
+                raise ValueError(
+                    f"TLS is required for the console on {self.listen} (tls_cert_file, tls_key_file), "
+                    "or lab_cleartext = true"
+                )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 DEVICE_KINDS: dict[str, str] = {name: device.kind.value for name, device in DEVICE_TYPES.items()}
 """The lane role (rfid, ocr, rpm, ...) of each ``driver = "..."`` name."""
 
@@ -336,6 +384,7 @@ class GateConfig(Strict):
     credentials: CredentialsConfig = Field(default_factory=lambda: CredentialsConfig())
     ocr: OcrConfig = Field(default_factory=lambda: OcrConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
+    console: ConsoleConfig = Field(default_factory=lambda: ConsoleConfig())
     lanes: list[LaneConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from drivers.barrier_modbus import BarrierModbusDevice
 from drivers.base import Driver
@@ -41,6 +42,10 @@ from gated.publisher import MqttPublisher
 from gated.settings import DriverContext
 from gated.store import Store
 from ocr.pool import OcrPool
+
+if TYPE_CHECKING:
+    from gated.console.app import Console
+    from gated.console.server import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,10 @@ class Daemon:
             self.clock,
             alive=self._pipeline_alive,
         )
+        self.console: ConsoleServer | None = None
+        self.console_app: Console | None = None
+        if config.console.listen is not None:
+            self.console_app = self._console()
         self._stop = threading.Event()
         self._driver_stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -144,6 +153,23 @@ class Daemon:
         self._stopped = False
         self.failed: str | None = None  # why the daemon must exit (an unexpected error), once set
         self._done = threading.Event()
+
+    def _console(self) -> Console:
+        from gated.console.app import Console
+        from gated.console.board import LaneBoard
+        from gated.users import Accounts
+
+        board = LaneBoard(self.pipeline)
+        self.pipeline.visit_listeners.append(board.visit_opened)
+        self.pipeline.listeners.append(board.decided)
+        settings = self.config.console
+        return Console(
+            Accounts(self.engine, self.clock),
+            board,
+            self.engine,
+            secure_cookies=settings.tls_cert_file is not None,
+            evidence_root=Path(self.config.storage.evidence),
+        )
 
     def _ocr_pool(self, engine: str) -> OcrPool:
         if engine not in self.ocr_pools:
@@ -241,6 +267,20 @@ class Daemon:
         if self.config.metrics.listen is not None:
             # First: an address that cannot be bound stops the start before anything runs.
             self.metrics_server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
+        if self.console_app is not None and self.config.console.listen is not None:
+            from gated.config import listen_address
+            from gated.console.server import ConsoleServer
+
+            host, port = listen_address(self.config.console.listen)
+            settings = self.config.console
+            self.console = ConsoleServer(
+                self.console_app.app,
+                host,
+                port,
+                cert_file=settings.tls_cert_file,
+                key_file=settings.tls_key_file,
+            )
+            self.console.start()
         for pool in self.ocr_pools.values():
             pool.start()  # the workers load their engine while the rest starts
         self.pipeline.recover()
@@ -280,6 +320,8 @@ class Daemon:
         self.publisher.stop(graceful_offline=True, timeout=timeout)
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.console is not None:
+            self.console.stop()
         self.engine.dispose()
 
     def run_forever(self) -> int:

@@ -385,6 +385,21 @@ class Pipeline:
         state = self.lanes.get(lane)
         return state.correlator.visit if state is not None else None
 
+    def lane_ids(self) -> list[str]:
+        return [lane.id for lane in self.config.lanes]
+
+    def lane_status(self, lane: str) -> dict[str, Any]:
+        """The lane's status as published (state, reason, devices); safe from any thread."""
+        return self._lane_status(lane).body
+
+    def device_states(self, lane: str) -> dict[str, tuple[str, DeviceState, str]]:
+        """Each device of the lane: its kind, last state and detail; safe from any thread."""
+        state = self.lanes[lane]
+        return {
+            device: (state.device_kinds[device], *state.device_states[device])
+            for device in list(state.device_states)
+        }
+
     def _lane_status(self, lane: str) -> Message:
         devices = {device: state for device, (state, _) in self.lanes[lane].device_states.items()}
         offline = sorted(device for device, state in devices.items() if state is not DeviceState.ONLINE)

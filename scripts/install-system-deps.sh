@@ -9,6 +9,8 @@ declare -A binary_of=(
   [socat]=/usr/bin/socat
   [mbpoll]=/usr/bin/mbpoll
   [postgresql]=/usr/bin/pg_ctlcluster
+  # The console's browser tests (Playwright drives this Chromium; it downloads no browser).
+  [chromium]=/usr/bin/chromium
 )
 missing=()
 for package in "${!binary_of[@]}"; do

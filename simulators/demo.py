@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -42,6 +43,7 @@ from gated.holds_send import make_command, send_commands
 from gated.iso6346 import check_digit
 from gated.model import Decision, Source, Visit
 from gated.signing import generate_private_key_file, load_private_key, public_key_text
+from gated.users import Role
 from simulators.barrier_plc import BarrierPlcSimulator
 from simulators.lane import (
     ContainerSighting,
@@ -220,6 +222,36 @@ def _workers_ignore_ctrl_c() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+DEFAULT_CONSOLE_PORT = 8080
+DEMO_ACCOUNTS = {
+    Role.OPERATOR: ("operator", "operator-demo"),
+    Role.SUPERVISOR: ("supervisor", "supervisor-demo"),
+}
+"""The demo's console accounts (printed at start; a lab's, never a real gate's)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _demo_accounts(daemon: Daemon) -> None:
+    """The demo's accounts, with their printed passwords (again, when a --data-dir is reused)."""
+    from gated.users import Accounts
+
+    accounts = Accounts(daemon.engine, daemon.clock)
+    for role, (username, password) in DEMO_ACCOUNTS.items():
+        known = accounts.get(username)
+        if known is None:
+            accounts.add(username, role, password, actor="gated:demo")
+        else:
+            accounts.passwd(username, password, actor="gated:demo")
+            if known.locked(accounts.clock.now()):
+                accounts.unlock(username, actor="gated:demo")
+
+
 def run_demo(
     *,
     lanes: int = 2,
@@ -227,6 +259,7 @@ def run_demo(
     mqtt_port: int = 1883,
     broker: str | None = None,
     data_dir: str | None = None,
+    console_port: int = DEFAULT_CONSOLE_PORT,
 ) -> int:
     if not 1 <= lanes <= 8:
         raise ConfigError([f"--lanes: {lanes} is not between 1 and 8"])
@@ -279,6 +312,7 @@ def run_demo(
                 "node": "demo-gate",
                 "mqtt": broker_settings,
                 "storage": {"database": str(folder / "gated.db"), "evidence": str(folder / "evidence")},
+                "console": {"listen": f"127.0.0.1:{console_port or _free_port()}"},
                 "holds": {
                     "max_age_seconds": 300,
                     "customs_keys": [
@@ -330,6 +364,7 @@ def run_demo(
         )
         daemon = Daemon(config)
         _import_manifest(daemon.holds, lanes, folder)
+        _demo_accounts(daemon)
         daemon.on_decision(_print_decision)
         # This run's decisions: a reused --data-dir holds earlier runs' too.
         outcomes: Counter[str] = Counter()
@@ -355,10 +390,10 @@ def run_demo(
             flush=True,
         )
         print(f"  watch the traffic: mosquitto_sub -h {host} -p {port} -t 'gated/#' -v", flush=True)
-        print(
-            "  (no operator console in this version yet; `gated --log-level DEBUG demo` shows the log)",
-            flush=True,
-        )
+        if daemon.console is not None:
+            print(f"  operator console: {daemon.console.url}", flush=True)
+            for username, password in DEMO_ACCOUNTS.values():
+                print(f"  login: {username} / {password}", flush=True)
         # Customs places its holds and confirms the list with signed commands, as a real one would.
         customs = _Customs(config.mqtt, lanes, customs_key)
         acks = [*customs.send(customs.holds), customs.sync()]

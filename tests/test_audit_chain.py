@@ -21,6 +21,8 @@ from gated.audit import GENESIS, audit_head, canonical, link_hash, verify
 from gated.db import open_engine
 from gated.store import AuditRecord, audit, insert_audit
 
+pytestmark = pytest.mark.subprocess  # most tests run `gated audit verify` as a user does
+
 START = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
 
 

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Mosquitto
@@ -59,6 +60,7 @@ def test_demo_with_embedded_broker_shows_the_four_outcomes(tmp_path: Path) -> No
     watcher: subprocess.Popen[str] | None = None
     try:
         head = wait_for_line(demo, "mosquitto_sub")
+        head += wait_for_line(demo, "login: supervisor")
         # The watcher sees the whole run, however long the machine takes to read the trucks.
         watcher = subprocess.Popen(
             [mosquitto_sub, "-h", "127.0.0.1", "-p", str(port), "-t", "gated/#", "-v"],
@@ -66,6 +68,15 @@ def test_demo_with_embedded_broker_shows_the_four_outcomes(tmp_path: Path) -> No
             text=True,
         )
         lines = head[:]
+        # The console, on its default port, with the printed accounts.
+        console = next(line for line in head if "operator console:" in line).split()[-1]
+        assert console == "http://127.0.0.1:8080/"
+        accounts = dict(re.findall(r"^  login: (\S+) / (\S+)$", "".join(head), re.MULTILINE))
+        assert {"operator", "supervisor"} <= accounts.keys()
+        answer = httpx.post(
+            console + "api/login", json={"username": "operator", "password": accounts["operator"]}, timeout=30
+        )
+        assert answer.status_code == 200 and answer.json()["role"] == "operator"
         for outcome in OUTCOMES:
             if not any(f" {outcome} " in line for line in lines):
                 lines += wait_for_line(demo, f" {outcome} ", timeout=70)
@@ -112,6 +123,8 @@ def test_demo_against_an_external_broker(tmp_path: Path, mosquitto: Mosquitto) -
     )
     time.sleep(0.5)
     demo = start_demo(
+        "--console-port",
+        "0",
         "--lanes",
         "2",
         "--duration",
@@ -158,6 +171,7 @@ def summary(output: str) -> Counter[str]:
 def test_demo_runs_again_at_once_on_the_same_port_and_data_dir(tmp_path: Path) -> None:
     port = free_port()
     args = ("--lanes", "1", "--duration", "5", "--mqtt-port", str(port), "--data-dir", str(tmp_path))
+    args += ("--console-port", "0")
     first = start_demo(*args)
     # Someone watches the traffic: the broker closes that connection when the demo ends, which
     # leaves the broker's port in TIME_WAIT for the next demo.
@@ -180,7 +194,7 @@ def test_demo_runs_again_at_once_on_the_same_port_and_data_dir(tmp_path: Path) -
 
 
 def test_ctrl_c_stops_the_demo_within_seconds() -> None:
-    demo = start_demo("--mqtt-port", str(free_port()), own_group=True)
+    demo = start_demo("--mqtt-port", str(free_port()), "--console-port", "0", own_group=True)
     try:
         wait_for_line(demo, "reasons")  # the table's head: trucks are on their way
         time.sleep(2.0)

@@ -180,6 +180,7 @@ def gated(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.subprocess
 def test_the_users_commands(tmp_path: Path) -> None:
     db = str(tmp_path / "gated.db")
     secret = tmp_path / "alice.pw"
@@ -212,6 +213,7 @@ def test_the_users_commands(tmp_path: Path) -> None:
     assert gated("audit", "verify", "--db", db).returncode == 0
 
 
+@pytest.mark.subprocess
 def test_the_password_is_asked_twice_at_the_terminal(tmp_path: Path) -> None:
     db = str(tmp_path / "gated.db")
     master, slave = os.openpty()

@@ -24,7 +24,10 @@ def register(commands: Any, database: argparse.ArgumentParser) -> None:
     demo.add_argument("--mqtt-port", type=port, default=1883, help="embedded broker port (default 1883)")
     demo.add_argument("--broker", default=None, metavar="URL", help="use mqtt://host:port instead")
     demo.add_argument(
-        "--console-port", type=port, default=None, help="(the operator console is not built yet)"
+        "--console-port",
+        type=port,
+        default=8080,
+        help="the operator console's port on 127.0.0.1 (default 8080; 0: any free port)",
     )
     demo.add_argument(
         "--data-dir",
@@ -48,4 +51,5 @@ def _demo(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port,
         broker=args.broker,
         data_dir=None if args.data_dir is None else str(args.data_dir),
+        console_port=args.console_port,
     )

@@ -1,0 +1,273 @@
+"""The console's web application (Starlette): the page, its assets, and the JSON API of CONTRACT
+section 7.
+
+- ``POST /api/login`` ``{"username", "password"}``: 200 with the session cookie and the CSRF token;
+  401 for a wrong name or password; 423 while the account is locked (``gated.users``). Only a JSON
+  body is taken, so a form on another site cannot log a browser in.
+- ``GET /api/session``: who is logged in; ``POST /api/session/unlock`` ``{"password"}``: the password
+  again after the idle lock; ``POST /api/logout``.
+- ``GET /api/lanes``: the lane tiles and the exception queue; ``GET /api/events``: the same as a
+  server-sent event (``board``) whenever it changes.
+- ``GET /api/containers/{number}``: everything ``gated query --json`` knows about a container.
+
+Every API answer but the login's needs a session (401 without one, or once it is locked); every
+``POST`` but the login also needs the session's token in ``X-CSRF-Token`` (403 without it). The
+page's own script and style come from the package: the Content-Security-Policy allows nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gated.clock import rfc3339
+from gated.console.board import LaneBoard
+from gated.console.sessions import Session, Sessions
+from gated.errors import GatedError
+from gated.users import Accounts, LoginOutcome
+
+COOKIE = "gated_session"
+MAX_BODY = 8192
+EVENT_POLL = 0.5
+"""Seconds between looks at the board for the event stream."""
+KEEPALIVE = 15.0
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, text: str, **more: Any) -> None:
+        super().__init__(text)
+        self.status = status
+        self.body = {"error": text, **more}
+
+
+class _Headers:
+    """Adds the security headers to every answer, and no-store to the API's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = str(scope.get("path", "")).startswith("/api/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.extend((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
+                if api:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class Console:
+    """The console for one daemon: its accounts, sessions, board and database."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        board: LaneBoard,
+        engine: Engine,
+        *,
+        secure_cookies: bool,
+        evidence_root: Path | None = None,
+        sessions: Sessions | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.board = board
+        self.engine = engine
+        self.secure_cookies = secure_cookies
+        self.evidence_root = evidence_root
+        self.sessions = sessions or Sessions(accounts.clock)
+        self.app = Starlette(
+            routes=[
+                Route("/", self.page),
+                Route("/api/login", self.login, methods=["POST"]),
+                Route("/api/logout", self.logout, methods=["POST"]),
+                Route("/api/session", self.session, methods=["GET"]),
+                Route("/api/session/unlock", self.unlock, methods=["POST"]),
+                Route("/api/lanes", self.lanes, methods=["GET"]),
+                Route("/api/events", self.events, methods=["GET"]),
+                Route("/api/containers/{number}", self.container, methods=["GET"]),
+                Mount("/static", StaticFiles(packages=[("gated.console", "static")]), name="static"),
+            ],
+            middleware=[Middleware(_Headers)],
+            exception_handlers={ApiError: _api_error},
+        )
+
+    # -- the page --------------------------------------------------------------------------------
+    async def page(self, _request: Request) -> Response:
+        html = resources.files("gated.console").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html)
+
+    # -- sessions --------------------------------------------------------------------------------
+    async def login(self, request: Request) -> Response:
+        body = await _json(request)
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise ApiError(400, "give username and password as strings")
+        source = _source(request)
+        result = await run_in_threadpool(self.accounts.login, username, password, source=source)
+        if result.outcome is LoginOutcome.LOCKED:
+            self.sessions.close_user(username)
+            until = None if result.locked_until is None else rfc3339(result.locked_until)
+            raise ApiError(423, "account locked after failed logins", locked_until=until)
+        if result.outcome is not LoginOutcome.OK or result.account is None:
+            raise ApiError(401, "wrong user name or password")
+        session = self.sessions.open(result.account.username, result.account.role)
+        response = JSONResponse(self._who(session))
+        response.set_cookie(
+            COOKIE,
+            session.token,
+            httponly=True,
+            samesite="strict",
+            secure=self.secure_cookies,
+            path="/",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session = self._session(request, allow_locked=True)
+        self._check_csrf(request, session)
+        self.sessions.close(session.token)
+        response = JSONResponse({"logged_out": session.username})
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    async def session(self, request: Request) -> Response:
+        return JSONResponse(self._who(self._session(request, touch=False)))
+
+    async def unlock(self, request: Request) -> Response:
+        session = self._session(request, allow_locked=True)
+        self._check_csrf(request, session)
+        body = await _json(request)
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise ApiError(400, "give the password as a string")
+        result = await run_in_threadpool(
+            self.accounts.login, session.username, password, source=_source(request), action="unlock_session"
+        )
+        if result.outcome is LoginOutcome.LOCKED:
+            self.sessions.close_user(session.username)
+            raise ApiError(423, "account locked after failed logins")
+        if result.outcome is not LoginOutcome.OK:
+            raise ApiError(401, "wrong password", locked=True)
+        self.sessions.unlock(session)
+        return JSONResponse(self._who(session))
+
+    # -- what the console shows ------------------------------------------------------------------
+    async def lanes(self, request: Request) -> Response:
+        self._session(request, touch=False)
+        return JSONResponse(self.board.snapshot())
+
+    async def events(self, request: Request) -> Response:
+        session = self._session(request, touch=False)
+
+        async def stream() -> AsyncIterator[str]:
+            sent = ""
+            quiet = 0.0
+            while True:
+                current = self.sessions.get(session.token, touch=False)
+                if current is None or current.locked or await request.is_disconnected():
+                    yield "event: ended\ndata: {}\n\n"
+                    return
+                # Device states change without telling the board: compare what would be sent.
+                board = json.dumps(self.board.snapshot())
+                if board != sent:
+                    sent = board
+                    yield f"event: board\ndata: {board}\n\n"
+                    quiet = 0.0
+                elif quiet >= KEEPALIVE:
+                    yield ": still here\n\n"
+                    quiet = 0.0
+                await asyncio.sleep(EVENT_POLL)
+                quiet += EVENT_POLL
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def container(self, request: Request) -> Response:
+        self._session(request)
+        from gated.query import query_container
+
+        number = request.path_params["number"]
+        try:
+            report = await run_in_threadpool(
+                query_container, self.engine, number, evidence_root=self.evidence_root
+            )
+        except GatedError as error:
+            raise ApiError(400, str(error)) from None
+        return JSONResponse(report)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _session(self, request: Request, *, touch: bool = True, allow_locked: bool = False) -> Session:
+        session = self.sessions.get(request.cookies.get(COOKIE), touch=touch)
+        if session is None:
+            raise ApiError(401, "not logged in")
+        if session.locked and not allow_locked:
+            raise ApiError(401, "session locked after 10 idle minutes: give the password again", locked=True)
+        return session
+
+    @staticmethod
+    def _check_csrf(request: Request, session: Session) -> None:
+        if request.headers.get("x-csrf-token") != session.csrf:
+            raise ApiError(403, "missing or wrong X-CSRF-Token")
+
+    @staticmethod
+    def _who(session: Session) -> dict[str, Any]:
+        return {
+            "username": session.username,
+            "role": str(session.role),
+            "csrf": session.csrf,
+            "locked": session.locked,
+        }
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ApiError(415, "send JSON (Content-Type: application/json)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"a request body of more than {MAX_BODY} bytes")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return parsed
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def _api_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return JSONResponse(error.body, status_code=error.status)

@@ -1,0 +1,114 @@
+"""What the console shows live: each lane's status, devices, the visit filling up and its last
+decision, and the exception queue (the decisions a person has to look at).
+
+The board listens to the pipeline (visits opened, decisions stored) and reads the rest from it
+when asked; ``version`` goes up on every change, so the page's event stream sends a new snapshot
+only when there is one. Visits are immutable, so reading the open one from another thread is safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from datetime import datetime
+from typing import Any, Protocol
+
+from gated.clock import rfc3339
+from gated.model import Decision, DeviceState, Outcome, Visit
+
+QUEUE_KEPT = 200
+"""Exception decisions kept for the queue (older ones are in the database: container search)."""
+ATTENTION = frozenset({Outcome.MANUAL_REVIEW, Outcome.SECONDARY_INSPECTION, Outcome.HOLD})
+
+
+class LaneSource(Protocol):
+    """The parts of the pipeline the board reads."""
+
+    def lane_ids(self) -> list[str]: ...
+
+    def lane_status(self, lane: str) -> dict[str, Any]: ...
+
+    def device_states(self, lane: str) -> dict[str, tuple[str, DeviceState, str]]: ...
+
+    def open_visit(self, lane: str) -> Visit | None: ...
+
+
+class LaneBoard:
+    def __init__(self, source: LaneSource) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+        self._last: dict[str, dict[str, Any]] = {}
+        self._queue: deque[dict[str, Any]] = deque(maxlen=QUEUE_KEPT)
+        self.version = 0
+
+    # -- pipeline listeners ----------------------------------------------------------------------
+    def visit_opened(self, _visit: Visit) -> None:
+        self._changed()
+
+    def decided(self, visit: Visit, decisions: list[Decision]) -> None:
+        with self._lock:
+            for decision in decisions:
+                shown = _decision(decision)
+                self._last[visit.lane] = shown
+                if decision.outcome in ATTENTION:
+                    self._queue.appendleft(shown)
+            self.version += 1
+
+    def _changed(self) -> None:
+        with self._lock:
+            self.version += 1
+
+    # -- what the page gets ----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        lanes = []
+        with self._lock:
+            last = dict(self._last)
+            queue = list(self._queue)
+        for lane in self.source.lane_ids():
+            status = self.source.lane_status(lane)
+            visit = self.source.open_visit(lane)
+            lanes.append(
+                {
+                    "id": lane,
+                    "state": status.get("state"),
+                    "reason": status.get("reason"),
+                    "devices": [
+                        {"id": device, "kind": kind, "state": str(state), "detail": detail}
+                        for device, (kind, state, detail) in self.source.device_states(lane).items()
+                    ],
+                    "visit": None if visit is None else _visit(visit),
+                    "last_decision": last.get(lane),
+                }
+            )
+        return {"lanes": lanes, "queue": queue}
+
+
+def _visit(visit: Visit) -> dict[str, Any]:
+    return {
+        "id": visit.id,
+        "opened_at": rfc3339(visit.opened_at),
+        "trigger": visit.trigger,
+        "readings": [
+            {
+                "source": str(reading.source),
+                "device": reading.device,
+                "value": reading.value if isinstance(reading.value, str | int | float | bool) else None,
+                "quality": str(reading.quality),
+                "ts": rfc3339(reading.ts),
+            }
+            for reading in visit.readings[-30:]
+        ],
+    }
+
+
+def _decision(decision: Decision) -> dict[str, Any]:
+    body = decision.body()
+    decided_at = body.get("decided_at")
+    return {
+        "lane": decision.lane,
+        "visit": decision.visit,
+        "container": decision.container,
+        "outcome": str(decision.outcome),
+        "reasons": body.get("reasons", []),
+        "decided_at": decided_at if isinstance(decided_at, str) else rfc3339(datetime.now().astimezone()),
+    }

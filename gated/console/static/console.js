@@ -1,0 +1,219 @@
+// The control-room console: plain DOM, no framework, nothing fetched from anywhere but gated.
+"use strict";
+
+const state = { csrf: null, events: null };
+const $ = (id) => document.getElementById(id);
+
+function show(view) {
+  for (const name of ["login-view", "locked-view", "console-view"]) {
+    $(name).hidden = name !== view;
+  }
+  $("who").hidden = view === "login-view";
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  if (state.csrf && options.method && options.method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+    credentials: "same-origin",
+  });
+  let body = {};
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = {};
+  }
+  if (response.status === 401 && body.locked && path !== "/api/session/unlock") {
+    lockScreen();
+  }
+  return { status: response.status, body };
+}
+
+function text(tag, content, className) {
+  const node = document.createElement(tag);
+  if (content !== undefined && content !== null) node.textContent = String(content);
+  if (className) node.className = className;
+  return node;
+}
+
+function signedIn(who) {
+  state.csrf = who.csrf;
+  $("who-name").textContent = who.username;
+  $("who-role").textContent = who.role;
+  if (who.locked) {
+    lockScreen();
+    return;
+  }
+  show("console-view");
+  listen();
+}
+
+function lockScreen() {
+  if (state.events) {
+    state.events.close();
+    state.events = null;
+  }
+  show("locked-view");
+  $("unlock-password").value = "";
+  $("unlock-password").focus();
+}
+
+function listen() {
+  if (state.events) return;
+  const events = new EventSource("/api/events");
+  state.events = events;
+  events.addEventListener("board", (event) => {
+    $("live").textContent = "live";
+    $("live").className = "live on";
+    render(JSON.parse(event.data));
+  });
+  events.addEventListener("ended", async () => {
+    events.close();
+    state.events = null;
+    const session = await api("/api/session");
+    if (session.status === 200 && !session.body.locked) listen();
+    else if (session.status !== 200 && !session.body.locked) show("login-view");
+  });
+  events.onerror = () => {
+    $("live").textContent = "reconnecting";
+    $("live").className = "live";
+  };
+}
+
+function render(board) {
+  const lanes = $("lanes");
+  lanes.replaceChildren(...board.lanes.map(tile));
+  const queue = $("queue");
+  queue.replaceChildren(...board.queue.map(queueItem));
+  $("queue-empty").hidden = board.queue.length > 0;
+}
+
+function tile(lane) {
+  const card = text("article", null, `tile state-${lane.state}`);
+  card.dataset.lane = lane.id;
+  const head = text("header");
+  head.append(text("h3", lane.id), text("span", lane.state, `badge state-${lane.state}`));
+  card.append(head, text("p", lane.reason, "reason"));
+  const devices = text("ul", null, "devices");
+  for (const device of lane.devices) {
+    const item = text("li", null, `device ${device.state}`);
+    item.title = device.detail;
+    item.append(text("span", device.id), text("span", device.state, "device-state"));
+    devices.append(item);
+  }
+  card.append(devices);
+  const visit = text("div", null, "visit");
+  if (lane.visit) {
+    visit.append(text("h4", `Visit ${lane.visit.id.slice(0, 8)} (${lane.visit.trigger})`));
+    const readings = text("ul", null, "readings");
+    for (const reading of lane.visit.readings) {
+      readings.append(text("li", `${reading.source}: ${reading.value ?? "—"} (${reading.quality})`));
+    }
+    visit.append(readings);
+  } else {
+    visit.append(text("p", "No truck in the lane.", "muted"));
+  }
+  card.append(visit);
+  const last = lane.last_decision;
+  const decision = text("p", null, "last-decision");
+  if (last) {
+    decision.append(text("span", last.outcome, `outcome ${last.outcome}`), text("span", ` ${last.container ?? "unread"}`));
+  } else {
+    decision.append(text("span", "No decision yet.", "muted"));
+  }
+  card.append(decision);
+  return card;
+}
+
+function queueItem(item) {
+  const entry = text("li", null, `queue-item ${item.outcome}`);
+  entry.append(
+    text("span", item.outcome, `outcome ${item.outcome}`),
+    text("span", ` ${item.lane} · ${item.container ?? "number unread"} · ${item.decided_at}`),
+  );
+  const reasons = (item.reasons || []).map((reason) => reason.text || reason.code).join("; ");
+  if (reasons) entry.append(text("p", reasons, "reason"));
+  return entry;
+}
+
+function renderReport(report) {
+  const out = $("search-result");
+  out.replaceChildren();
+  out.append(text("h3", report.container));
+  const active = report.active_holds || [];
+  if (active.length) {
+    out.append(text("p", `On hold: ${active.map((h) => `${h.agency} ${h.hold_type} ${h.code ?? ""}`.trim()).join(", ")}`, "held"));
+  } else {
+    out.append(text("p", report.eligible ? "No active hold." : "No active hold, but the hold list is not loaded.", report.eligible ? "clear" : "held"));
+  }
+  const decisions = report.decisions || [];
+  const visits = report.visits || [];
+  const reads = report.readings || [];
+  out.append(text("h4", `${decisions.length} decisions, ${visits.length} visits, ${reads.length} readings`));
+  const list = text("ul", null, "decisions");
+  for (const decision of decisions) {
+    const item = text("li");
+    item.append(text("span", `${decision.decided_at} ${decision.lane} `), text("span", decision.outcome, `outcome ${decision.outcome}`));
+    list.append(item);
+  }
+  out.append(list);
+  const history = report.hold_history || [];
+  if (history.length) {
+    out.append(text("h4", "Hold history"));
+    const past = text("ul", null, "decisions");
+    for (const hold of history) {
+      past.append(text("li", `${hold.placed_at} ${hold.agency} ${hold.hold_type} placed${hold.released_at ? `, released ${hold.released_at}` : ""}`));
+    }
+    out.append(past);
+  }
+}
+
+async function start() {
+  $("login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("login-error").textContent = "";
+    const result = await api("/api/login", {
+      method: "POST",
+      body: { username: $("login-username").value, password: $("login-password").value },
+    });
+    $("login-password").value = "";
+    if (result.status === 200) signedIn(result.body);
+    else if (result.status === 423) $("login-error").textContent = `Account locked until ${result.body.locked_until}.`;
+    else $("login-error").textContent = result.body.error || `Login failed (${result.status}).`;
+  });
+  $("unlock-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("unlock-error").textContent = "";
+    const result = await api("/api/session/unlock", { method: "POST", body: { password: $("unlock-password").value } });
+    $("unlock-password").value = "";
+    if (result.status === 200) signedIn(result.body);
+    else if (result.status === 423) {
+      $("login-error").textContent = "Account locked after failed logins.";
+      show("login-view");
+    } else $("unlock-error").textContent = result.body.error || "Wrong password.";
+  });
+  $("logout").addEventListener("click", async () => {
+    await api("/api/logout", { method: "POST" });
+    if (state.events) state.events.close();
+    state.events = null;
+    state.csrf = null;
+    show("login-view");
+  });
+  $("search-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("search-error").textContent = "";
+    const number = $("search-number").value.trim();
+    const result = await api(`/api/containers/${encodeURIComponent(number)}`);
+    if (result.status === 200) renderReport(result.body);
+    else if (result.status !== 401) $("search-error").textContent = result.body.error || `Search failed (${result.status}).`;
+  });
+  const session = await api("/api/session");
+  if (session.status === 200) signedIn(session.body);
+  else if (!session.body.locked) show("login-view");
+}
+
+start();

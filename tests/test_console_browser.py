@@ -1,0 +1,167 @@
+"""The console in a real headless Chromium (Debian's, driven by Playwright): logging in, the lock
+after failed logins and its unlock by `gated users unlock`, the idle lock, and, on the real demo
+gate, lane tiles updating as the simulated trucks pass, the exception queue and container search.
+Screenshots are kept in ``test-artifacts/console`` (or ``$GATED_TEST_ARTIFACTS``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.console_kit import PASSWORDS, RunningConsole, running_console
+from tests.system import free_port, require_tool
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("GATED_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    chromium = require_tool("chromium")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def shot(page: object, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def log_in(page: object, username: str, password: str) -> None:
+    page.fill("#login-username", username)  # type: ignore[attr-defined]
+    page.fill("#login-password", password)  # type: ignore[attr-defined]
+    page.click("#login-form button[type=submit]")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[RunningConsole]:
+    with running_console(tmp_path) as running:
+        yield running
+
+
+def test_login_lockout_unlock_and_the_idle_lock(page: object, console: RunningConsole) -> None:
+    expect = sync_api.expect
+    page.goto(console.url + "/")  # type: ignore[attr-defined]
+    expect(page.locator("#login-view")).to_be_visible()  # type: ignore[attr-defined]
+    log_in(page, "operator", "not my password")
+    expect(page.locator("#login-error")).to_have_text("wrong user name or password")  # type: ignore[attr-defined]
+    log_in(page, "operator", "not my password either")
+    log_in(page, "operator", "third time wrong")
+    expect(page.locator("#login-error")).to_contain_text("Account locked until")  # type: ignore[attr-defined]
+    shot(page, "login-locked")
+    log_in(page, "operator", PASSWORDS["operator"])  # the right password: still locked
+    expect(page.locator("#login-error")).to_contain_text("Account locked until")  # type: ignore[attr-defined]
+    # A supervisor unlocks it from the command line.
+    unlocked = subprocess.run(
+        [sys.executable, "-m", "gated", "users", "unlock", "operator", "--db", str(console.database)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unlocked.returncode == 0 and unlocked.stdout.strip() == "operator unlocked", unlocked.stderr
+    log_in(page, "operator", PASSWORDS["operator"])
+    expect(page.locator("#console-view")).to_be_visible()  # type: ignore[attr-defined]
+    expect(page.locator("#who-name")).to_have_text("operator")  # type: ignore[attr-defined]
+    expect(page.locator("#live")).to_have_text("live")  # type: ignore[attr-defined]
+    # Ten idle minutes: the page locks itself and asks for the password again.
+    console.clock.advance(10 * 60)
+    expect(page.locator("#locked-view")).to_be_visible(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    shot(page, "idle-locked")
+    page.fill("#unlock-password", "a wrong password")  # type: ignore[attr-defined]
+    page.click("#unlock-form button[type=submit]")  # type: ignore[attr-defined]
+    expect(page.locator("#unlock-error")).to_have_text("wrong password")  # type: ignore[attr-defined]
+    page.fill("#unlock-password", PASSWORDS["operator"])  # type: ignore[attr-defined]
+    page.click("#unlock-form button[type=submit]")  # type: ignore[attr-defined]
+    expect(page.locator("#console-view")).to_be_visible()  # type: ignore[attr-defined]
+    page.click("#logout")  # type: ignore[attr-defined]
+    expect(page.locator("#login-view")).to_be_visible()  # type: ignore[attr-defined]
+
+
+def test_lane_tiles_follow_the_demo_trucks_and_the_queue_and_search_work(
+    page: object, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gated",
+            "demo",
+            "--lanes",
+            "1",
+            "--duration",
+            "150",
+            "--mqtt-port",
+            str(free_port()),
+            "--console-port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert demo.stdout is not None
+        printed = ""
+        while "login: supervisor" not in printed:
+            line = demo.stdout.readline()
+            assert line, printed
+            printed += line
+        url = re.search(r"operator console: (\S+)", printed)
+        accounts = dict(re.findall(r"login: (\S+) / (\S+)", printed))
+        assert url is not None
+        page.goto(url.group(1))  # type: ignore[attr-defined]
+        log_in(page, "operator", accounts["operator"])
+        tile = page.locator("article.tile[data-lane='lane-1']")  # type: ignore[attr-defined]
+        expect(tile).to_be_visible()
+        expect(tile.locator(".device")).to_have_count(4)
+        # The first truck (clean) and then the held one: the tile's last decision follows them.
+        expect(tile.locator(".last-decision .outcome")).to_have_text("RELEASE", timeout=WAIT_MS)
+        expect(tile.locator(".last-decision")).to_contain_text("MSKU1000016")
+        shot(page, "lanes")
+        expect(tile.locator(".last-decision .outcome")).to_have_text("HOLD", timeout=WAIT_MS)
+        queue = page.locator("#queue .queue-item")  # type: ignore[attr-defined]
+        expect(queue.first).to_contain_text("TGHU1000023")
+        expect(queue.first.locator(".reason")).to_contain_text("hold")
+        # Container search: everything gated knows about the held box.
+        page.fill("#search-number", "TGHU1000023")  # type: ignore[attr-defined]
+        page.click("#search-form button[type=submit]")  # type: ignore[attr-defined]
+        result = page.locator("#search-result")  # type: ignore[attr-defined]
+        expect(result).to_contain_text("On hold: CBP")
+        expect(result).to_contain_text("HOLD")
+        shot(page, "queue-and-search")
+    finally:
+        demo.kill()
+        demo.wait(timeout=30)
