@@ -200,3 +200,9 @@ def verify(conn: Connection, anchor: tuple[int, str] | None = None) -> Verdict:
                 anchor[0], None, "the anchored record is not in the chain (removed from the end)"
             )
     return Verdict(count, head.seq, head.hash, problem)
+
+
+def head(conn: Connection) -> tuple[int, str]:
+    """The chain's head: the last record's position and hash (0 and ``GENESIS`` when empty)."""
+    row = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one_or_none()
+    return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))

@@ -23,6 +23,7 @@ from drivers.barrier_modbus import BarrierModbusDevice
 from drivers.base import Driver
 from drivers.ocr_frames import FramesCameraDriver
 from drivers.printer_escpos import PrinterEscposDevice
+from gated.anchor import AuditAnchor
 from gated.barrier_control import BarrierControl, PassPrinter
 from gated.clock import Clock, SystemClock
 from gated.config import GateConfig, device_problems
@@ -141,6 +142,8 @@ class Daemon:
             self.clock,
             alive=self._pipeline_alive,
         )
+        self.anchor = AuditAnchor(self.engine, self.store, topics, config.node, on_stored=self.publisher.wake)
+        self._anchor_thread: threading.Thread | None = None
         self.console: ConsoleServer | None = None
         self.console_app: Console | None = None
         if config.console.listen is not None:
@@ -287,6 +290,11 @@ class Daemon:
         self.publisher.start()
         self._pipeline_thread = self._supervised("gated-pipeline", self.pipeline.run)
         self._commands_thread = self._supervised("gated-hold-commands", self.commands.run)
+        anchor = threading.Thread(
+            target=self.anchor.run, args=(self._stop,), name="audit-anchor", daemon=True
+        )
+        anchor.start()
+        self._anchor_thread = anchor
         for driver in self.drivers:
             thread = threading.Thread(
                 target=driver.run,
@@ -314,7 +322,7 @@ class Daemon:
         for pool in self.ocr_pools.values():
             pool.close()
         self._stop.set()
-        for worker in (self._pipeline_thread, self._commands_thread):
+        for worker in (self._pipeline_thread, self._commands_thread, self._anchor_thread):
             if worker is not None:
                 worker.join(timeout)
         self.publisher.stop(graceful_offline=True, timeout=timeout)

@@ -17,6 +17,7 @@ ALARM = "gated.alarm/1"
 STATUS = "gated.status/1"
 HOLD = "gated.hold/1"
 SCAN = "gated.scan/1"
+AUDIT = "gated.audit/1"
 # Hold types that mean "scan this container" (the NII station takes the request from MQTT).
 SCAN_HOLD_TYPES = frozenset({"vacis", "exam", "nii", "xray"})
 
@@ -55,6 +56,9 @@ class Topics:
 
     def node_status(self, node: str) -> str:
         return f"{self.prefix}/node/{node}/status"
+
+    def node_audit(self, node: str) -> str:
+        return f"{self.prefix}/node/{node}/audit"
 
     def scan_request(self, lane: str) -> str:
         return f"{self.prefix}/{lane}/scan/request"

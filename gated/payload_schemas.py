@@ -32,6 +32,7 @@ SCHEMA_NAMES = (
     "hold-ack",
     "holds-state",
     "scan-request",
+    "audit-head",
 )
 
 _ID = r"[a-z0-9][a-z0-9_-]*"
@@ -44,6 +45,7 @@ _TOPICS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (rf"(?P<lane>{_LANE})/decision", "decision"),
         (rf"(?P<lane>{_LANE})/alarm", "alarm"),
         (rf"node/(?P<node>{_ID})/status", "status-node"),
+        (rf"node/(?P<node>{_ID})/audit", "audit-head"),
         (rf"(?P<lane>{_LANE})/status", "status-lane"),
         (rf"(?P<lane>{_LANE})/device/(?P<device>{_ID})/status", "status-device"),
         (r"holds/cmd", "hold-command"),

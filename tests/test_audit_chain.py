@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import subprocess
 import sys
@@ -339,3 +340,27 @@ def test_the_database_is_taken_from_the_config(trail: tuple[Path, Engine], tmp_p
     done = gated_audit("--config", str(config))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("audit trail intact: 6 records")
+
+
+def test_the_head_is_stored_for_publishing_when_it_moves_and_anchors_the_trail(tmp_path: Path) -> None:
+    from gated.anchor import AuditAnchor
+    from gated.messages import Topics
+    from gated.payload_schemas import validate_payload
+    from gated.store import Store
+
+    path = tmp_path / "gated.db"
+    engine = open_engine(path)
+    store = Store(engine, site="s", node="gate-1")
+    woken: list[bool] = []
+    anchor = AuditAnchor(engine, store, Topics("s"), "gate-1", on_stored=lambda: woken.append(True))
+    assert anchor.step()  # at start: the empty chain's head
+    assert not anchor.step()  # nothing new: nothing stored
+    write(engine, 4)
+    assert anchor.step()
+    rows = [row for row in store.pending(0, 100) if row.topic == "gated/v1/s/node/gate-1/audit"]
+    assert len(rows) == 2 and all(row.retain and row.qos == 1 for row in rows) and len(woken) == 2
+    payload = json.loads(rows[-1].payload)
+    assert validate_payload(rows[-1].topic, payload) == []
+    assert payload["head_seq"] == 4
+    engine.dispose()
+    assert gated_audit("--db", str(path), "--anchor", payload["anchor"]).returncode == 0

@@ -99,6 +99,7 @@ def test_demo_with_embedded_broker_shows_the_four_outcomes(tmp_path: Path) -> No
     plates = [line for line in seen.splitlines() if '"licence_plate"' in line]
     assert any('"GTA1001"' in line for line in plates), seen[-3000:]
     assert "gated/v1/demo/node/demo-gate/status" in seen
+    assert "gated/v1/demo/node/demo-gate/audit" in seen  # the audit chain's head, kept outside
 
 
 def test_demo_against_an_external_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:

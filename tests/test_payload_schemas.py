@@ -18,6 +18,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
+from gated.anchor import AuditAnchor
 from gated.clock import ManualClock
 from gated.config import GateConfig, MqttConfig, validate
 from gated.db import open_engine
@@ -48,6 +49,7 @@ CONTRACT_CHANNELS = {
     "{lane}/decision": (1, False, "send"),
     "{lane}/alarm": (1, False, "send"),
     "node/{node}/status": (1, True, "send"),
+    "node/{node}/audit": (1, True, "send"),
     "{lane}/status": (1, True, "send"),
     "{lane}/device/{device}/status": (1, True, "send"),
     "{lane}/scan/request": (1, False, "send"),
@@ -207,6 +209,7 @@ def run_a_shift(gate: Gate) -> list[OutboxRow]:
     gate.command({"schema": "gated.hold/1", "id": "cmd-3", "action": "place", "container": CLEAN})
     gate.command({"schema": "gated.hold/1", "id": "cmd-4", "action": "seize", "container": CLEAN})
     gate.store.write(Batch(messages=gate.pipeline.status_snapshot()))
+    AuditAnchor(gate.store.engine, gate.store, Topics(SITE), gate.config.node).step()
     return gate.published()
 
 
@@ -239,6 +242,7 @@ def test_load_schema_refuses_unknown_names() -> None:
         (f"{PREFIX}/{LANE}/decision", "decision"),
         (f"{PREFIX}/{LANE}/alarm", "alarm"),
         (f"{PREFIX}/node/gate-1/status", "status-node"),
+        (f"{PREFIX}/node/gate-1/audit", "audit-head"),
         (f"{PREFIX}/{LANE}/status", "status-lane"),
         (f"{PREFIX}/{LANE}/device/rpm-1/status", "status-device"),
         (f"{PREFIX}/holds/cmd", "hold-command"),
