@@ -172,6 +172,9 @@ class Daemon:
             self.engine,
             secure_cookies=settings.tls_cert_file is not None,
             evidence_root=Path(self.config.storage.evidence),
+            override=lambda decision, outcome, actor, reason: self.pipeline.override(
+                decision, outcome, actor=actor, reason=reason
+            ),
         )
 
     def _ocr_pool(self, engine: str) -> OcrPool:

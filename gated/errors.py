@@ -80,3 +80,11 @@ class PayloadError(GatedError):
 class SignatureError(GatedError):
     """A signed command whose signature is missing, malformed, or does not verify, or a key that
     cannot be used (unknown, wrong type, unreadable, too widely readable)."""
+
+
+class AccountError(GatedError):
+    """A console account command that cannot be done (unknown user, weak password, taken name ...)."""
+
+
+class OverrideRefused(GatedError):
+    """A supervisor's override that was not made, and why (a held container, no reason ...)."""

@@ -13,11 +13,13 @@ lanes stop releasing until storage works again.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +28,7 @@ from drivers.ocr_frames import BACKLOG as OCR_BACKLOG
 from gated.clock import Clock, rfc3339
 from gated.config import GateConfig
 from gated.credentials import CancelledCardList, max_age_for
-from gated.errors import ContainerNumberError, ProtocolError, StorageError
+from gated.errors import ContainerNumberError, GatedError, OverrideRefused, ProtocolError, StorageError
 from gated.hold_commands import holds_state_message
 from gated.holds import HoldStore
 from gated.lane_state import LaneState
@@ -53,7 +55,7 @@ from gated.model import (
     Visit,
     new_id,
 )
-from gated.policy import CREDENTIAL_MISSING, STORAGE_FAILURE, HoldListStatus, decide
+from gated.policy import CREDENTIAL_MISSING, OPERATOR_OVERRIDE, STORAGE_FAILURE, HoldListStatus, decide
 from gated.preadvice import PreadviceStore
 from gated.redact import printable, shown
 from gated.store import AuditRecord, Batch, Store
@@ -113,7 +115,18 @@ class _Dropped:
     device: str
 
 
-_Event = Reading | _Status | _FrameError | _NodeAlarm | _Dropped
+@dataclass(frozen=True, slots=True, eq=False)
+class _Override:
+    """A supervisor's decision in place of a stored one (``Pipeline.override``)."""
+
+    decision: str
+    outcome: Outcome
+    actor: str
+    reason: str
+    future: Future[Decision]
+
+
+_Event = Reading | _Status | _FrameError | _NodeAlarm | _Dropped | _Override
 StorageListener = Callable[[bool, str], None]
 
 
@@ -199,6 +212,15 @@ class Pipeline:
             self._queue.put(_Dropped(lane, device))
         return False
 
+    def override(self, decision_id: str, outcome: Outcome, *, actor: str, reason: str) -> Future[Decision]:
+        """A supervisor's decision in place of decision ``decision_id`` (from any thread). It goes
+        the way of every decision: checked, stored with its audit record in one transaction,
+        published, then handed to the listeners (the barrier, the printer, the console). The future
+        gives the new decision, or raises ``OverrideRefused`` saying why it was not made."""
+        future: Future[Decision] = Future()
+        self._queue.put(_Override(decision_id, outcome, actor, reason, future))
+        return future
+
     def node_alarm(self, alarm: str, text: str, severity: str = "medium") -> None:
         """An alarm about the node itself, raised on every lane (from any thread)."""
         self._queue.put(_NodeAlarm(alarm, text, severity))
@@ -252,6 +274,10 @@ class Pipeline:
                 self._on_status(event, batch)
             elif isinstance(event, _FrameError):
                 self._on_frame_error(event)
+            elif isinstance(event, _Override):
+                self._commit(batch, decided)  # what came before it is stored first
+                batch, decided = Batch(), []
+                self._on_override(event)
             else:
                 for lane in self.config.lanes:
                     batch.messages.append(
@@ -653,6 +679,105 @@ class Pipeline:
                     listener(visit, decisions)
                 except Exception:  # a listener's bug must not stop the lane
                     log.exception("decision listener failed")
+
+    def _on_override(self, event: _Override) -> None:
+        try:
+            made = self._override(event)
+        except GatedError as error:
+            event.future.set_exception(error)
+            return
+        except Exception as error:
+            log.exception("override of %s failed", event.decision)
+            event.future.set_exception(OverrideRefused(f"the override failed: {error!r}"))
+            return
+        visit, decision = made
+        for listener in self.listeners:
+            try:
+                listener(visit, [decision])
+            except Exception:  # a listener's bug must not stop the lane
+                log.exception("decision listener failed")
+        event.future.set_result(decision)
+
+    def _override(self, event: _Override) -> tuple[Visit, Decision]:
+        if not event.reason.strip():
+            raise OverrideRefused("an override needs a reason")
+        row = self.store.decision_row(event.decision)
+        if row is None:
+            raise OverrideRefused(f"no decision {event.decision[:40]!r}")
+        latest = self.store.latest_decision(row.visit, row.slot)
+        if latest is not None and latest.id != row.id:
+            raise OverrideRefused(
+                f"decision {row.id} was overridden already by {latest.id}: override that one"
+            )
+        visit = self.store.visit(row.visit)
+        if visit is None or row.lane not in self.lanes:
+            raise OverrideRefused(f"the visit of decision {row.id} is not on a lane of this node")
+        now = self.clock.now()
+        holds = self._holds_for(frozenset({row.container})) if row.container else {}
+        active = holds.get(row.container, []) if row.container else []
+        if event.outcome is Outcome.RELEASE:
+            status = self.hold_list_status()
+            if row.container is None:
+                raise OverrideRefused(
+                    "no container number: enter the number the camera could not read instead"
+                )
+            if active:
+                raise OverrideRefused(f"{row.container} is on hold: only the agency's release lifts a hold")
+            if not status.loaded or status.out_of_step or not self.storage_ok:
+                raise OverrideRefused(
+                    "the hold list is not loaded and in step (or storage fails): no release"
+                )
+        original = json.loads(row.body)
+        decision = Decision(
+            lane=row.lane,
+            visit=row.visit,
+            container=row.container,
+            outcome=event.outcome,
+            reasons=(
+                Reason(
+                    OPERATOR_OVERRIDE,
+                    f"{event.actor} overrode {row.outcome} (decision {row.id}): {event.reason.strip()}",
+                ),
+            ),
+            holds=tuple(active),
+            inputs=tuple(original.get("inputs", [])),
+            decided_at=now,
+        )
+        audit = AuditRecord(
+            actor=event.actor,
+            action="override",
+            subject=row.visit,
+            detail={
+                "decision": decision.id,
+                "overrides": row.id,
+                "from": row.outcome,
+                "to": str(event.outcome),
+                "container": row.container,
+                "reason": event.reason.strip(),
+            },
+            ts=now,
+        )
+        try:
+            self.store.write(
+                Batch(
+                    overrides=[(decision, row.slot, row.revision + 1)],
+                    messages=[decision_message(self.topics, decision)],
+                    audit=[audit],
+                )
+            )
+        except StorageError as error:
+            raise OverrideRefused(f"the override could not be stored: {error}") from None
+        self.on_stored()
+        log.warning(
+            "decision %s on %s overridden by %s: %s -> %s (%s)",
+            row.id,
+            row.lane,
+            shown(event.actor),
+            row.outcome,
+            event.outcome,
+            shown(event.reason),
+        )
+        return visit, decision
 
     def _tell_storage(self, ok: bool, detail: str) -> None:
         for listener in self.storage_listeners:

@@ -110,8 +110,10 @@ decisions = Table(
     Column("outcome", String(24), nullable=False),
     Column("decided_at", UTCDateTime, nullable=False),
     Column("body", Text, nullable=False),
-    # One decision per container slot of a visit, even when a restart replays the visit.
-    UniqueConstraint("visit", "slot", name="uq_decision_visit_slot"),
+    # 0: the daemon's own decision; 1, 2, ...: a supervisor's overrides of it, in order.
+    Column("revision", Integer, nullable=False, server_default="0"),
+    # One decision per container slot of a visit (and revision), even when a restart replays it.
+    UniqueConstraint("visit", "slot", "revision", name="uq_decision_visit_slot_revision"),
 )
 
 audit = Table(
@@ -162,9 +164,12 @@ class Batch:
     decisions: list[tuple[Decision, int]] = field(default_factory=list)  # (decision, slot)
     audit: list[AuditRecord] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    overrides: list[tuple[Decision, int, int]] = field(default_factory=list)  # (decision, slot, revision)
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.visits or self.decisions or self.audit or self.messages)
+        return bool(
+            self.readings or self.visits or self.decisions or self.audit or self.messages or self.overrides
+        )
 
 
 def insert_audit(conn: Connection, records: Sequence[AuditRecord]) -> None:
@@ -280,6 +285,7 @@ class Store:
                         decisions=[*batch.decisions, *extra.decisions],
                         audit=[*batch.audit, *extra.audit],
                         messages=[*batch.messages, *extra.messages],
+                        overrides=[*batch.overrides, *extra.overrides],
                     )
                 rows: list[OutboxRow] = []
                 payloads: dict[str, str] = {}  # message id -> JSON, reused as the reading's record
@@ -329,7 +335,8 @@ class Store:
                     )
                 for visit in batch.visits:
                     self._upsert_visit(conn, visit)
-                if batch.decisions:
+                made = [(d, slot, 0) for d, slot in batch.decisions] + batch.overrides
+                if made:
                     conn.execute(
                         insert(decisions),
                         [
@@ -337,13 +344,14 @@ class Store:
                                 "id": d.id,
                                 "visit": d.visit,
                                 "slot": slot,
+                                "revision": revision,
                                 "lane": d.lane,
                                 "container": d.container,
                                 "outcome": str(d.outcome),
                                 "decided_at": d.decided_at,
                                 "body": payloads.get(d.id) or _dumps(d.body()),
                             }
-                            for d, slot in batch.decisions
+                            for d, slot, revision in made
                         ],
                     )
                 insert_audit(conn, batch.audit)
@@ -507,6 +515,41 @@ class Store:
             )
 
     # -- reading back ------------------------------------------------------------------------
+    def decision_row(self, decision_id: str) -> Any:
+        """A stored decision (its visit, slot, revision, outcome, body), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(decisions).where(decisions.c.id == decision_id)).one_or_none()
+
+    def latest_decision(self, visit: str, slot: int) -> Any:
+        """The last word on one container of a visit: its highest revision."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(decisions)
+                .where((decisions.c.visit == visit) & (decisions.c.slot == slot))
+                .order_by(decisions.c.revision.desc())
+                .limit(1)
+            ).one_or_none()
+
+    def visit(self, visit_id: str) -> Visit | None:
+        """A stored visit with its readings, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(visits).where(visits.c.id == visit_id)).one_or_none()
+            if row is None:
+                return None
+            bodies = conn.execute(
+                select(readings.c.body).where(readings.c.visit == row.id).order_by(readings.c.ts)
+            )
+            items = tuple(Reading.from_body(json.loads(body)) for (body,) in bodies)
+        return Visit(
+            id=row.id,
+            lane=row.lane,
+            opened_at=row.opened_at,
+            trigger=row.trigger,
+            readings=items,
+            closed_at=row.closed_at,
+            close_cause=row.close_cause,
+        )
+
     def open_visits(self) -> list[Visit]:
         """Visits that were open when the daemon stopped (never closed, never decided), with
         their readings, so they can be decided after a restart instead of forgotten."""

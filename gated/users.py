@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
-from gated.errors import GatedError
+from gated.errors import AccountError
 from gated.store import AuditRecord, insert_audit
 
 LOCK_AFTER = 3
@@ -62,10 +62,6 @@ class Role(StrEnum):
     def allows(self, needed: Role) -> bool:
         order = list(Role)
         return order.index(self) >= order.index(needed)
-
-
-class AccountError(GatedError):
-    """A user command that cannot be done (unknown user, weak password, taken name ...)."""
 
 
 @dataclass(frozen=True, slots=True)

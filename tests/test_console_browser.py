@@ -162,6 +162,22 @@ def test_lane_tiles_follow_the_demo_trucks_and_the_queue_and_search_work(
         expect(result).to_contain_text("On hold: CBP")
         expect(result).to_contain_text("HOLD")
         shot(page, "queue-and-search")
+        # A supervisor overrides the radiation alarm once inspected: the password again, a reason.
+        page.click("#logout")  # type: ignore[attr-defined]
+        log_in(page, "supervisor", accounts["supervisor"])
+        alarm = page.locator("#queue .queue-item.SECONDARY_INSPECTION")  # type: ignore[attr-defined]
+        expect(alarm.first).to_contain_text("HLXU1000049", timeout=WAIT_MS)
+        alarm.first.locator("button.override-open").click()
+        page.select_option("#override-outcome", "RELEASE")  # type: ignore[attr-defined]
+        page.fill("#override-reason", "hand-held survey: naturally occurring material")  # type: ignore[attr-defined]
+        page.fill("#override-password", "not my password")  # type: ignore[attr-defined]
+        page.click("#override-form button[type=submit]")  # type: ignore[attr-defined]
+        expect(page.locator("#override-error")).to_have_text("wrong password")  # type: ignore[attr-defined]
+        shot(page, "override")
+        page.fill("#override-password", accounts["supervisor"])  # type: ignore[attr-defined]
+        page.click("#override-form button[type=submit]")  # type: ignore[attr-defined]
+        expect(page.locator("#override-done")).to_have_text("Overridden: RELEASE for HLXU1000049.")  # type: ignore[attr-defined]
+        expect(page.locator("#queue .queue-item.SECONDARY_INSPECTION")).to_have_count(0)  # type: ignore[attr-defined]
     finally:
         demo.kill()
         demo.wait(timeout=30)

@@ -23,8 +23,9 @@ from sqlalchemy import Engine, select
 from gated.audit import verify
 from gated.clock import ManualClock
 from gated.db import open_engine
+from gated.errors import AccountError
 from gated.store import audit
-from gated.users import AccountError, Accounts, LoginOutcome, Role, users
+from gated.users import Accounts, LoginOutcome, Role, users
 
 PASSWORD = "correct horse battery"
 # Cheap hashes for the logic tests (the CLI tests use argon2-cffi's defaults).

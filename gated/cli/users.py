@@ -68,8 +68,9 @@ def _accounts(args: argparse.Namespace) -> Any:
 
 
 def _password(args: argparse.Namespace) -> str:
+    from gated.errors import AccountError
     from gated.settings import read_password_file
-    from gated.users import AccountError, check_password
+    from gated.users import check_password
 
     if args.password_file:
         return check_password(read_password_file(args.password_file, "--password-file"))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gated.clock import rfc3339
 from gated.console.board import LaneBoard
 from gated.console.sessions import Session, Sessions
-from gated.errors import GatedError
-from gated.users import Accounts, LoginOutcome
+from gated.errors import GatedError, OverrideRefused
+from gated.model import Decision, Outcome
+from gated.store import AuditRecord, insert_audit
+from gated.users import Accounts, LoginOutcome, Role
 
 COOKIE = "gated_session"
+OVERRIDE_TIMEOUT = 15.0
+OverrideFn = Callable[[str, Outcome, str, str], "Future[Decision]"]
 MAX_BODY = 8192
 EVENT_POLL = 0.5
 """Seconds between looks at the board for the event stream."""
@@ -97,6 +102,7 @@ class Console:
         secure_cookies: bool,
         evidence_root: Path | None = None,
         sessions: Sessions | None = None,
+        override: OverrideFn | None = None,
     ) -> None:
         self.accounts = accounts
         self.board = board
@@ -104,6 +110,7 @@ class Console:
         self.secure_cookies = secure_cookies
         self.evidence_root = evidence_root
         self.sessions = sessions or Sessions(accounts.clock)
+        self.override_decision = override
         self.app = Starlette(
             routes=[
                 Route("/", self.page),
@@ -114,6 +121,7 @@ class Console:
                 Route("/api/lanes", self.lanes, methods=["GET"]),
                 Route("/api/events", self.events, methods=["GET"]),
                 Route("/api/containers/{number}", self.container, methods=["GET"]),
+                Route("/api/decisions/{decision}/override", self.override, methods=["POST"]),
                 Mount("/static", StaticFiles(packages=[("gated.console", "static")]), name="static"),
             ],
             middleware=[Middleware(_Headers)],
@@ -222,6 +230,67 @@ class Console:
         except GatedError as error:
             raise ApiError(400, str(error)) from None
         return JSONResponse(report)
+
+    async def override(self, request: Request) -> Response:
+        """A supervisor's decision in place of one the daemon made: the password again and a
+        reason; refused (and audited as refused) otherwise. It goes the daemon's decision path."""
+        session = self._session(request)
+        self._check_csrf(request, session)
+        body = await _json(request)
+        decision = request.path_params["decision"][:40]
+        actor = f"user:{session.username}"
+        source = _source(request)
+
+        async def refuse(status: int, why: str, **more: Any) -> ApiError:
+            detail = {
+                "decision": decision,
+                "why": why,
+                "source": source,
+                "outcome": str(body.get("outcome"))[:40],
+            }
+            await run_in_threadpool(self._audit, actor, "override_refused", decision, detail)
+            return ApiError(status, why, **more)
+
+        if not session.role.allows(Role.SUPERVISOR):
+            raise await refuse(403, "an override needs the supervisor role")
+        reason, password, outcome = body.get("reason"), body.get("password"), body.get("outcome")
+        if not isinstance(reason, str) or not reason.strip():
+            raise await refuse(400, "an override needs a reason")
+        if len(reason) > 500:
+            raise await refuse(400, "a reason of at most 500 characters")
+        if outcome not in {str(o) for o in Outcome}:
+            raise await refuse(400, f"outcome must be one of {', '.join(str(o) for o in Outcome)}")
+        if not isinstance(password, str) or not password:
+            raise await refuse(401, "an override needs your password again")
+        check = await run_in_threadpool(
+            self.accounts.login, session.username, password, source=source, action="reauth"
+        )
+        if check.outcome is LoginOutcome.LOCKED:
+            self.sessions.close_user(session.username)
+            raise await refuse(423, "account locked after failed logins")
+        if check.outcome is not LoginOutcome.OK:
+            raise await refuse(401, "wrong password")
+        if self.override_decision is None:
+            raise await refuse(503, "this console has no lanes to decide for")
+        future = self.override_decision(decision, Outcome(outcome), actor, reason.strip())
+        try:
+            made = await asyncio.wait_for(asyncio.wrap_future(future), OVERRIDE_TIMEOUT)
+        except OverrideRefused as error:
+            raise await refuse(409, str(error)) from None
+        except TimeoutError:
+            raise await refuse(504, "the daemon did not take the override in time: nothing changed") from None
+        return JSONResponse(made.body())
+
+    def _audit(self, actor: str, action: str, subject: str, detail: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            record = AuditRecord(
+                actor=actor[:64],
+                action=action,
+                subject=subject[:128],
+                detail=detail,
+                ts=self.accounts.clock.now(),
+            )
+            insert_audit(conn, [record])
 
     # -- helpers ---------------------------------------------------------------------------------
     def _session(self, request: Request, *, touch: bool = True, allow_locked: bool = False) -> Session:

@@ -50,6 +50,13 @@ class LaneBoard:
             for decision in decisions:
                 shown = _decision(decision)
                 self._last[visit.lane] = shown
+                # A later decision on the same box (an override) settles the earlier one's entry.
+                for old in [
+                    q
+                    for q in self._queue
+                    if q["visit"] == decision.visit and q["container"] == decision.container
+                ]:
+                    self._queue.remove(old)
                 if decision.outcome in ATTENTION:
                     self._queue.appendleft(shown)
             self.version += 1
@@ -105,6 +112,7 @@ def _decision(decision: Decision) -> dict[str, Any]:
     body = decision.body()
     decided_at = body.get("decided_at")
     return {
+        "id": decision.id,
         "lane": decision.lane,
         "visit": decision.visit,
         "container": decision.container,

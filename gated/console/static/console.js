@@ -1,7 +1,8 @@
 // The control-room console: plain DOM, no framework, nothing fetched from anywhere but gated.
 "use strict";
 
-const state = { csrf: null, events: null };
+const state = { csrf: null, events: null, role: null, overriding: null };
+const SUPERVISORS = new Set(["supervisor", "admin"]);
 const $ = (id) => document.getElementById(id);
 
 function show(view) {
@@ -42,6 +43,7 @@ function text(tag, content, className) {
 
 function signedIn(who) {
   state.csrf = who.csrf;
+  state.role = who.role;
   $("who-name").textContent = who.username;
   $("who-role").textContent = who.role;
   if (who.locked) {
@@ -137,6 +139,12 @@ function queueItem(item) {
   );
   const reasons = (item.reasons || []).map((reason) => reason.text || reason.code).join("; ");
   if (reasons) entry.append(text("p", reasons, "reason"));
+  if (SUPERVISORS.has(state.role)) {
+    const button = text("button", "Override…", "plain override-open");
+    button.type = "button";
+    button.addEventListener("click", () => openOverride(item));
+    entry.append(button);
+  }
   return entry;
 }
 
@@ -172,7 +180,45 @@ function renderReport(report) {
   }
 }
 
+function openOverride(item) {
+  state.overriding = item.id;
+  $("override-what").textContent = `${item.outcome} of ${item.container ?? "an unread box"} on ${item.lane}`;
+  $("override-error").textContent = "";
+  $("override-done").textContent = "";
+  $("override-reason").value = "";
+  $("override-password").value = "";
+  $("override-form").hidden = false;
+  $("override-reason").focus();
+}
+
 async function start() {
+  $("override-cancel").addEventListener("click", () => {
+    $("override-form").hidden = true;
+    state.overriding = null;
+  });
+  $("override-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("override-error").textContent = "";
+    const result = await api(`/api/decisions/${encodeURIComponent(state.overriding)}/override`, {
+      method: "POST",
+      body: {
+        outcome: $("override-outcome").value,
+        reason: $("override-reason").value,
+        password: $("override-password").value,
+      },
+    });
+    $("override-password").value = "";
+    if (result.status === 200) {
+      $("override-form").hidden = true;
+      state.overriding = null;
+      $("override-done").textContent = `Overridden: ${result.body.outcome} for ${result.body.container ?? "the visit"}.`;
+    } else if (result.status === 423) {
+      show("login-view");
+      $("login-error").textContent = "Account locked after failed logins.";
+    } else {
+      $("override-error").textContent = result.body.error || `Refused (${result.status}).`;
+    }
+  });
   $("login-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     $("login-error").textContent = "";
@@ -201,6 +247,10 @@ async function start() {
     if (state.events) state.events.close();
     state.events = null;
     state.csrf = null;
+    state.role = null;
+    for (const id of ["search-result", "queue", "lanes"]) $(id).replaceChildren();
+    $("override-form").hidden = true;
+    $("override-done").textContent = "";
     show("login-view");
   });
   $("search-form").addEventListener("submit", async (event) => {

@@ -1,0 +1,227 @@
+"""A supervisor's override through the console, on real parts: the pipeline running on its own
+thread with SQLite, the console served by uvicorn, customs' signed hold commands. An override
+needs the supervisor role, the password again and a reason; it goes the daemon's decision path
+(stored with its audit record, published with the operator and the reason); a refused one is
+audited as refused; a held container is never released by one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from gated.audit import verify
+from gated.clock import ManualClock
+from gated.console.app import Console
+from gated.console.board import LaneBoard
+from gated.console.server import ConsoleServer
+from gated.db import open_engine
+from gated.hold_commands import HoldCommandWorker
+from gated.holds import HoldStore
+from gated.messages import Topics
+from gated.model import DeviceState, Outcome
+from gated.pipeline import Pipeline
+from gated.policy import ScreeningVerdict
+from gated.store import Store, audit, decisions
+from gated.users import Accounts, Role
+from tests.console_kit import PASSWORDS, QUICK_HASHES
+from tests.test_payload_schemas import (
+    CLEAN,
+    HELD,
+    LANE,
+    OTHER,
+    SITE,
+    Gate,
+    gate_config,
+    place_command,
+    sync_command,
+)
+
+
+@dataclass
+class Site:
+    gate: Gate
+    url: str
+    decided: dict[str, dict[str, Any]]  # container (or "unread") -> its decision's body
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    config = gate_config()
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    engine = open_engine(tmp_path / "gated.db")
+    store = Store(engine, site=config.site, node=config.node, clock=clock)
+    holds = HoldStore(engine, clock)
+    commands = HoldCommandWorker(holds, store, config.holds, Topics(SITE), [LANE], clock)
+    pipeline = Pipeline(config, store, holds, clock)
+    gate = Gate(config, clock, store, holds, pipeline, commands)
+    board = LaneBoard(pipeline)
+    pipeline.listeners.append(board.decided)
+    for device in ("rfid-1", "rpm-1", "ocr-1"):
+        pipeline.device_status(LANE, device, DeviceState.ONLINE, "connected")
+    pipeline.step()
+    gate.command(place_command("cmd-1"))
+    gate.command(sync_command("cmd-s", 1))
+    gate.truck("e2801100000000000000a001", HELD, ScreeningVerdict.CLEAR)
+    gate.truck("e2801100000000000000a002", OTHER, ScreeningVerdict.GAMMA_ALARM)
+    gate.truck("e2801100000000000000a003", None, ScreeningVerdict.CLEAR)
+    gate.truck("e2801100000000000000a004", CLEAN, ScreeningVerdict.GAMMA_ALARM)
+    with engine.connect() as connection:
+        rows = connection.execute(select(decisions.c.container, decisions.c.body)).all()
+    decided = {row.container or "unread": json.loads(row.body) for row in rows}
+    accounts = Accounts(engine, clock, QUICK_HASHES)
+    for name, password in PASSWORDS.items():
+        accounts.add(name, Role(name), password, actor="operator:test")
+    console = Console(
+        accounts,
+        board,
+        engine,
+        secure_cookies=False,
+        override=lambda d, o, a, r: pipeline.override(d, o, actor=a, reason=r),
+    )
+    server = ConsoleServer(console.app, "127.0.0.1", 0)
+    server.start()
+    stop = threading.Event()
+    running = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
+    running.start()
+    try:
+        yield Site(gate, server.url.rstrip("/"), decided)
+    finally:
+        stop.set()
+        running.join(10)
+        server.stop()
+        engine.dispose()
+
+
+def logged_in(site: Site, username: str) -> tuple[httpx.Client, str]:
+    http = httpx.Client(base_url=site.url, timeout=30)
+    answer = http.post("/api/login", json={"username": username, "password": PASSWORDS[username]})
+    assert answer.status_code == 200
+    return http, answer.json()["csrf"]
+
+
+def override(
+    http: httpx.Client, csrf: str, decision: str, outcome: str, reason: str | None, password: str | None
+) -> httpx.Response:
+    body: dict[str, Any] = {"outcome": outcome}
+    if reason is not None:
+        body["reason"] = reason
+    if password is not None:
+        body["password"] = password
+    return http.post(f"/api/decisions/{decision}/override", json=body, headers={"X-CSRF-Token": csrf})
+
+
+def trail(site: Site) -> list[tuple[str, str, dict[str, Any]]]:
+    with site.gate.store.engine.connect() as connection:
+        rows = connection.execute(select(audit.c.actor, audit.c.action, audit.c.detail).order_by(audit.c.seq))
+        return [(row.actor, row.action, json.loads(row.detail)) for row in rows]
+
+
+def test_a_supervisor_releases_a_box_after_secondary_inspection(site: Site) -> None:
+    radiation = site.decided[OTHER]
+    assert radiation["outcome"] == "SECONDARY_INSPECTION"
+    http, csrf = logged_in(site, "supervisor")
+    answer = override(
+        http,
+        csrf,
+        radiation["id"],
+        "RELEASE",
+        "hand-held scan: naturally occurring (tiles)",
+        PASSWORDS["supervisor"],
+    )
+    assert answer.status_code == 200, answer.text
+    made = answer.json()
+    assert made["outcome"] == "RELEASE" and made["container"] == OTHER and made["visit"] == radiation["visit"]
+    [reason] = made["reasons"]
+    assert reason["code"] == "OPERATOR_OVERRIDE"
+    assert "user:supervisor" in reason["text"] and "naturally occurring" in reason["text"]
+    # Stored as a decision of its own (the first stays), audited in the same transaction, published.
+    with site.gate.store.engine.connect() as connection:
+        stored = connection.execute(
+            select(decisions.c.id, decisions.c.revision).where(decisions.c.visit == radiation["visit"])
+        ).all()
+        assert verify(connection).intact
+    assert sorted((row.id, row.revision) for row in stored) == sorted([(radiation["id"], 0), (made["id"], 1)])
+    actor, action, detail = trail(site)[-1]
+    assert (actor, action) == ("user:supervisor", "override")
+    assert detail["overrides"] == radiation["id"] and detail["to"] == "RELEASE"
+    published = [json.loads(row.payload) for row in site.gate.published() if row.topic.endswith("/decision")]
+    assert published[-1]["id"] == made["id"] and published[-1]["reasons"] == made["reasons"]
+    # The queue's entry for it is settled; the board shows the override as the lane's last word.
+    board = http.get("/api/lanes").json()
+    assert all(item["visit"] != radiation["visit"] for item in board["queue"])
+    # The same decision again: it has been overridden, only the newest one may be.
+    again = override(http, csrf, radiation["id"], "HOLD", "second thoughts", PASSWORDS["supervisor"])
+    assert again.status_code == 409 and "overridden already" in again.json()["error"]
+
+
+def test_a_held_box_is_never_released_by_an_override(site: Site) -> None:
+    held = site.decided[HELD]
+    assert held["outcome"] == "HOLD"
+    http, csrf = logged_in(site, "supervisor")
+    answer = override(http, csrf, held["id"], "RELEASE", "driver insists", PASSWORDS["supervisor"])
+    assert answer.status_code == 409 and "on hold" in answer.json()["error"]
+    unread = site.decided["unread"]
+    answer = override(http, csrf, unread["id"], "RELEASE", "looks fine", PASSWORDS["supervisor"])
+    assert answer.status_code == 409 and "no container number" in answer.json()["error"]
+    refused = [(action, detail["why"]) for _, action, detail in trail(site) if action == "override_refused"]
+    assert [why for _, why in refused][-2:] == [
+        f"{HELD} is on hold: only the agency's release lifts a hold",
+        "no container number: enter the number the camera could not read instead",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("username", "reason", "password", "status", "why"),
+    [
+        ("operator", "cleared", PASSWORDS["operator"], 403, "an override needs the supervisor role"),
+        ("supervisor", None, PASSWORDS["supervisor"], 400, "an override needs a reason"),
+        ("supervisor", "   ", PASSWORDS["supervisor"], 400, "an override needs a reason"),
+        ("supervisor", "cleared", None, 401, "an override needs your password again"),
+        ("supervisor", "cleared", "not my password", 401, "wrong password"),
+    ],
+)
+def test_an_override_without_the_role_a_reason_or_the_password_is_refused_and_audited(
+    site: Site, username: str, reason: str | None, password: str | None, status: int, why: str
+) -> None:
+    target = site.decided[CLEAN]
+    http, csrf = logged_in(site, username)
+    answer = override(http, csrf, target["id"], "RELEASE", reason, password)
+    assert answer.status_code == status and answer.json()["error"] == why
+    actor, action, detail = trail(site)[-1]
+    assert (actor, action, detail["why"], detail["decision"]) == (
+        f"user:{username}",
+        "override_refused",
+        why,
+        target["id"],
+    )
+    with site.gate.store.engine.connect() as connection:
+        count = connection.execute(select(decisions.c.id).where(decisions.c.visit == target["visit"])).all()
+    assert len(count) == 1  # nothing decided
+
+
+def test_an_override_needs_the_csrf_token(site: Site) -> None:
+    http, _ = logged_in(site, "supervisor")
+    answer = override(
+        http, "forged", site.decided[CLEAN]["id"], "RELEASE", "cleared", PASSWORDS["supervisor"]
+    )
+    assert answer.status_code == 403
+
+
+def test_three_wrong_passwords_at_an_override_lock_the_account(site: Site) -> None:
+    target = site.decided[CLEAN]
+    http, csrf = logged_in(site, "supervisor")
+    statuses = [
+        override(http, csrf, target["id"], "RELEASE", "cleared", "wrong again").status_code for _ in range(3)
+    ]
+    assert statuses == [401, 401, 423]
+    assert http.get("/api/lanes").status_code == 401  # its sessions are closed
+    assert Outcome(target["outcome"]) is Outcome.SECONDARY_INSPECTION
