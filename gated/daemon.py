@@ -172,9 +172,7 @@ class Daemon:
             self.engine,
             secure_cookies=settings.tls_cert_file is not None,
             evidence_root=Path(self.config.storage.evidence),
-            override=lambda decision, outcome, actor, reason: self.pipeline.override(
-                decision, outcome, actor=actor, reason=reason
-            ),
+            decisions=self.pipeline,
         )
 
     def _ocr_pool(self, engine: str) -> OcrPool:

@@ -31,6 +31,7 @@ from gated.credentials import CancelledCardList, max_age_for
 from gated.errors import ContainerNumberError, GatedError, OverrideRefused, ProtocolError, StorageError
 from gated.hold_commands import holds_state_message
 from gated.holds import HoldStore
+from gated.iso6346 import ContainerNumber
 from gated.lane_state import LaneState
 from gated.messages import (
     SCAN,
@@ -47,7 +48,9 @@ from gated.metrics import Metrics
 from gated.model import (
     Decision,
     DeviceState,
+    Kind,
     Outcome,
+    Quality,
     Reading,
     Reason,
     ScreeningVerdict,
@@ -55,7 +58,15 @@ from gated.model import (
     Visit,
     new_id,
 )
-from gated.policy import CREDENTIAL_MISSING, OPERATOR_OVERRIDE, STORAGE_FAILURE, HoldListStatus, decide
+from gated.policy import (
+    CREDENTIAL_MISSING,
+    OPERATOR_ENTRY,
+    OPERATOR_OVERRIDE,
+    RECOMPUTED,
+    STORAGE_FAILURE,
+    HoldListStatus,
+    decide,
+)
 from gated.preadvice import PreadviceStore
 from gated.redact import printable, shown
 from gated.store import AuditRecord, Batch, Store
@@ -120,10 +131,11 @@ class _Override:
     """A supervisor's decision in place of a stored one (``Pipeline.override``)."""
 
     decision: str
-    outcome: Outcome
+    outcome: Outcome | None  # None: decide again with ``number`` (an operator's entry)
     actor: str
     reason: str
     future: Future[Decision]
+    number: str | None = None
 
 
 _Event = Reading | _Status | _FrameError | _NodeAlarm | _Dropped | _Override
@@ -219,6 +231,15 @@ class Pipeline:
         gives the new decision, or raises ``OverrideRefused`` saying why it was not made."""
         future: Future[Decision] = Future()
         self._queue.put(_Override(decision_id, outcome, actor, reason, future))
+        return future
+
+    def enter_number(self, decision_id: str, number: str, *, actor: str, note: str) -> Future[Decision]:
+        """An operator typed the number the camera could not read for decision ``decision_id``
+        (from any thread). The number becomes a reading of its own (device ``console``; nothing a
+        device said is changed) and the visit is decided again by the same policy, holds and all;
+        the new decision is stored, audited and published like any other."""
+        future: Future[Decision] = Future()
+        self._queue.put(_Override(decision_id, None, actor, note, future, number=number))
         return future
 
     def node_alarm(self, alarm: str, text: str, severity: str = "medium") -> None:
@@ -699,6 +720,8 @@ class Pipeline:
         event.future.set_result(decision)
 
     def _override(self, event: _Override) -> tuple[Visit, Decision]:
+        if event.outcome is None and not event.reason.strip():
+            event = replace(event, reason="number entered at the console")
         if not event.reason.strip():
             raise OverrideRefused("an override needs a reason")
         row = self.store.decision_row(event.decision)
@@ -713,6 +736,9 @@ class Pipeline:
         if visit is None or row.lane not in self.lanes:
             raise OverrideRefused(f"the visit of decision {row.id} is not on a lane of this node")
         now = self.clock.now()
+        if event.outcome is None:
+            assert event.number is not None
+            return self._entered(event, row, visit, now)
         holds = self._holds_for(frozenset({row.container})) if row.container else {}
         active = holds.get(row.container, []) if row.container else []
         if event.outcome is Outcome.RELEASE:
@@ -778,6 +804,90 @@ class Pipeline:
             shown(event.reason),
         )
         return visit, decision
+
+    def _entered(self, event: _Override, row: Any, visit: Visit, now: datetime) -> tuple[Visit, Decision]:
+        """Decide ``visit`` again with the number an operator entered for ``row``'s box."""
+        assert event.number is not None
+        try:
+            number = str(ContainerNumber.parse(event.number))
+        except ContainerNumberError as error:
+            raise OverrideRefused(f"not a container number: {error}") from None
+        if row.container is not None:
+            raise OverrideRefused(f"decision {row.id} has its number ({row.container}): override it instead")
+        if row.lane not in self.lanes:
+            raise OverrideRefused(f"lane {row.lane} is not on this node")
+        entered = Reading(
+            row.lane,
+            Kind.OCR,
+            "console",
+            Source.CONTAINER_NUMBER,
+            number,
+            now,
+            Quality.GOOD,
+            confidence=1.0,
+            visit=visit.id,
+        )
+        # What the policy cannot see again (devices offline, tamper, a refused credential at the
+        # time) is carried over from the first decision; the rest it works out anew.
+        original = json.loads(row.body)
+        carried = tuple(
+            Reason(str(r.get("code")), str(r.get("text")))
+            for r in original.get("reasons", [])
+            if isinstance(r, dict) and r.get("code") not in RECOMPUTED
+        )
+        again = replace(visit, readings=(*visit.readings, entered))
+        decisions = decide(
+            again,
+            self._holds_for({number}),
+            self.hold_list_status(),
+            self.lanes[row.lane].policy,
+            now=now,
+            expected_containers=self._expected(again),
+            extra_reasons=carried,
+        )
+        decision = next((d for d in decisions if d.container == number), decisions[0])
+        decision = replace(
+            decision,
+            reasons=(
+                *decision.reasons,
+                Reason(OPERATOR_ENTRY, f"{event.actor} entered {number}: {event.reason.strip()}"),
+            ),
+        )
+        audit = AuditRecord(
+            actor=event.actor,
+            action="number_entered",
+            subject=row.visit,
+            detail={
+                "decision": decision.id,
+                "replaces": row.id,
+                "container": number,
+                "outcome": str(decision.outcome),
+                "note": event.reason.strip(),
+                "reading": entered.id,
+            },
+            ts=now,
+        )
+        try:
+            self.store.write(
+                Batch(
+                    readings=[entered],
+                    overrides=[(decision, row.slot, row.revision + 1)],
+                    messages=[reading_message(self.topics, entered), decision_message(self.topics, decision)],
+                    audit=[audit],
+                )
+            )
+        except StorageError as error:
+            raise OverrideRefused(f"the entry could not be stored: {error}") from None
+        self.on_stored()
+        log.warning(
+            "decision %s on %s: %s entered %s, decided again: %s",
+            row.id,
+            row.lane,
+            shown(event.actor),
+            number,
+            decision.outcome,
+        )
+        return again, decision
 
     def _tell_storage(self, ok: bool, detail: str) -> None:
         for listener in self.storage_listeners:

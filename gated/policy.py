@@ -39,6 +39,29 @@ STORAGE_FAILURE = "STORAGE_FAILURE"
 DEVICE_TAMPER = "DEVICE_TAMPER"
 CREDENTIAL_MISSING = "CREDENTIAL_MISSING"
 PREADVISED_NOT_READ = "PREADVISED_NOT_READ"
+OPERATOR_ENTRY = "OPERATOR_ENTRY"
+RECOMPUTED = frozenset(
+    {
+        CLEAR,
+        HOLD_ACTIVE,
+        HOLD_LIST_NOT_LOADED,
+        HOLD_LIST_STALE,
+        RADIATION_ALARM,
+        RPM_NOT_SCREENED,
+        RPM_FAULT,
+        OCR_UNREAD,
+        OCR_UNCERTAIN,
+        CHECK_DIGIT_INVALID,
+        OCR_CONFLICT,
+        RFID_MISSING,
+        VISIT_INCOMPLETE,
+        EVIDENCE_MISMATCH,
+        PREADVISED_NOT_READ,
+    }
+)
+"""The reasons ``decide`` works out from the visit and the hold list; the others (devices offline or
+tampered with, a credential refused, storage) come from the moment and are carried over when a
+visit is decided again."""
 
 _SEVERITY = {
     Outcome.HOLD: 3,

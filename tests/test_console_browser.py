@@ -178,6 +178,15 @@ def test_lane_tiles_follow_the_demo_trucks_and_the_queue_and_search_work(
         page.click("#override-form button[type=submit]")  # type: ignore[attr-defined]
         expect(page.locator("#override-done")).to_have_text("Overridden: RELEASE for HLXU1000049.")  # type: ignore[attr-defined]
         expect(page.locator("#queue .queue-item.SECONDARY_INSPECTION")).to_have_count(0)  # type: ignore[attr-defined]
+        # The number nobody could read: typed in, and the visit decided again by the same policy.
+        unread = page.locator("#queue .queue-item.MANUAL_REVIEW")  # type: ignore[attr-defined]
+        expect(unread.first).to_contain_text("number unread", timeout=WAIT_MS)
+        unread.first.locator("button.resolve-open").click()
+        page.fill("#resolve-number", "MSKU 413532-9")  # type: ignore[attr-defined]
+        page.fill("#resolve-note", "read off the door on the CCTV")  # type: ignore[attr-defined]
+        shot(page, "enter-number")
+        page.click("#resolve-form button[type=submit]")  # type: ignore[attr-defined]
+        expect(page.locator("#override-done")).to_have_text("Decided again: RELEASE for MSKU4135329.")  # type: ignore[attr-defined]
     finally:
         demo.kill()
         demo.wait(timeout=30)

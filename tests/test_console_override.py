@@ -85,7 +85,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         board,
         engine,
         secure_cookies=False,
-        override=lambda d, o, a, r: pipeline.override(d, o, actor=a, reason=r),
+        decisions=pipeline,
     )
     server = ConsoleServer(console.app, "127.0.0.1", 0)
     server.start()
@@ -225,3 +225,77 @@ def test_three_wrong_passwords_at_an_override_lock_the_account(site: Site) -> No
     assert statuses == [401, 401, 423]
     assert http.get("/api/lanes").status_code == 401  # its sessions are closed
     assert Outcome(target["outcome"]) is Outcome.SECONDARY_INSPECTION
+
+
+def resolve(http: httpx.Client, csrf: str, decision: str, **body: Any) -> httpx.Response:
+    return http.post(f"/api/decisions/{decision}/resolve", json=body, headers={"X-CSRF-Token": csrf})
+
+
+def test_an_operator_enters_the_unread_number_and_the_policy_decides_again(site: Site) -> None:
+    unread = site.decided["unread"]
+    assert unread["outcome"] == "MANUAL_REVIEW" and unread["container"] is None
+    http, csrf = logged_in(site, "operator")
+    answer = resolve(http, csrf, unread["id"], container="abcu 123456-0", note="read off the door on CCTV")
+    assert answer.status_code == 200, answer.text
+    made = answer.json()
+    assert made["container"] == CLEAN and made["outcome"] == "RELEASE"
+    codes = [reason["code"] for reason in made["reasons"]]
+    assert codes[0] == "CLEAR" and codes[-1] == "OPERATOR_ENTRY"
+    assert "user:operator entered ABCU1234560: read off the door on CCTV" in made["reasons"][-1]["text"]
+    with site.gate.store.engine.connect() as connection:
+        from gated.store import readings
+
+        numbers = connection.execute(
+            select(readings.c.device, readings.c.container).where(
+                (readings.c.visit == unread["visit"]) & (readings.c.source == "container_number")
+            )
+        ).all()
+        assert verify(connection).intact
+    # The camera's own (unread) record stays as it was; the entry is a reading of its own.
+    assert sorted((row.device, row.container) for row in numbers) == [("console", CLEAN), ("ocr-1", None)]
+    actor, action, detail = trail(site)[-1]
+    assert (actor, action, detail["container"], detail["replaces"]) == (
+        "user:operator",
+        "number_entered",
+        CLEAN,
+        unread["id"],
+    )
+    published = [json.loads(row.payload) for row in site.gate.published()]
+    assert any(p.get("device") == "console" and p.get("value") == CLEAN for p in published)
+    assert http.get("/api/lanes").json()["queue"][0]["visit"] != unread["visit"]
+
+
+def test_an_entered_number_that_is_held_is_held(site: Site) -> None:
+    http, csrf = logged_in(site, "operator")
+    answer = resolve(http, csrf, site.decided["unread"]["id"], container=HELD, note="")
+    assert answer.status_code == 200
+    assert answer.json()["outcome"] == "HOLD" and answer.json()["holds"]
+
+
+def test_entries_that_are_not_numbers_or_for_read_boxes_are_refused(site: Site) -> None:
+    http, csrf = logged_in(site, "operator")
+    unread = site.decided["unread"]["id"]
+    wrong_digit = resolve(http, csrf, unread, container="ABCU1234561", note="")
+    assert wrong_digit.status_code == 409 and "not a container number" in wrong_digit.json()["error"]
+    read = resolve(http, csrf, site.decided[OTHER]["id"], container=CLEAN, note="")
+    assert read.status_code == 409 and "override it instead" in read.json()["error"]
+    viewer, viewer_csrf = logged_in(site, "viewer")
+    assert resolve(viewer, viewer_csrf, unread, code="OTHER").status_code == 403
+
+
+def test_a_resolution_code_closes_the_entry_without_a_new_decision(site: Site) -> None:
+    held = site.decided[HELD]
+    http, csrf = logged_in(site, "operator")
+    assert any(item["id"] == held["id"] for item in http.get("/api/lanes").json()["queue"])
+    bad = resolve(http, csrf, held["id"], code="MADE_UP")
+    assert bad.status_code == 400
+    answer = resolve(
+        http, csrf, held["id"], code="REFERRED_TO_CUSTOMS", note="driver sent to the customs office"
+    )
+    assert answer.status_code == 200
+    assert all(item["id"] != held["id"] for item in http.get("/api/lanes").json()["queue"])
+    actor, action, detail = trail(site)[-1]
+    assert (actor, action, detail["code"]) == ("user:operator", "resolution", "REFERRED_TO_CUSTOMS")
+    with site.gate.store.engine.connect() as connection:
+        kept = connection.execute(select(decisions.c.outcome).where(decisions.c.visit == held["visit"])).all()
+    assert [row.outcome for row in kept] == ["HOLD"]

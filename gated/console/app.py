@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -45,7 +45,20 @@ from gated.users import Accounts, LoginOutcome, Role
 
 COOKIE = "gated_session"
 OVERRIDE_TIMEOUT = 15.0
-OverrideFn = Callable[[str, Outcome, str, str], "Future[Decision]"]
+RESOLUTIONS = ("INSPECTED_CLEAR", "SENT_TO_INSPECTION", "TURNED_AWAY", "REFERRED_TO_CUSTOMS", "OTHER")
+"""How an operator may close an exception without a new decision (a number entered makes one)."""
+
+
+class DecisionPath(Protocol):
+    """The daemon's way to a decision (the pipeline): the console never decides by itself."""
+
+    def override(
+        self, decision_id: str, outcome: Outcome, *, actor: str, reason: str
+    ) -> Future[Decision]: ...
+
+    def enter_number(self, decision_id: str, number: str, *, actor: str, note: str) -> Future[Decision]: ...
+
+
 MAX_BODY = 8192
 EVENT_POLL = 0.5
 """Seconds between looks at the board for the event stream."""
@@ -102,7 +115,7 @@ class Console:
         secure_cookies: bool,
         evidence_root: Path | None = None,
         sessions: Sessions | None = None,
-        override: OverrideFn | None = None,
+        decisions: DecisionPath | None = None,
     ) -> None:
         self.accounts = accounts
         self.board = board
@@ -110,7 +123,7 @@ class Console:
         self.secure_cookies = secure_cookies
         self.evidence_root = evidence_root
         self.sessions = sessions or Sessions(accounts.clock)
-        self.override_decision = override
+        self.decisions = decisions
         self.app = Starlette(
             routes=[
                 Route("/", self.page),
@@ -122,6 +135,7 @@ class Console:
                 Route("/api/events", self.events, methods=["GET"]),
                 Route("/api/containers/{number}", self.container, methods=["GET"]),
                 Route("/api/decisions/{decision}/override", self.override, methods=["POST"]),
+                Route("/api/decisions/{decision}/resolve", self.resolve, methods=["POST"]),
                 Mount("/static", StaticFiles(packages=[("gated.console", "static")]), name="static"),
             ],
             middleware=[Middleware(_Headers)],
@@ -270,9 +284,9 @@ class Console:
             raise await refuse(423, "account locked after failed logins")
         if check.outcome is not LoginOutcome.OK:
             raise await refuse(401, "wrong password")
-        if self.override_decision is None:
+        if self.decisions is None:
             raise await refuse(503, "this console has no lanes to decide for")
-        future = self.override_decision(decision, Outcome(outcome), actor, reason.strip())
+        future = self.decisions.override(decision, Outcome(outcome), actor=actor, reason=reason.strip())
         try:
             made = await asyncio.wait_for(asyncio.wrap_future(future), OVERRIDE_TIMEOUT)
         except OverrideRefused as error:
@@ -280,6 +294,42 @@ class Console:
         except TimeoutError:
             raise await refuse(504, "the daemon did not take the override in time: nothing changed") from None
         return JSONResponse(made.body())
+
+    async def resolve(self, request: Request) -> Response:
+        """An operator closes an exception: a resolution code and a note (kept in the audit trail,
+        never over a device's record), or the number the camera could not read, with which the
+        daemon decides the visit again by the same policy."""
+        session = self._session(request)
+        self._check_csrf(request, session)
+        if not session.role.allows(Role.OPERATOR):
+            raise ApiError(403, "working the queue needs the operator role")
+        body = await _json(request)
+        decision = request.path_params["decision"][:40]
+        actor = f"user:{session.username}"
+        note, number, code = body.get("note", ""), body.get("container"), body.get("code")
+        if not isinstance(note, str) or len(note) > 500:
+            raise ApiError(400, "a note is text of at most 500 characters")
+        if number is not None:
+            if not isinstance(number, str) or len(number) > 20:
+                raise ApiError(400, "container must be a container number")
+            if self.decisions is None:
+                raise ApiError(503, "this console has no lanes to decide for")
+            future = self.decisions.enter_number(decision, number, actor=actor, note=note.strip())
+            try:
+                made = await asyncio.wait_for(asyncio.wrap_future(future), OVERRIDE_TIMEOUT)
+            except OverrideRefused as error:
+                raise ApiError(409, str(error)) from None
+            except TimeoutError:
+                raise ApiError(504, "the daemon did not take the number in time: nothing changed") from None
+            return JSONResponse(made.body())
+        if code not in RESOLUTIONS:
+            raise ApiError(
+                400, f"code must be one of {', '.join(RESOLUTIONS)} (or give the container number)"
+            )
+        detail = {"decision": decision, "code": code, "note": note.strip(), "source": _source(request)}
+        await run_in_threadpool(self._audit, actor, "resolution", decision, detail)
+        self.board.resolve(decision)
+        return JSONResponse({"resolved": decision, "code": code})
 
     def _audit(self, actor: str, action: str, subject: str, detail: dict[str, Any]) -> None:
         with self.engine.begin() as conn:

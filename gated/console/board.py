@@ -61,6 +61,13 @@ class LaneBoard:
                     self._queue.appendleft(shown)
             self.version += 1
 
+    def resolve(self, decision_id: str) -> None:
+        """An operator closed the exception of ``decision_id`` (a resolution code): off the queue."""
+        with self._lock:
+            for item in [q for q in self._queue if q["id"] == decision_id]:
+                self._queue.remove(item)
+            self.version += 1
+
     def _changed(self) -> None:
         with self._lock:
             self.version += 1

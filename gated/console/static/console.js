@@ -139,6 +139,12 @@ function queueItem(item) {
   );
   const reasons = (item.reasons || []).map((reason) => reason.text || reason.code).join("; ");
   if (reasons) entry.append(text("p", reasons, "reason"));
+  if (state.role && state.role !== "viewer") {
+    const resolveButton = text("button", "Resolve…", "plain resolve-open");
+    resolveButton.type = "button";
+    resolveButton.addEventListener("click", () => openResolve(item));
+    entry.append(resolveButton);
+  }
   if (SUPERVISORS.has(state.role)) {
     const button = text("button", "Override…", "plain override-open");
     button.type = "button";
@@ -191,7 +197,38 @@ function openOverride(item) {
   $("override-reason").focus();
 }
 
+function openResolve(item) {
+  state.resolving = item.id;
+  $("resolve-what").textContent = `${item.outcome} of ${item.container ?? "an unread box"} on ${item.lane}`;
+  $("resolve-number-label").hidden = item.container !== null && item.container !== undefined;
+  $("resolve-number").value = "";
+  $("resolve-code").value = "";
+  $("resolve-note").value = "";
+  $("resolve-error").textContent = "";
+  $("override-done").textContent = "";
+  $("resolve-form").hidden = false;
+}
+
 async function start() {
+  $("resolve-cancel").addEventListener("click", () => {
+    $("resolve-form").hidden = true;
+  });
+  $("resolve-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const number = $("resolve-number").value.trim();
+    const body = { note: $("resolve-note").value };
+    if (number) body.container = number;
+    else body.code = $("resolve-code").value;
+    const result = await api(`/api/decisions/${encodeURIComponent(state.resolving)}/resolve`, { method: "POST", body });
+    if (result.status === 200) {
+      $("resolve-form").hidden = true;
+      $("override-done").textContent = result.body.outcome
+        ? `Decided again: ${result.body.outcome} for ${result.body.container}.`
+        : `Resolved: ${result.body.code}.`;
+    } else {
+      $("resolve-error").textContent = result.body.error || `Refused (${result.status}).`;
+    }
+  });
   $("override-cancel").addEventListener("click", () => {
     $("override-form").hidden = true;
     state.overriding = null;
