@@ -165,6 +165,7 @@ class Daemon:
         board = LaneBoard(self.pipeline)
         self.pipeline.visit_listeners.append(board.visit_opened)
         self.pipeline.listeners.append(board.decided)
+        self.pipeline.scan_listeners.append(board.scanned)
         settings = self.config.console
         return Console(
             Accounts(self.engine, self.clock),

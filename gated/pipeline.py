@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 _WORSE = {DeviceState.ONLINE: 0, DeviceState.DEGRADED: 1, DeviceState.OFFLINE: 2}
 """A device going down this scale raises a device_fault alarm."""
 
+NII_AGENCY = "NII"
+NII_HOLD_TYPE = "inspection"
+"""The hold a suspect scan places: its own agency, so customs' sync of their holds is not upset."""
 STORAGE_RETRY_SECONDS = 1.0  # how often a failing database is tried again
 # Readings and frame errors waiting for the pipeline thread at most; beyond, they are dropped and
 # counted (device status changes and node alarms always get in: they are few and they matter).
@@ -171,6 +174,9 @@ class Pipeline:
         # Told when a visit opens (the frames cameras start looking); called on the pipeline
         # thread, so a listener only takes note and returns.
         self.visit_listeners: list[VisitListener] = []
+        self.scan_listeners: list[Callable[[Reading], None]] = []
+        """Told of each suspect NII scan once it is stored (the console's queue)."""
+        self._suspects: list[Reading] = []
         self._queue: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._inputs_lock = threading.Lock()
         self._queued_inputs = 0  # readings and frame errors in the queue
@@ -315,6 +321,13 @@ class Pipeline:
             for visit in lane_state.correlator.tick():
                 self._decide(visit, batch, decided)
         self._commit(batch, decided)
+        suspects, self._suspects = self._suspects, []
+        for scan in suspects:
+            for scan_listener in self.scan_listeners:
+                try:
+                    scan_listener(scan)
+                except Exception:  # a listener's bug must not stop the lane
+                    log.exception("scan listener failed")
         return len(events)
 
     def shutdown(self) -> None:
@@ -337,6 +350,9 @@ class Pipeline:
                 "reading for unknown lane %s from %s: dropped", shown(reading.lane), shown(reading.device)
             )
             return
+        if reading.source == Source.SCAN_RESULT:
+            self._on_scan(reading, batch)
+            return
         attached, closed, opened = lane.correlator.accept(reading)
         for visit in closed:
             self._decide(visit, batch, decided)
@@ -355,6 +371,59 @@ class Pipeline:
         batch.readings.append(attached)
         batch.messages.append(reading_message(self.topics, attached))
         self._reading_alarms(attached, batch)
+
+    def _on_scan(self, reading: Reading, batch: Batch) -> None:
+        """An NII (VACIS) scan's result: it joins the visit that last decided its container (the
+        truck was sent to the scanner from the gate), and a ``suspect`` verdict raises an alarm and
+        puts the container on an inspection hold, so it cannot leave until someone released it."""
+        value = reading.value if isinstance(reading.value, dict) else {}
+        container = value.get("container") if isinstance(value.get("container"), str) else None
+        attached = reading
+        found = self.store.last_visit_of(container) if container else None
+        if found is not None and reading.visit is None:
+            attached = reading.in_visit(found)
+        self.stats.readings += 1
+        self.metrics.reading(reading.lane, reading.device, str(reading.kind))
+        batch.readings.append(attached)
+        batch.messages.append(reading_message(self.topics, attached))
+        if value.get("verdict") != "suspect":
+            return
+        scan = str(value.get("scan_id"))[:128]
+        text = f"NII scan {scan} of {container or 'an unknown container'}: suspect"
+        if container is not None:
+            try:
+                self.holds.place(
+                    container=container,
+                    agency=NII_AGENCY,
+                    hold_type=NII_HOLD_TYPE,
+                    reference=scan,
+                    actor=f"device:{reading.lane}/{reading.device}",
+                    reason=text,
+                )
+            except (GatedError, ValueError) as error:
+                log.error(
+                    "NII scan %s: could not place the inspection hold on %s: %s",
+                    shown(scan),
+                    container,
+                    error,
+                )
+                text += f" (inspection hold NOT placed: {error})"
+            else:
+                text += f": on an {NII_AGENCY} {NII_HOLD_TYPE} hold until released"
+        batch.messages.append(
+            alarm_message(
+                self.topics,
+                lane=reading.lane,
+                alarm="nii_suspect",
+                text=text,
+                ts=reading.ts,
+                visit=attached.visit,
+                container=container,
+                device=reading.device,
+                detail={"reading": reading.id, "scan_id": scan},
+            )
+        )
+        self._suspects.append(attached)
 
     def _reading_alarms(self, reading: Reading, batch: Batch) -> None:
         alarm: str | None = None

@@ -530,6 +530,17 @@ class Store:
                 .limit(1)
             ).one_or_none()
 
+    def last_visit_of(self, container: str) -> str | None:
+        """The visit of the latest decision about ``container``, or None."""
+        with self.engine.connect() as conn:
+            found: str | None = conn.execute(
+                select(decisions.c.visit)
+                .where(decisions.c.container == container)
+                .order_by(decisions.c.decided_at.desc())
+                .limit(1)
+            ).scalar()
+        return found
+
     def visit(self, visit_id: str) -> Visit | None:
         """A stored visit with its readings, or None."""
         with self.engine.connect() as conn:

@@ -51,6 +51,7 @@ class Site:
     gate: Gate
     url: str
     decided: dict[str, dict[str, Any]]  # container (or "unread") -> its decision's body
+    evidence: Path
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     gate = Gate(config, clock, store, holds, pipeline, commands)
     board = LaneBoard(pipeline)
     pipeline.listeners.append(board.decided)
+    pipeline.scan_listeners.append(board.scanned)
     for device in ("rfid-1", "rpm-1", "ocr-1"):
         pipeline.device_status(LANE, device, DeviceState.ONLINE, "connected")
     pipeline.step()
@@ -86,6 +88,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         engine,
         secure_cookies=False,
         decisions=pipeline,
+        evidence_root=tmp_path / "evidence",
     )
     server = ConsoleServer(console.app, "127.0.0.1", 0)
     server.start()
@@ -93,7 +96,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     running = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
     running.start()
     try:
-        yield Site(gate, server.url.rstrip("/"), decided)
+        yield Site(gate, server.url.rstrip("/"), decided, tmp_path / "evidence")
     finally:
         stop.set()
         running.join(10)
@@ -299,3 +302,53 @@ def test_a_resolution_code_closes_the_entry_without_a_new_decision(site: Site) -
     with site.gate.store.engine.connect() as connection:
         kept = connection.execute(select(decisions.c.outcome).where(decisions.c.visit == held["visit"])).all()
     assert [row.outcome for row in kept] == ["HOLD"]
+
+
+def test_a_suspect_scan_joins_its_visit_holds_the_box_and_shows_with_its_image(site: Site) -> None:
+    import time
+
+    import cv2
+    import numpy as np
+
+    from gated.evidence import EvidenceStore
+    from gated.model import Kind, Reading, Source
+
+    target = site.decided[CLEAN]
+    image = cv2.imencode(".png", np.full((40, 60), 128, dtype=np.uint8))[1].tobytes()
+    stored = EvidenceStore(site.evidence).put_bytes(image, "image/png")
+    value = {
+        "scan_id": "vacis-1-0001",
+        "container": CLEAN,
+        "verdict": "suspect",
+        "scanner": "vacis-1",
+        "finished_at": "2026-12-04T12:00:14.5Z",
+    }
+    clock = site.gate.clock
+    site.gate.pipeline.reading(
+        Reading(LANE, Kind.NII, "nii-1", Source.SCAN_RESULT, value, clock.now(), evidence=(stored,))
+    )
+    http, _ = logged_in(site, "operator")
+    deadline = time.monotonic() + 30
+    while not any(item["outcome"] == "NII_SUSPECT" for item in http.get("/api/lanes").json()["queue"]):
+        assert time.monotonic() < deadline, "the suspect scan never reached the queue"
+        time.sleep(0.05)
+    [item] = [item for item in http.get("/api/lanes").json()["queue"] if item["outcome"] == "NII_SUSPECT"]
+    assert item["container"] == CLEAN and item["visit"] == target["visit"]
+    served = http.get(f"/api/evidence/{item['evidence'][0]['sha256']}")
+    assert (
+        served.status_code == 200
+        and served.headers["content-type"] == "image/png"
+        and served.content == image
+    )
+    assert http.get("/api/evidence/" + "0" * 64).status_code == 404
+    assert http.get("/api/evidence/../../etc/passwd").status_code == 404
+    # Joined to the visit that sent the box to the scanner; an alarm; an inspection hold on it.
+    published = [json.loads(row.payload) for row in site.gate.published()]
+    [scan] = [p for p in published if p.get("source") == "scan_result"]
+    assert scan["visit"] == target["visit"]
+    [alarm] = [p for p in published if p.get("alarm") == "nii_suspect"]
+    assert alarm["container"] == CLEAN and "inspection hold" in alarm["text"]
+    [hold] = site.gate.holds.active_holds_for(CLEAN)
+    assert (hold.agency, hold.hold_type, hold.reference) == ("NII", "inspection", "vacis-1-0001")
+    anonymous = httpx.get(f"{site.url}/api/evidence/{item['evidence'][0]['sha256']}", timeout=30)
+    assert anonymous.status_code == 401

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from importlib import resources
@@ -30,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -135,6 +136,7 @@ class Console:
                 Route("/api/events", self.events, methods=["GET"]),
                 Route("/api/containers/{number}", self.container, methods=["GET"]),
                 Route("/api/decisions/{decision}/override", self.override, methods=["POST"]),
+                Route("/api/evidence/{sha256}", self.evidence, methods=["GET"]),
                 Route("/api/decisions/{decision}/resolve", self.resolve, methods=["POST"]),
                 Mount("/static", StaticFiles(packages=[("gated.console", "static")]), name="static"),
             ],
@@ -295,6 +297,19 @@ class Console:
             raise await refuse(504, "the daemon did not take the override in time: nothing changed") from None
         return JSONResponse(made.body())
 
+    async def evidence(self, request: Request) -> Response:
+        """A piece of evidence (an OCR crop, a scan image) by its sha256, for a logged-in user."""
+        self._session(request, touch=False)
+        digest = request.path_params["sha256"]
+        if self.evidence_root is None or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ApiError(404, "no such evidence")
+        from gated.evidence import EvidenceStore
+
+        path = EvidenceStore(self.evidence_root).path_for(digest)
+        if not path.is_file():
+            raise ApiError(404, "no such evidence")
+        return FileResponse(path, media_type=_media_type(path))
+
     async def resolve(self, request: Request) -> Response:
         """An operator closes an exception: a resolution code and a note (kept in the audit trail,
         never over a device's record), or the number the camera could not read, with which the
@@ -381,6 +396,17 @@ async def _json(request: Request) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ApiError(400, "the body must be a JSON object")
     return parsed
+
+
+def _media_type(path: Path) -> str:
+    """What an evidence file holds, by its first bytes (stored files have no extension)."""
+    with path.open("rb") as file:
+        head = file.read(8)
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    return "application/octet-stream"  # offered for download, never shown inline
 
 
 def _source(request: Request) -> str:

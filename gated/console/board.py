@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gated.clock import rfc3339
-from gated.model import Decision, DeviceState, Outcome, Visit
+from gated.model import Decision, DeviceState, Outcome, Reading, Visit
 
 QUEUE_KEPT = 200
 """Exception decisions kept for the queue (older ones are in the database: container search)."""
@@ -59,6 +59,23 @@ class LaneBoard:
                     self._queue.remove(old)
                 if decision.outcome in ATTENTION:
                     self._queue.appendleft(shown)
+            self.version += 1
+
+    def scanned(self, scan: Reading) -> None:
+        """A suspect NII scan (stored already): on the queue with its image."""
+        value = scan.value if isinstance(scan.value, dict) else {}
+        item = {
+            "id": scan.id,
+            "lane": scan.lane,
+            "visit": scan.visit,
+            "container": value.get("container"),
+            "outcome": "NII_SUSPECT",
+            "reasons": [{"code": "NII_SUSPECT", "text": f"NII scan {value.get('scan_id')}: suspect"}],
+            "decided_at": rfc3339(scan.ts),
+            "evidence": [{"sha256": e.sha256, "media_type": e.media_type} for e in scan.evidence],
+        }
+        with self._lock:
+            self._queue.appendleft(item)
             self.version += 1
 
     def resolve(self, decision_id: str) -> None:

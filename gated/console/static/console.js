@@ -139,6 +139,14 @@ function queueItem(item) {
   );
   const reasons = (item.reasons || []).map((reason) => reason.text || reason.code).join("; ");
   if (reasons) entry.append(text("p", reasons, "reason"));
+  for (const evidence of item.evidence || []) {
+    if (!/^[0-9a-f]{64}$/.test(evidence.sha256)) continue;
+    const image = document.createElement("img");
+    image.src = `/api/evidence/${evidence.sha256}`;
+    image.alt = `scan image of ${item.container ?? "the container"}`;
+    image.className = "evidence";
+    entry.append(image);
+  }
   if (state.role && state.role !== "viewer") {
     const resolveButton = text("button", "Resolve…", "plain resolve-open");
     resolveButton.type = "button";
