@@ -16,6 +16,7 @@ import pytest
 
 from tests.console_kit import PASSWORDS, RunningConsole, running_console
 from tests.system import free_port, require_tool
+from tests.test_console_override import Site, radiation_truck_with_evidence, running_site
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -190,3 +191,33 @@ def test_lane_tiles_follow_the_demo_trucks_and_the_queue_and_search_work(
     finally:
         demo.kill()
         demo.wait(timeout=30)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with running_site(tmp_path) as running:
+        yield running
+
+
+def test_the_queue_shows_the_crop_and_plots_the_count_profile(page: object, site: Site) -> None:
+    expect = sync_api.expect
+    number = radiation_truck_with_evidence(site)
+    page.goto(site.url + "/")  # type: ignore[attr-defined]
+    log_in(page, "operator", PASSWORDS["operator"])
+    entry = page.locator("#queue .queue-item", has_text=number)  # type: ignore[attr-defined]
+    for _ in range(200):
+        if entry.count():
+            break
+        site.gate.clock.advance(0.5)  # the visit settles
+        page.wait_for_timeout(50)  # type: ignore[attr-defined]
+    expect(entry).to_have_count(1)
+    plot = entry.locator("svg.rpm-plot")
+    expect(plot).to_be_visible()
+    points = plot.locator("polyline.counts").get_attribute("points")
+    assert points is not None and len(points.split()) == 12
+    expect(plot.locator("line.threshold")).to_have_count(1)
+    expect(plot.locator("line.background")).to_have_count(1)
+    crop = entry.locator("img.evidence")
+    expect(crop).to_have_count(1)
+    assert crop.evaluate("image => image.complete && image.naturalWidth") == 220
+    shot(page, "rpm-profile")

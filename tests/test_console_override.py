@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,13 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
+    with running_site(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def running_site(tmp_path: Path) -> Iterator[Site]:
+    """A lane's pipeline running on its thread, four trucks decided, and its console served."""
     config = gate_config()
     clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
     engine = open_engine(tmp_path / "gated.db")
@@ -352,3 +360,57 @@ def test_a_suspect_scan_joins_its_visit_holds_the_box_and_shows_with_its_image(s
     assert (hold.agency, hold.hold_type, hold.reference) == ("NII", "inspection", "vacis-1-0001")
     anonymous = httpx.get(f"{site.url}/api/evidence/{item['evidence'][0]['sha256']}", timeout=30)
     assert anonymous.status_code == 401
+
+
+def radiation_truck_with_evidence(site: Site) -> str:
+    """A truck that sets the portal off, fed to the running pipeline as its devices would, with a
+    crop of the number and the monitor's count profile; returns its container number."""
+    import cv2
+    import numpy as np
+
+    from gated.evidence import EvidenceStore
+    from gated.model import Kind, Quality, Reading, Source
+
+    number = "MSCU1234566"
+    crop = cv2.imencode(".jpg", np.full((48, 220, 3), 200, dtype=np.uint8))[1].tobytes()
+    evidence = EvidenceStore(site.evidence).put_bytes(crop, "image/jpeg")
+    clock, pipeline = site.gate.clock, site.gate.pipeline
+    gamma = [30, 31, 29, 33, 48, 95, 140, 120, 70, 40, 31, 30]
+
+    def say(kind: Kind, device: str, source: Source, value: Any, **extra: Any) -> None:
+        pipeline.reading(
+            Reading(
+                LANE, kind, device, source, value, clock.now(), extra.pop("quality", Quality.GOOD), **extra
+            )
+        )
+
+    say(Kind.RFID, "rfid-1", Source.EPC, "e2801100000000000000a0ff")
+    say(Kind.RPM, "rpm-1", Source.OCCUPANCY, True)
+    say(Kind.OCR, "ocr-1", Source.CONTAINER_NUMBER, number, confidence=0.97, evidence=(evidence,))
+    say(Kind.OCR, "ocr-1", Source.PASSAGE_END, 1)
+    say(Kind.RPM, "rpm-1", Source.OCCUPANCY, False)
+    say(Kind.RPM, "rpm-1", Source.GAMMA_CPS, 1400.0, units="cps")
+    say(Kind.RPM, "rpm-1", Source.GAMMA_BACKGROUND_CPS, 300.0, units="cps")
+    say(Kind.RPM, "rpm-1", Source.RPM_PROFILE, {"gamma": gamma, "interval_s": 0.1, "n_sigma": 4.0})
+    say(Kind.RPM, "rpm-1", Source.SCREENING, ScreeningVerdict.GAMMA_ALARM)
+    return number
+
+
+def test_a_queue_entry_carries_its_crops_and_the_count_profile(site: Site) -> None:
+    import time
+
+    number = radiation_truck_with_evidence(site)
+    http, _ = logged_in(site, "operator")
+    deadline = time.monotonic() + 30
+    while True:
+        site.gate.clock.advance(0.5)  # the visit settles
+        entries = [i for i in http.get("/api/lanes").json()["queue"] if i["container"] == number]
+        if entries:
+            break
+        assert time.monotonic() < deadline, "the radiation alarm never reached the queue"
+        time.sleep(0.05)
+    [entry] = entries
+    assert entry["outcome"] == "SECONDARY_INSPECTION"
+    assert entry["rpm_profile"]["gamma"][6] == 140 and entry["rpm_profile"]["background_cps"] == 300.0
+    [crop] = entry["evidence"]
+    assert http.get(f"/api/evidence/{crop['sha256']}").headers["content-type"] == "image/jpeg"

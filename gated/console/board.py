@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gated.clock import rfc3339
-from gated.model import Decision, DeviceState, Outcome, Reading, Visit
+from gated.model import Decision, DeviceState, Outcome, Reading, Source, Visit
 
 QUEUE_KEPT = 200
 """Exception decisions kept for the queue (older ones are in the database: container search)."""
@@ -48,7 +48,7 @@ class LaneBoard:
     def decided(self, visit: Visit, decisions: list[Decision]) -> None:
         with self._lock:
             for decision in decisions:
-                shown = _decision(decision)
+                shown = {**_decision(decision), **_evidence_of(visit, decision)}
                 self._last[visit.lane] = shown
                 # A later decision on the same box (an override) settles the earlier one's entry.
                 for old in [
@@ -130,6 +130,35 @@ def _visit(visit: Visit) -> dict[str, Any]:
             for reading in visit.readings[-30:]
         ],
     }
+
+
+def _evidence_of(visit: Visit, decision: Decision) -> dict[str, Any]:
+    """What a person looks at beside a decision: the crops of every view that read the box (or
+    tried to), the plate's, and the portal monitor's count profile of the pass."""
+    crops = [
+        {"sha256": e.sha256, "media_type": e.media_type, "source": str(r.source), "device": r.device}
+        for r in visit.readings
+        if r.source in (Source.CONTAINER_NUMBER, Source.LICENCE_PLATE)
+        and (
+            decision.container is None
+            or r.value in (None, decision.container)
+            or r.source == Source.LICENCE_PLATE
+        )
+        for e in r.evidence
+    ]
+    found: dict[str, Any] = {"evidence": crops[:12]}
+    profiles = visit.of_source(Source.RPM_PROFILE)
+    backgrounds = visit.of_source(Source.GAMMA_BACKGROUND_CPS)
+    if profiles and isinstance(profiles[-1].value, dict):
+        profile = profiles[-1].value
+        background = backgrounds[-1].value if backgrounds else None
+        found["rpm_profile"] = {
+            "gamma": [v for v in profile.get("gamma", []) if isinstance(v, int | float)][:2000],
+            "interval_s": profile.get("interval_s"),
+            "n_sigma": profile.get("n_sigma"),
+            "background_cps": background if isinstance(background, int | float) else None,
+        }
+    return found
 
 
 def _decision(decision: Decision) -> dict[str, Any]:

@@ -139,14 +139,17 @@ function queueItem(item) {
   );
   const reasons = (item.reasons || []).map((reason) => reason.text || reason.code).join("; ");
   if (reasons) entry.append(text("p", reasons, "reason"));
+  const images = text("div", null, "evidence-row");
   for (const evidence of item.evidence || []) {
     if (!/^[0-9a-f]{64}$/.test(evidence.sha256)) continue;
     const image = document.createElement("img");
     image.src = `/api/evidence/${evidence.sha256}`;
-    image.alt = `scan image of ${item.container ?? "the container"}`;
+    image.alt = `${evidence.source || "scan"} of ${item.container ?? "the container"}`;
     image.className = "evidence";
-    entry.append(image);
+    images.append(image);
   }
+  if (images.childElementCount) entry.append(images);
+  if (item.rpm_profile) entry.append(profilePlot(item.rpm_profile));
   if (state.role && state.role !== "viewer") {
     const resolveButton = text("button", "Resolve…", "plain resolve-open");
     resolveButton.type = "button";
@@ -192,6 +195,47 @@ function renderReport(report) {
     }
     out.append(past);
   }
+}
+
+// The portal monitor's gamma counts through the pass, with the background and the alarm threshold
+// (background + n sigma, Poisson) per sample: what the officer weighs an alarm by.
+function profilePlot(profile) {
+  const ns = "http://www.w3.org/2000/svg";
+  const width = 320;
+  const height = 120;
+  const counts = profile.gamma || [];
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "rpm-plot");
+  svg.setAttribute("role", "img");
+  const interval = Number(profile.interval_s) || 0.1;
+  const background = profile.background_cps === null ? null : Number(profile.background_cps) * interval;
+  const threshold = background === null ? null : background + (Number(profile.n_sigma) || 3) * Math.sqrt(background);
+  const top = Math.max(1, ...counts, threshold ?? 0) * 1.1;
+  const x = (i) => (counts.length > 1 ? (i / (counts.length - 1)) * width : 0);
+  const y = (v) => height - (v / top) * height;
+  const line = (value, className, label) => {
+    const path = document.createElementNS(ns, "line");
+    path.setAttribute("x1", "0");
+    path.setAttribute("x2", String(width));
+    path.setAttribute("y1", String(y(value)));
+    path.setAttribute("y2", String(y(value)));
+    path.setAttribute("class", className);
+    const title = document.createElementNS(ns, "title");
+    title.textContent = label;
+    path.append(title);
+    svg.append(path);
+  };
+  if (background !== null) line(background, "background", `background ${background.toFixed(1)} counts a sample`);
+  if (threshold !== null) line(threshold, "threshold", `alarm threshold ${threshold.toFixed(1)} counts a sample`);
+  const trace = document.createElementNS(ns, "polyline");
+  trace.setAttribute("points", counts.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" "));
+  trace.setAttribute("class", "counts");
+  svg.append(trace);
+  const label = document.createElementNS(ns, "title");
+  label.textContent = `gamma counts of the pass: ${counts.length} samples, peak ${Math.max(0, ...counts)}`;
+  svg.prepend(label);
+  return svg;
 }
 
 function openOverride(item) {
