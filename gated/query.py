@@ -96,6 +96,31 @@ def _query(engine: Engine, container: str, evidence_root: Path | None) -> dict[s
     }
 
 
+def query_visit(engine: Engine, visit_id: str, *, evidence_root: Path | None = None) -> dict[str, Any] | None:
+    """One visit (what a gate pass's QR code names): its readings and every decision about it,
+    overrides included, oldest first; None when there is no such visit."""
+    try:
+        with engine.connect() as conn:
+            found = _visits(conn, [visit_id[:40]])
+            if not found:
+                return None
+            visit = {
+                key: rfc3339(value) if isinstance(value, datetime) else value
+                for key, value in found[0].items()
+            }
+            reading_rows = _readings(conn, [visit_id], set())
+            return {
+                "visit": visit,
+                "decisions": _decisions(conn, [visit_id]),
+                "readings": reading_rows,
+                "evidence": _evidence(reading_rows, evidence_root),
+            }
+    except SQLAlchemyError as error:
+        raise StorageError(
+            f"cannot read visit {visit_id[:40]!r}: {error_text(error, url_secrets(engine.url))}"
+        ) from None
+
+
 def _chunks(values: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(values), IN_CHUNK):
         yield values[start : start + IN_CHUNK]

@@ -148,3 +148,67 @@ def test_logins_are_audited_in_the_chain(console: RunningConsole) -> None:
         assert verify(connection).intact
     assert [row.action for row in rows][-2:] == ["login", "login_failed"]
     assert '"source":"127.0.0.1"' in rows[-1].detail
+
+
+def test_the_hold_list_is_seen_by_anyone_and_changed_only_by_a_supervisor(console: RunningConsole) -> None:
+    with client(console) as http:
+        assert http.get("/api/holds").status_code == 401
+        token = login(http, "operator").json()["csrf"]
+        place = {
+            "container": HELD,
+            "agency": "CBP",
+            "hold_type": "customs",
+            "code": "1H",
+            "reason": "manifest risk",
+        }
+        refused = http.post("/api/holds", json=place, headers={"X-CSRF-Token": token})
+        assert refused.status_code == 403 and "supervisor" in refused.json()["error"]
+        assert http.get("/api/holds").json() == {"holds": [], "total": 0}
+    with client(console) as http:
+        token = login(http, "supervisor").json()["csrf"]
+        assert http.post("/api/holds", json=place, headers={}).status_code == 403  # no CSRF token
+        unreasoned = http.post("/api/holds", json={**place, "reason": ""}, headers={"X-CSRF-Token": token})
+        assert unreasoned.status_code == 400 and unreasoned.json()["error"] == "reason is required"
+        placed = http.post("/api/holds", json=place, headers={"X-CSRF-Token": token})
+        assert placed.status_code == 200 and placed.json()["placed"] is True
+        again = http.post("/api/holds", json=place, headers={"X-CSRF-Token": token})
+        assert again.json()["placed"] is False  # an identical active hold: nothing changed
+        bad = http.post("/api/holds", json={**place, "container": "NOPE"}, headers={"X-CSRF-Token": token})
+        assert bad.status_code == 400
+        hold = placed.json()["hold"]["id"]
+        listed = http.get("/api/holds", params={"container": HELD}).json()
+        assert [h["id"] for h in listed["holds"]] == [hold]
+        released = http.post(
+            f"/api/holds/{hold}/release", json={"reason": "cleared"}, headers={"X-CSRF-Token": token}
+        )
+        assert released.status_code == 200 and released.json()["released"][0]["released_at"]
+        gone = http.post(
+            f"/api/holds/{hold}/release", json={"reason": "again"}, headers={"X-CSRF-Token": token}
+        )
+        assert gone.status_code == 409
+        assert (
+            http.post(
+                "/api/holds/x/release", json={"reason": "r"}, headers={"X-CSRF-Token": token}
+            ).status_code
+            == 400
+        )
+        assert http.get("/api/holds").json()["total"] == 0
+        history = http.get("/api/holds", params={"all": "1"}).json()["holds"]
+        assert [(h["id"], h["active"]) for h in history] == [(hold, False)]
+    with console.engine.connect() as connection:
+        rows = connection.execute(select(audit.c.actor, audit.c.action).order_by(audit.c.seq)).all()
+        assert verify(connection).intact
+    assert [tuple(row) for row in rows if row.action.startswith("hold_")] == [
+        ("user:supervisor", "hold_place"),
+        ("user:supervisor", "hold_release"),
+    ]
+
+
+def test_a_gate_pass_that_is_not_one_or_names_no_visit(console: RunningConsole) -> None:
+    with client(console) as http:
+        assert http.get("/api/pass", params={"qr": "gated:pass?v=x"}).status_code == 401
+        login(http, "viewer")
+        assert http.get("/api/pass", params={"qr": "https://evil.example/"}).status_code == 400
+        assert http.get("/api/pass", params={"qr": "gated:pass?l=lane-1"}).status_code == 400
+        missing = http.get("/api/pass", params={"qr": "gated:pass?v=no-such-visit&l=lane-1"})
+        assert missing.status_code == 404 and "no visit" in missing.json()["error"]

@@ -221,3 +221,44 @@ def test_the_queue_shows_the_crop_and_plots_the_count_profile(page: object, site
     expect(crop).to_have_count(1)
     assert crop.evaluate("image => image.complete && image.naturalWidth") == 220
     shot(page, "rpm-profile")
+
+
+def test_the_hold_list_and_a_gate_pass_lookup(page: object, site: Site) -> None:
+    from drivers.printer_escpos import render_pass
+    from gated.model import Decision, Outcome
+    from tests.test_console_override import CLEAN, HELD, LANE
+
+    expect = sync_api.expect
+    page.goto(site.url + "/")  # type: ignore[attr-defined]
+    log_in(page, "supervisor", PASSWORDS["supervisor"])
+    table = page.locator("#holds-table tbody")  # type: ignore[attr-defined]
+    expect(table.locator("tr")).to_have_count(1)
+    expect(table.locator("tr").first).to_contain_text(HELD)
+    page.fill("#place-container", CLEAN)  # type: ignore[attr-defined]
+    page.fill("#place-agency", "CBP")  # type: ignore[attr-defined]
+    page.fill("#place-type", "customs")  # type: ignore[attr-defined]
+    page.fill("#place-code", "1H")  # type: ignore[attr-defined]
+    page.fill("#place-reason", "intelligence referral")  # type: ignore[attr-defined]
+    page.click("#place-form button[type=submit]")  # type: ignore[attr-defined]
+    expect(page.locator("#holds-done")).to_contain_text("Placed hold")  # type: ignore[attr-defined]
+    expect(table.locator("tr")).to_have_count(2)
+    row = table.locator("tr", has_text=CLEAN)
+    row.locator("button.hold-release").click()
+    row.locator("input.release-reason").fill("referral closed")
+    row.locator("button.release-go").click()
+    expect(page.locator("#holds-done")).to_contain_text("Released hold")  # type: ignore[attr-defined]
+    expect(table.locator("tr")).to_have_count(1)
+    page.check("#holds-all")  # type: ignore[attr-defined]
+    page.click("#holds-form button[type=submit]")  # type: ignore[attr-defined]
+    expect(table.locator("tr.released")).to_have_count(1)
+    shot(page, "hold-list")
+    # The driver's gate pass, scanned: its QR text brings up the visit.
+    held = site.decided[HELD]
+    decision = Decision(LANE, held["visit"], HELD, Outcome.HOLD, (), (), (), site.gate.clock.now())
+    printed = render_pass(
+        [decision], lane=LANE, truck=None, printed_at=site.gate.clock.now(), instructions="park"
+    )
+    page.fill("#search-number", printed.qr_payload)  # type: ignore[attr-defined]
+    page.click("#search-form button[type=submit]")  # type: ignore[attr-defined]
+    expect(page.locator("#search-result")).to_contain_text(f"Visit {held['visit']} on {LANE}")  # type: ignore[attr-defined]
+    expect(page.locator("#search-result .outcome")).to_have_text("HOLD")  # type: ignore[attr-defined]

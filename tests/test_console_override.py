@@ -28,7 +28,7 @@ from gated.db import open_engine
 from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
 from gated.messages import Topics
-from gated.model import DeviceState, Outcome
+from gated.model import Decision, DeviceState, Outcome
 from gated.pipeline import Pipeline
 from gated.policy import ScreeningVerdict
 from gated.store import Store, audit, decisions
@@ -414,3 +414,48 @@ def test_a_queue_entry_carries_its_crops_and_the_count_profile(site: Site) -> No
     assert entry["rpm_profile"]["gamma"][6] == 140 and entry["rpm_profile"]["background_cps"] == 300.0
     [crop] = entry["evidence"]
     assert http.get(f"/api/evidence/{crop['sha256']}").headers["content-type"] == "image/jpeg"
+
+
+def test_a_gate_pass_brings_up_its_visit(site: Site) -> None:
+    from drivers.printer_escpos import render_pass
+
+    held = site.decided[HELD]
+    http, _ = logged_in(site, "viewer")
+    visit = http.get(f"/api/visits/{held['visit']}").json()
+    assert visit["visit"]["id"] == held["visit"] and [d["outcome"] for d in visit["decisions"]] == ["HOLD"]
+    decision = Decision(
+        lane=LANE,
+        visit=held["visit"],
+        container=HELD,
+        outcome=Outcome.HOLD,
+        reasons=(),
+        holds=(),
+        inputs=(),
+        decided_at=site.gate.clock.now(),
+    )
+    printed = render_pass(
+        [decision],
+        lane=LANE,
+        truck="e280",
+        printed_at=site.gate.clock.now(),
+        instructions="park in the holding area",
+    )
+    shown = http.get("/api/pass", params={"qr": printed.qr_payload})
+    assert shown.status_code == 200 and shown.json() == visit
+
+
+def test_a_hold_placed_in_the_console_is_the_one_the_lane_checks(site: Site) -> None:
+    http, csrf = logged_in(site, "supervisor")
+    place = {"container": CLEAN, "agency": "CBP", "hold_type": "customs", "code": "1H", "reason": "tip-off"}
+    placed = http.post("/api/holds", json=place, headers={"X-CSRF-Token": csrf})
+    assert placed.status_code == 200
+    # The pipeline's own lookup (the one every decision makes) sees it at once.
+    assert [hold.agency for hold in site.gate.pipeline.holds.active_holds_for(CLEAN)] == ["CBP"]
+    hold = placed.json()["hold"]["id"]
+    released = http.post(
+        f"/api/holds/{hold}/release", json={"reason": "cleared"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert released.status_code == 200
+    assert site.gate.pipeline.holds.active_holds_for(CLEAN) == []
+    entries = [(actor, action) for actor, action, _ in trail(site) if action.startswith("hold_")]
+    assert entries[-2:] == [("user:supervisor", "hold_place"), ("user:supervisor", "hold_release")]

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -45,6 +46,9 @@ from gated.store import AuditRecord, insert_audit
 from gated.users import Accounts, LoginOutcome, Role
 
 COOKIE = "gated_session"
+HOLDS_SHOWN = 500
+HOLDS_ROLE = Role.SUPERVISOR
+"""Who may place and release holds from the console (anyone logged in may look)."""
 OVERRIDE_TIMEOUT = 15.0
 RESOLUTIONS = ("INSPECTED_CLEAR", "SENT_TO_INSPECTION", "TURNED_AWAY", "REFERRED_TO_CUSTOMS", "OTHER")
 """How an operator may close an exception without a new decision (a number entered makes one)."""
@@ -137,6 +141,11 @@ class Console:
                 Route("/api/containers/{number}", self.container, methods=["GET"]),
                 Route("/api/decisions/{decision}/override", self.override, methods=["POST"]),
                 Route("/api/evidence/{sha256}", self.evidence, methods=["GET"]),
+                Route("/api/visits/{visit}", self.visit, methods=["GET"]),
+                Route("/api/pass", self.gate_pass, methods=["GET"]),
+                Route("/api/holds", self.holds, methods=["GET"]),
+                Route("/api/holds", self.place_hold, methods=["POST"]),
+                Route("/api/holds/{hold}/release", self.release_hold, methods=["POST"]),
                 Route("/api/decisions/{decision}/resolve", self.resolve, methods=["POST"]),
                 Mount("/static", StaticFiles(packages=[("gated.console", "static")]), name="static"),
             ],
@@ -297,6 +306,102 @@ class Console:
             raise await refuse(504, "the daemon did not take the override in time: nothing changed") from None
         return JSONResponse(made.body())
 
+    async def visit(self, request: Request) -> Response:
+        self._session(request)
+        return await self._visit_report(request.path_params["visit"])
+
+    async def gate_pass(self, request: Request) -> Response:
+        """The visit a gate pass's QR code names (``gated:pass?v=<visit>&...``, as scanned)."""
+        self._session(request)
+        text = request.query_params.get("qr", "").strip()
+        if not text.startswith("gated:pass?") or len(text) > 1000:
+            raise ApiError(400, "not a gate pass: its QR code reads gated:pass?v=...")
+        visit = parse_qs(text.removeprefix("gated:pass?")).get("v", [""])[0]
+        if not visit:
+            raise ApiError(400, "the gate pass names no visit")
+        return await self._visit_report(visit)
+
+    async def _visit_report(self, visit: str) -> Response:
+        from gated.query import query_visit
+
+        report = await run_in_threadpool(query_visit, self.engine, visit, evidence_root=self.evidence_root)
+        if report is None:
+            raise ApiError(404, f"no visit {visit[:40]!r}")
+        return JSONResponse(report)
+
+    # -- the hold list ---------------------------------------------------------------------------
+    async def holds(self, request: Request) -> Response:
+        """The hold list: active holds (``?all=1``: their history too), on one container or B/L."""
+        self._session(request)
+        from gated.holds import HoldStore
+
+        query = request.query_params
+        container, bill = query.get("container") or None, query.get("bl") or None
+        try:
+            found = await run_in_threadpool(
+                HoldStore(self.engine, self.accounts.clock).list_holds,
+                active_only=query.get("all") != "1",
+                container=container,
+                bill_of_lading=bill,
+            )
+        except GatedError as error:
+            raise ApiError(400, str(error)) from None
+        return JSONResponse({"holds": [hold.to_json() for hold in found[-HOLDS_SHOWN:]], "total": len(found)})
+
+    async def place_hold(self, request: Request) -> Response:
+        session = self._holds_session(request)
+        body = await _json(request)
+        from gated.holds import HoldStore
+
+        reason = _text(body, "reason", required=True)
+        fields = {
+            name: _text(body, name) for name in ("container", "bill_of_lading", "agency", "hold_type", "code")
+        }
+        if not fields["agency"] or not fields["hold_type"]:
+            raise ApiError(400, "a hold needs agency and hold_type")
+        try:
+            placed = await run_in_threadpool(
+                HoldStore(self.engine, self.accounts.clock).add,
+                container=fields["container"],
+                bill_of_lading=fields["bill_of_lading"],
+                agency=fields["agency"],
+                hold_type=fields["hold_type"],
+                code=fields["code"],
+                actor=f"user:{session.username}",
+                reason=reason,
+            )
+        except GatedError as error:
+            raise ApiError(400, str(error)) from None
+        return JSONResponse(_placed(placed))
+
+    async def release_hold(self, request: Request) -> Response:
+        session = self._holds_session(request)
+        body = await _json(request)
+        from gated.holds import HoldStore
+
+        reason = _text(body, "reason", required=True)
+        try:
+            hold_id = int(request.path_params["hold"])
+            released = await run_in_threadpool(
+                HoldStore(self.engine, self.accounts.clock).release,
+                hold_id=hold_id,
+                code=_text(body, "code"),
+                actor=f"user:{session.username}",
+                reason=reason,
+            )
+        except ValueError:
+            raise ApiError(400, "a hold id is a number") from None
+        except GatedError as error:
+            raise ApiError(409, str(error)) from None
+        return JSONResponse({"released": [hold.to_json() for hold in released]})
+
+    def _holds_session(self, request: Request) -> Session:
+        session = self._session(request)
+        self._check_csrf(request, session)
+        if not session.role.allows(HOLDS_ROLE):
+            raise ApiError(403, f"placing and releasing holds needs the {HOLDS_ROLE} role")
+        return session
+
     async def evidence(self, request: Request) -> Response:
         """A piece of evidence (an OCR crop, a scan image) by its sha256, for a logged-in user."""
         self._session(request, touch=False)
@@ -396,6 +501,23 @@ async def _json(request: Request) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ApiError(400, "the body must be a JSON object")
     return parsed
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise ApiError(400, f"{name} is required")
+        return None
+    if not isinstance(value, str) or len(value) > 500:
+        raise ApiError(400, f"{name} must be text of at most 500 characters")
+    return value.strip()
+
+
+def _placed(placed: tuple[Any, bool]) -> dict[str, Any]:
+    """``HoldStore.add``'s answer: the hold placed, or the identical one already active."""
+    record, created = placed
+    return {"hold": record.to_json(), "placed": created}
 
 
 def _media_type(path: Path) -> str:

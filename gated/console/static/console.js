@@ -51,7 +51,9 @@ function signedIn(who) {
     return;
   }
   show("console-view");
+  $("place-form").hidden = !SUPERVISORS.has(state.role);
   listen();
+  loadHolds();
 }
 
 function lockScreen() {
@@ -146,6 +148,8 @@ function queueItem(item) {
     image.src = `/api/evidence/${evidence.sha256}`;
     image.alt = `${evidence.source || "scan"} of ${item.container ?? "the container"}`;
     image.className = "evidence";
+    // Evidence pruned by retention (or never stored) says so instead of a broken image.
+    image.addEventListener("error", () => image.replaceWith(text("span", `${image.alt}: not stored`, "reason")));
     images.append(image);
   }
   if (images.childElementCount) entry.append(images);
@@ -163,6 +167,74 @@ function queueItem(item) {
     entry.append(button);
   }
   return entry;
+}
+
+function renderVisit(report) {
+  const out = $("search-result");
+  out.replaceChildren();
+  const visit = report.visit;
+  out.append(text("h3", `Visit ${visit.id} on ${visit.lane}`));
+  out.append(text("p", `opened ${visit.opened_at} by ${visit.trigger}, closed ${visit.closed_at ?? "—"} (${visit.close_cause ?? "open"})`, "muted"));
+  const list = text("ul", null, "decisions");
+  for (const decision of report.decisions || []) {
+    const item = text("li");
+    item.append(text("span", `${decision.decided_at} ${decision.container ?? "unread"} `), text("span", decision.outcome, `outcome ${decision.outcome}`));
+    list.append(item);
+  }
+  out.append(text("h4", `${(report.decisions || []).length} decisions, ${(report.readings || []).length} readings`), list);
+}
+
+async function loadHolds() {
+  $("holds-error").textContent = "";
+  const container = $("holds-container").value.trim();
+  const params = new URLSearchParams();
+  if (container) params.set("container", container);
+  if ($("holds-all").checked) params.set("all", "1");
+  const result = await api(`/api/holds?${params}`);
+  if (result.status !== 200) {
+    if (result.status !== 401) $("holds-error").textContent = result.body.error || `Failed (${result.status}).`;
+    return;
+  }
+  const rows = result.body.holds.map((hold) => {
+    const row = text("tr", null, hold.active ? "active" : "released");
+    row.dataset.hold = hold.id;
+    for (const value of [hold.id, hold.container ?? hold.bill_of_lading, hold.agency, `${hold.hold_type} ${hold.code ?? ""}`, hold.placed_at, hold.released_at ?? ""]) {
+      row.append(text("td", value));
+    }
+    const cell = text("td");
+    if (hold.active && SUPERVISORS.has(state.role)) {
+      const button = text("button", "Release…", "plain hold-release");
+      button.type = "button";
+      button.addEventListener("click", () => releaseHold(hold, cell));
+      cell.append(button);
+    }
+    row.append(cell);
+    return row;
+  });
+  $("holds-table").tBodies[0].replaceChildren(...rows);
+  $("holds-total").textContent = `${result.body.total} holds`;
+}
+
+function releaseHold(hold, cell) {
+  cell.replaceChildren();
+  const form = text("form", null, "inline-form");
+  const reason = document.createElement("input");
+  reason.placeholder = "reason";
+  reason.required = true;
+  reason.className = "release-reason";
+  const go = text("button", "Release", "release-go");
+  go.type = "submit";
+  form.append(reason, go);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const result = await api(`/api/holds/${hold.id}/release`, { method: "POST", body: { reason: reason.value } });
+    if (result.status === 200) {
+      $("holds-done").textContent = `Released hold ${hold.id} on ${hold.container ?? hold.bill_of_lading}.`;
+      loadHolds();
+    } else $("holds-error").textContent = result.body.error || `Refused (${result.status}).`;
+  });
+  cell.append(form);
+  reason.focus();
 }
 
 function renderReport(report) {
@@ -262,6 +334,29 @@ function openResolve(item) {
 }
 
 async function start() {
+  $("holds-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadHolds();
+  });
+  $("place-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("place-error").textContent = "";
+    const result = await api("/api/holds", {
+      method: "POST",
+      body: {
+        container: $("place-container").value,
+        agency: $("place-agency").value,
+        hold_type: $("place-type").value,
+        code: $("place-code").value,
+        reason: $("place-reason").value,
+      },
+    });
+    if (result.status === 200) {
+      $("holds-done").textContent = result.body.placed ? `Placed hold ${result.body.hold.id}.` : `Already on hold (${result.body.hold.id}).`;
+      $("place-reason").value = "";
+      loadHolds();
+    } else $("place-error").textContent = result.body.error || `Refused (${result.status}).`;
+  });
   $("resolve-cancel").addEventListener("click", () => {
     $("resolve-form").hidden = true;
   });
@@ -346,6 +441,12 @@ async function start() {
     event.preventDefault();
     $("search-error").textContent = "";
     const number = $("search-number").value.trim();
+    if (number.startsWith("gated:pass")) {
+      const pass = await api(`/api/pass?qr=${encodeURIComponent(number)}`);
+      if (pass.status === 200) renderVisit(pass.body);
+      else if (pass.status !== 401) $("search-error").textContent = pass.body.error || `Not found (${pass.status}).`;
+      return;
+    }
     const result = await api(`/api/containers/${encodeURIComponent(number)}`);
     if (result.status === 200) renderReport(result.body);
     else if (result.status !== 401) $("search-error").textContent = result.body.error || `Search failed (${result.status}).`;
