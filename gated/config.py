@@ -302,6 +302,45 @@ class ConsoleConfig(Strict):
         return self
 
 
+class AlertsConfig(Strict):
+    """Alarms put before the officers on duty: in the console until acknowledged, escalated when
+    nobody does, and sent to a webhook for other systems."""
+
+    acknowledge_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="An alert nobody acknowledged within this long is escalated (to the supervisors, "
+        "then to everyone and the webhook again), once per period up to escalation_levels.",
+    )
+    escalation_levels: int = Field(2, ge=0, le=5, description="How many times an alert is escalated.")
+    webhook_url: str | None = Field(
+        None,
+        description="POST every alert raised, escalated and acknowledged (gated.alert-event/1 JSON) to "
+        "this http(s) URL; delivered at least once, retried with backoff, each event with its own id.",
+    )
+    webhook_secret_file: str | None = Field(
+        None,
+        description="File holding the key the webhook's body is signed with (HMAC-SHA256, header "
+        "X-Gated-Signature: sha256=<hex>).",
+    )
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Give up one webhook attempt after this."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{redact_url(value)!r} is not an http:// or https:// URL with a host")
+        return value
+
+
 def _loopback(host: str) -> bool:
     import ipaddress
 
@@ -385,6 +424,7 @@ class GateConfig(Strict):
     ocr: OcrConfig = Field(default_factory=lambda: OcrConfig())
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     console: ConsoleConfig = Field(default_factory=lambda: ConsoleConfig())
+    alerts: AlertsConfig = Field(default_factory=lambda: AlertsConfig())
     lanes: list[LaneConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -15,18 +15,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from drivers.barrier_modbus import BarrierModbusDevice
+from drivers.barrier_modbus import BarrierModbusDevice, BarrierState
 from drivers.base import Driver
 from drivers.ocr_frames import FramesCameraDriver
 from drivers.printer_escpos import PrinterEscposDevice
+from gated.alerts import AlertDesk, WebhookSender
 from gated.anchor import AuditAnchor
 from gated.barrier_control import BarrierControl, PassPrinter
 from gated.clock import Clock, SystemClock
-from gated.config import GateConfig, device_problems
+from gated.config import GateConfig, device_problems, read_password_file
 from gated.credentials import CancelledCardList
 from gated.db import open_engine
 from gated.devices import build_barrier, build_driver, build_printer, is_reader
@@ -142,8 +144,22 @@ class Daemon:
             self.clock,
             alive=self._pipeline_alive,
         )
+        self.alerts = AlertDesk(self.engine, self.clock, config.alerts, site=config.site, node=config.node)
+        self.store.alarm_listeners.append(self.alerts.changed)
+        self.webhook: WebhookSender | None = None
+        if config.alerts.webhook_url is not None:
+            secret_file = config.alerts.webhook_secret_file
+            secret = (
+                None
+                if secret_file is None
+                else read_password_file(secret_file, "alerts.webhook_secret_file").encode()
+            )
+            self.webhook = WebhookSender(
+                self.engine, self.clock, config.alerts, node=config.node, secret=secret
+            )
         self.anchor = AuditAnchor(self.engine, self.store, topics, config.node, on_stored=self.publisher.wake)
         self._anchor_thread: threading.Thread | None = None
+        self._helper_threads: list[threading.Thread] = []
         self.console: ConsoleServer | None = None
         self.console_app: Console | None = None
         if config.console.listen is not None:
@@ -166,6 +182,8 @@ class Daemon:
         self.pipeline.visit_listeners.append(board.visit_opened)
         self.pipeline.listeners.append(board.decided)
         self.pipeline.scan_listeners.append(board.scanned)
+        for lane, entry in self.barriers.lanes.items():
+            entry.barrier.on_state = _also(entry.barrier.on_state, partial(board.barrier, lane))
         settings = self.config.console
         return Console(
             Accounts(self.engine, self.clock),
@@ -174,6 +192,7 @@ class Daemon:
             secure_cookies=settings.tls_cert_file is not None,
             evidence_root=Path(self.config.storage.evidence),
             decisions=self.pipeline,
+            alerts=self.alerts,
         )
 
     def _ocr_pool(self, engine: str) -> OcrPool:
@@ -297,6 +316,14 @@ class Daemon:
         )
         anchor.start()
         self._anchor_thread = anchor
+        # Alerts and the webhook: not needed to decide, so a failure there is logged, never fatal.
+        helpers: list[tuple[str, Callable[[threading.Event], None]]] = [("alerts", self.alerts.run)]
+        if self.webhook is not None:
+            helpers.append(("alerts-webhook", self.webhook.run))
+        for name, target in helpers:
+            helper = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+            helper.start()
+            self._helper_threads.append(helper)
         for driver in self.drivers:
             thread = threading.Thread(
                 target=driver.run,
@@ -324,7 +351,13 @@ class Daemon:
         for pool in self.ocr_pools.values():
             pool.close()
         self._stop.set()
-        for worker in (self._pipeline_thread, self._commands_thread, self._anchor_thread):
+        self.alerts.wake.set()
+        for worker in (
+            self._pipeline_thread,
+            self._commands_thread,
+            self._anchor_thread,
+            *self._helper_threads,
+        ):
             if worker is not None:
                 worker.join(timeout)
         self.publisher.stop(graceful_offline=True, timeout=timeout)
@@ -382,3 +415,16 @@ def sd_notify(state: str) -> None:
             sock.sendall(state.encode())
     except OSError as error:
         log.warning("cannot notify systemd: %s", error)
+
+
+def _also(
+    first: Callable[[BarrierState], None] | None, then: Callable[[BarrierState], None]
+) -> Callable[[BarrierState], None]:
+    """``first`` (when set) and then ``then``, each called with the same state."""
+
+    def both(value: BarrierState) -> None:
+        if first is not None:
+            first(value)
+        then(value)
+
+    return both

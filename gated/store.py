@@ -39,7 +39,7 @@ from gated.clock import Clock, SystemClock, rfc3339
 from gated.db import UTCDateTime, metadata
 from gated.errors import ContainerNumberError, StorageError
 from gated.iso6346 import ContainerNumber
-from gated.messages import READING, Message
+from gated.messages import ALARM, READING, Message
 from gated.model import Decision, Reading, Source, Visit, new_id
 from gated.redact import error_text, url_secrets
 
@@ -132,6 +132,57 @@ audit = Table(
     UniqueConstraint("seq", name="uq_audit_seq"),
 )
 
+# Alarms put before the officers (gated/alerts.py): one row per alarm, or per run of the same alarm
+# on the same lane, device, box and visit while it is not acknowledged (``repeats`` counts the run).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the first alarm message's id
+    Column("node", String(64), nullable=False),
+    Column("lane", String(64), nullable=False),
+    Column("alarm", String(32), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("device", String(64), nullable=True),
+    Column("container", String(11), nullable=True),
+    Column("visit", String(40), nullable=True),
+    Column("dedupe_key", String(200), nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+    Column("repeats", Integer, nullable=False, server_default="1"),
+    # 0: before the officers on duty; 1, 2, ...: escalated that many times (nobody acknowledged).
+    Column("level", Integer, nullable=False, server_default="0"),
+    Column("escalated_at", UTCDateTime, nullable=True),
+    # The last level announced on the webhook (-1: not yet raised there).
+    Column("announced", Integer, nullable=False, server_default="-1"),
+    Column("acked_at", UTCDateTime, nullable=True),
+    Column("acked_by", String(64), nullable=True),
+    Column("ack_note", Text, nullable=True),
+)
+Index("ix_alerts_open", alerts.c.acked_at, alerts.c.raised_at)
+Index("ix_alerts_dedupe", alerts.c.dedupe_key, alerts.c.acked_at)
+
+# Webhook events waiting for the receiver's 2xx, per node (each node sends what it queued).
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the event's id, for the receiver's deduplication
+    Column("node", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),  # the node's order of events: delivered in it
+    Column("payload", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+)
+Index(
+    "ix_webhook_pending",
+    webhook_outbox.c.node,
+    webhook_outbox.c.delivered_at,
+    webhook_outbox.c.seq,
+)
+
 Index("ix_readings_lane_ts", readings.c.lane, readings.c.ts)
 Index("ix_readings_container_ts", readings.c.container, readings.c.ts)
 
@@ -169,6 +220,44 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(
             self.readings or self.visits or self.decisions or self.audit or self.messages or self.overrides
+        )
+
+
+def record_alerts(conn: Connection, node: str, messages: Sequence[Message], now: datetime) -> None:
+    """An alert for each alarm in ``messages``, inside ``conn``'s transaction (the alarm and its
+    alert are stored together). The same alarm again on the same lane, device and box while its
+    alert is not acknowledged counts as a repeat of that alert, so a flapping device is one alert
+    (each truck's alarm is its own: the visit is part of the key)."""
+    for message in messages:
+        body = message.body
+        lane, alarm = str(body.get("lane", ""))[:64], str(body.get("alarm", ""))[:32]
+        device, container = body.get("device"), body.get("container")
+        key = f"{lane}|{alarm}|{device or ''}|{container or ''}|{body.get('visit') or ''}"[:200]
+        repeated = conn.execute(
+            update(alerts)
+            .where((alerts.c.dedupe_key == key) & alerts.c.acked_at.is_(None))
+            .values(repeats=alerts.c.repeats + 1, last_at=now, text=str(body.get("text", ""))[:2000])
+        ).rowcount
+        if repeated:
+            continue
+        conn.execute(
+            insert(alerts).values(
+                id=str(body.get("id") or new_id())[:40],
+                node=node,
+                lane=lane,
+                alarm=alarm,
+                severity=str(body.get("severity", "high"))[:8],
+                text=str(body.get("text", ""))[:2000],
+                device=None if device is None else str(device)[:64],
+                container=None if container is None else str(container)[:11],
+                visit=None if body.get("visit") is None else str(body["visit"])[:40],
+                dedupe_key=key,
+                raised_at=now,
+                last_at=now,
+                repeats=1,
+                level=0,
+                announced=-1,
+            )
         )
 
 
@@ -226,6 +315,8 @@ class Store:
         self.node = node
         self.clock: Clock = clock or SystemClock()
         self._write_lock = threading.Lock()
+        # Told after a commit that stored alarms (the alert desk looks at once, not at its next tick).
+        self.alarm_listeners: list[Callable[[], None]] = []
 
     # -- counters ---------------------------------------------------------------------------
     def _counter(self, conn: Connection, name: str) -> int:
@@ -355,9 +446,14 @@ class Store:
                         ],
                     )
                 insert_audit(conn, batch.audit)
-                return rows
+                raised = [m for m in batch.messages if m.schema == ALARM]
+                record_alerts(conn, self.node, raised, now)
         except SQLAlchemyError as error:
             raise StorageError(f"cannot store {self._describe(batch)}: {self._failure(error)}") from error
+        if raised:
+            for listener in self.alarm_listeners:
+                listener()
+        return rows
 
     def _failure(self, error: SQLAlchemyError) -> str:
         return error_text(error, url_secrets(self.engine.url))

@@ -13,12 +13,15 @@ from typing import Any
 from argon2 import PasswordHasher
 from sqlalchemy import Engine
 
+from gated.alerts import AlertDesk
 from gated.clock import ManualClock
+from gated.config import AlertsConfig
 from gated.console.app import Console
 from gated.console.board import LaneBoard
 from gated.console.server import ConsoleServer
 from gated.db import open_engine
 from gated.model import DeviceState, Visit
+from gated.store import Store
 from gated.users import Accounts, Role
 
 PASSWORDS = {
@@ -52,6 +55,8 @@ class RunningConsole:
     accounts: Accounts
     engine: Engine
     database: Path
+    alerts: AlertDesk
+    store: Store
 
 
 @contextmanager
@@ -63,11 +68,14 @@ def running_console(folder: Path) -> Iterator[RunningConsole]:
     accounts = Accounts(engine, clock, QUICK_HASHES)
     for name, password in PASSWORDS.items():
         accounts.add(name, Role(name), password, actor="operator:test")
-    console = Console(accounts, LaneBoard(NoLanes()), engine, secure_cookies=False)
+    store = Store(engine, site="test", node="gate-1", clock=clock)
+    alerts = AlertDesk(engine, clock, AlertsConfig(), site="test", node="gate-1")
+    store.alarm_listeners.append(alerts.changed)
+    console = Console(accounts, LaneBoard(NoLanes()), engine, secure_cookies=False, alerts=alerts)
     server = ConsoleServer(console.app, "127.0.0.1", 0)
     server.start()
     try:
-        yield RunningConsole(server.url.rstrip("/"), clock, accounts, engine, database)
+        yield RunningConsole(server.url.rstrip("/"), clock, accounts, engine, database, alerts, store)
     finally:
         server.stop()
         engine.dispose()

@@ -163,6 +163,14 @@ def test_lane_tiles_follow_the_demo_trucks_and_the_queue_and_search_work(
         expect(result).to_contain_text("On hold: CBP")
         expect(result).to_contain_text("HOLD")
         shot(page, "queue-and-search")
+        # The barrier PLC's state on the tile, and the alarms before the officer until acknowledged.
+        expect(tile.locator(".barrier")).to_contain_text("Barrier")
+        held_alert = page.locator("#alert-list .alert:not(.acked)", has_text="hold_hit")  # type: ignore[attr-defined]
+        expect(held_alert.first).to_contain_text("TGHU1000023", timeout=WAIT_MS)
+        held_alert.first.locator("input.ack-note").fill("truck sent to the holding area")
+        held_alert.first.locator("button.ack").click()
+        acked = page.locator("#alert-list .alert.acked", has_text="TGHU1000023")  # type: ignore[attr-defined]
+        expect(acked.first).to_contain_text("Acknowledged by user:operator")
         # A supervisor overrides the radiation alarm once inspected: the password again, a reason.
         page.click("#logout")  # type: ignore[attr-defined]
         log_in(page, "supervisor", accounts["supervisor"])
@@ -262,3 +270,25 @@ def test_the_hold_list_and_a_gate_pass_lookup(page: object, site: Site) -> None:
     page.click("#search-form button[type=submit]")  # type: ignore[attr-defined]
     expect(page.locator("#search-result")).to_contain_text(f"Visit {held['visit']} on {LANE}")  # type: ignore[attr-defined]
     expect(page.locator("#search-result .outcome")).to_have_text("HOLD")  # type: ignore[attr-defined]
+
+
+def test_alerts_are_pushed_acknowledged_and_escalated_when_nobody_does(page: object, site: Site) -> None:
+    expect = sync_api.expect
+    page.goto(site.url + "/")  # type: ignore[attr-defined]
+    log_in(page, "operator", PASSWORDS["operator"])
+    alerts = page.locator("#alert-list .alert")  # type: ignore[attr-defined]
+    radiation = alerts.filter(has_text="radiation_alarm")
+    expect(radiation).to_have_count(2)  # two trucks alarmed: two alerts (each box its own)
+    expect(page.locator("#alerts-count")).to_contain_text("open")  # type: ignore[attr-defined]
+    assert re.match(r"\(\d+\) gated console", page.title())  # type: ignore[attr-defined]
+    # Nobody acknowledges within two minutes: escalated to the supervisors, pushed to the page.
+    site.gate.clock.advance(121)
+    assert site.alerts.tick() >= 2
+    expect(radiation.filter(has_text="escalated to supervisors")).to_have_count(2)
+    radiation.first.locator("input.ack-note").fill("RPO on the way")
+    radiation.first.locator("button.ack").click()
+    taken = page.locator("#alert-list .alert.acked")  # type: ignore[attr-defined]
+    expect(taken).to_have_count(1)
+    expect(taken).to_contain_text("Acknowledged by user:operator at")
+    expect(taken).to_contain_text("RPO on the way")
+    shot(page, "alerts")

@@ -19,8 +19,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from gated.alerts import AlertDesk
 from gated.audit import verify
 from gated.clock import ManualClock
+from gated.config import AlertsConfig
 from gated.console.app import Console
 from gated.console.board import LaneBoard
 from gated.console.server import ConsoleServer
@@ -53,6 +55,7 @@ class Site:
     url: str
     decided: dict[str, dict[str, Any]]  # container (or "unread") -> its decision's body
     evidence: Path
+    alerts: AlertDesk
 
 
 @pytest.fixture
@@ -68,6 +71,8 @@ def running_site(tmp_path: Path) -> Iterator[Site]:
     clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
     engine = open_engine(tmp_path / "gated.db")
     store = Store(engine, site=config.site, node=config.node, clock=clock)
+    alerts = AlertDesk(engine, clock, AlertsConfig(), site=config.site, node=config.node)
+    store.alarm_listeners.append(alerts.changed)
     holds = HoldStore(engine, clock)
     commands = HoldCommandWorker(holds, store, config.holds, Topics(SITE), [LANE], clock)
     pipeline = Pipeline(config, store, holds, clock)
@@ -97,6 +102,7 @@ def running_site(tmp_path: Path) -> Iterator[Site]:
         secure_cookies=False,
         decisions=pipeline,
         evidence_root=tmp_path / "evidence",
+        alerts=alerts,
     )
     server = ConsoleServer(console.app, "127.0.0.1", 0)
     server.start()
@@ -104,7 +110,7 @@ def running_site(tmp_path: Path) -> Iterator[Site]:
     running = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
     running.start()
     try:
-        yield Site(gate, server.url.rstrip("/"), decided, tmp_path / "evidence")
+        yield Site(gate, server.url.rstrip("/"), decided, tmp_path / "evidence", alerts)
     finally:
         stop.set()
         running.join(10)

@@ -9,6 +9,8 @@ section 7.
 - ``GET /api/lanes``: the lane tiles and the exception queue; ``GET /api/events``: the same as a
   server-sent event (``board``) whenever it changes.
 - ``GET /api/containers/{number}``: everything ``gated query --json`` knows about a container.
+- ``GET /api/alerts`` and ``POST /api/alerts/{id}/ack`` ``{"note"}`` (operator and above): the
+  alerts before the officers (``gated.alerts``), also sent as the ``alerts`` server-sent event.
 
 Every API answer but the login's needs a session (401 without one, or once it is locked); every
 ``POST`` but the login also needs the session's token in ``X-CSRF-Token`` (403 without it). The
@@ -37,6 +39,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gated.alerts import AlertDesk, AlertError
 from gated.clock import rfc3339
 from gated.console.board import LaneBoard
 from gated.console.sessions import Session, Sessions
@@ -121,6 +124,7 @@ class Console:
         evidence_root: Path | None = None,
         sessions: Sessions | None = None,
         decisions: DecisionPath | None = None,
+        alerts: AlertDesk | None = None,
     ) -> None:
         self.accounts = accounts
         self.board = board
@@ -129,6 +133,7 @@ class Console:
         self.evidence_root = evidence_root
         self.sessions = sessions or Sessions(accounts.clock)
         self.decisions = decisions
+        self.alerts = alerts
         self.app = Starlette(
             routes=[
                 Route("/", self.page),
@@ -147,6 +152,8 @@ class Console:
                 Route("/api/holds", self.place_hold, methods=["POST"]),
                 Route("/api/holds/{hold}/release", self.release_hold, methods=["POST"]),
                 Route("/api/decisions/{decision}/resolve", self.resolve, methods=["POST"]),
+                Route("/api/alerts", self.alert_list, methods=["GET"]),
+                Route("/api/alerts/{alert}/ack", self.acknowledge, methods=["POST"]),
                 Mount("/static", StaticFiles(packages=[("gated.console", "static")]), name="static"),
             ],
             middleware=[Middleware(_Headers)],
@@ -223,6 +230,7 @@ class Console:
 
         async def stream() -> AsyncIterator[str]:
             sent = ""
+            alerts_sent = -1
             quiet = 0.0
             while True:
                 current = self.sessions.get(session.token, touch=False)
@@ -234,6 +242,11 @@ class Console:
                 if board != sent:
                     sent = board
                     yield f"event: board\ndata: {board}\n\n"
+                    quiet = 0.0
+                if self.alerts is not None and self.alerts.version != alerts_sent:
+                    alerts_sent = self.alerts.version
+                    shown = await run_in_threadpool(self.alerts.snapshot)
+                    yield f"event: alerts\ndata: {json.dumps({'alerts': shown})}\n\n"
                     quiet = 0.0
                 elif quiet >= KEEPALIVE:
                     yield ": still here\n\n"
@@ -305,6 +318,36 @@ class Console:
         except TimeoutError:
             raise await refuse(504, "the daemon did not take the override in time: nothing changed") from None
         return JSONResponse(made.body())
+
+    # -- alerts ----------------------------------------------------------------------------------
+    async def alert_list(self, request: Request) -> Response:
+        """Open alerts, newest first, then those acknowledged within the hour."""
+        self._session(request, touch=False)
+        shown = [] if self.alerts is None else await run_in_threadpool(self.alerts.snapshot)
+        return JSONResponse({"alerts": shown})
+
+    async def acknowledge(self, request: Request) -> Response:
+        """An officer (operator and above) takes an alert: audited before it takes effect."""
+        session = self._session(request)
+        self._check_csrf(request, session)
+        if not session.role.allows(Role.OPERATOR):
+            raise ApiError(403, "acknowledging an alert needs the operator role")
+        if self.alerts is None:
+            raise ApiError(404, "this console has no alerts")
+        body = await _json(request)
+        note = _text(body, "note") or ""
+        try:
+            taken = await run_in_threadpool(
+                self.alerts.acknowledge,
+                request.path_params["alert"],
+                actor=f"user:{session.username}",
+                note=note,
+            )
+        except AlertError as error:
+            raise ApiError(409, str(error)) from None
+        except GatedError as error:
+            raise ApiError(503, str(error)) from None
+        return JSONResponse(taken.to_json())
 
     async def visit(self, request: Request) -> Response:
         self._session(request)

@@ -33,12 +33,28 @@ class LaneSource(Protocol):
     def open_visit(self, lane: str) -> Visit | None: ...
 
 
+class BarrierLike(Protocol):
+    """A barrier PLC's state as its driver reads it (``drivers.barrier_modbus.BarrierState``)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def permit(self) -> bool: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def vehicles_passed(self) -> int: ...
+    @property
+    def last_cause(self) -> str: ...
+
+
 class LaneBoard:
     def __init__(self, source: LaneSource) -> None:
         self.source = source
         self._lock = threading.Lock()
         self._last: dict[str, dict[str, Any]] = {}
         self._queue: deque[dict[str, Any]] = deque(maxlen=QUEUE_KEPT)
+        self._barriers: dict[str, dict[str, Any]] = {}
         self.version = 0
 
     # -- pipeline listeners ----------------------------------------------------------------------
@@ -78,6 +94,20 @@ class LaneBoard:
             self._queue.appendleft(item)
             self.version += 1
 
+    def barrier(self, lane: str, state: BarrierLike) -> None:
+        """What the lane's barrier PLC shows (its driver reports every poll; changes count)."""
+        shown = {
+            "state": state.state,
+            "permit": state.permit,
+            "online": state.online,
+            "vehicles_passed": state.vehicles_passed,
+            "last_cause": state.last_cause,
+        }
+        with self._lock:
+            if self._barriers.get(lane) != shown:
+                self._barriers[lane] = shown
+                self.version += 1
+
     def resolve(self, decision_id: str) -> None:
         """An operator closed the exception of ``decision_id`` (a resolution code): off the queue."""
         with self._lock:
@@ -95,6 +125,7 @@ class LaneBoard:
         with self._lock:
             last = dict(self._last)
             queue = list(self._queue)
+            barriers = dict(self._barriers)
         for lane in self.source.lane_ids():
             status = self.source.lane_status(lane)
             visit = self.source.open_visit(lane)
@@ -109,6 +140,7 @@ class LaneBoard:
                     ],
                     "visit": None if visit is None else _visit(visit),
                     "last_decision": last.get(lane),
+                    "barrier": barriers.get(lane),
                 }
             )
         return {"lanes": lanes, "queue": queue}

@@ -1,7 +1,7 @@
 // The control-room console: plain DOM, no framework, nothing fetched from anywhere but gated.
 "use strict";
 
-const state = { csrf: null, events: null, role: null, overriding: null };
+const state = { csrf: null, events: null, role: null, overriding: null, seenAlerts: new Set(), alertsLoaded: false };
 const SUPERVISORS = new Set(["supervisor", "admin"]);
 const $ = (id) => document.getElementById(id);
 
@@ -75,6 +75,7 @@ function listen() {
     $("live").className = "live on";
     render(JSON.parse(event.data));
   });
+  events.addEventListener("alerts", (event) => renderAlerts(JSON.parse(event.data).alerts));
   events.addEventListener("ended", async () => {
     events.close();
     state.events = null;
@@ -94,6 +95,74 @@ function render(board) {
   const queue = $("queue");
   queue.replaceChildren(...board.queue.map(queueItem));
   $("queue-empty").hidden = board.queue.length > 0;
+}
+
+function renderAlerts(alerts) {
+  const open = alerts.filter((alert) => !alert.acked_at);
+  const fresh = open.filter((alert) => !state.seenAlerts.has(`${alert.id}:${alert.level}:${alert.repeats}`));
+  for (const alert of open) state.seenAlerts.add(`${alert.id}:${alert.level}:${alert.repeats}`);
+  if (fresh.length && state.alertsLoaded) chime(fresh.some((alert) => alert.severity === "high"));
+  state.alertsLoaded = true;
+  $("alerts").hidden = alerts.length === 0;
+  $("alerts-count").textContent = open.length ? `${open.length} open` : "all acknowledged";
+  $("alerts-count").className = open.length ? "badge state-closed" : "badge";
+  document.title = open.length ? `(${open.length}) gated console` : "gated console";
+  $("alert-list").replaceChildren(...alerts.map(alertItem));
+}
+
+function alertItem(alert) {
+  const item = text("li", null, `alert severity-${alert.severity} level-${alert.level}${alert.acked_at ? " acked" : ""}`);
+  item.dataset.alert = alert.id;
+  const head = text("p", null, "alert-head");
+  head.append(
+    text("span", alert.alarm, "alarm"),
+    text("span", ` ${alert.lane}${alert.container ? ` · ${alert.container}` : ""} · ${alert.raised_at}`),
+  );
+  if (alert.repeats > 1) head.append(text("span", ` ×${alert.repeats}`, "repeats"));
+  if (alert.level > 0) head.append(text("span", ` escalated to ${alert.level_name}`, "escalated"));
+  item.append(head, text("p", alert.text, "reason"));
+  if (alert.acked_at) {
+    item.append(text("p", `Acknowledged by ${alert.acked_by} at ${alert.acked_at}${alert.ack_note ? `: ${alert.ack_note}` : ""}`, "muted"));
+  } else if (state.role && state.role !== "viewer") {
+    const note = text("input", null, "ack-note");
+    note.placeholder = "note (optional)";
+    note.maxLength = 500;
+    const button = text("button", "Acknowledge", "ack");
+    button.type = "button";
+    button.addEventListener("click", async () => {
+      $("alert-error").textContent = "";
+      const result = await api(`/api/alerts/${encodeURIComponent(alert.id)}/ack`, { method: "POST", body: { note: note.value } });
+      if (result.status !== 200 && result.status !== 401) $("alert-error").textContent = result.body.error || `Refused (${result.status}).`;
+    });
+    item.append(note, button);
+  }
+  return item;
+}
+
+function chime(urgent) {
+  // A short tone (no sound file to fetch); browsers allow it once the officer has used the page.
+  try {
+    const audio = new AudioContext();
+    const tone = audio.createOscillator();
+    tone.frequency.value = urgent ? 880 : 660;
+    tone.connect(audio.destination);
+    tone.start();
+    tone.stop(audio.currentTime + 0.25);
+    if (navigator.vibrate) navigator.vibrate(urgent ? [200, 100, 200] : 200);
+  } catch (_) {
+    // no audio on this device: the list and the title still say it
+  }
+}
+
+function barrierLine(barrier) {
+  if (!barrier) return null;
+  const line = text("p", null, `barrier barrier-${barrier.online ? barrier.state : "offline"}`);
+  line.append(
+    text("span", "Barrier "),
+    text("strong", barrier.online ? barrier.state : "not answering"),
+    text("span", barrier.permit ? " · permit to open" : " · no permit"),
+  );
+  return line;
 }
 
 function tile(lane) {
@@ -130,6 +199,8 @@ function tile(lane) {
     decision.append(text("span", "No decision yet.", "muted"));
   }
   card.append(decision);
+  const barrier = barrierLine(lane.barrier);
+  if (barrier) card.append(barrier);
   return card;
 }
 
@@ -432,7 +503,8 @@ async function start() {
     state.events = null;
     state.csrf = null;
     state.role = null;
-    for (const id of ["search-result", "queue", "lanes"]) $(id).replaceChildren();
+    for (const id of ["search-result", "queue", "lanes", "alert-list"]) $(id).replaceChildren();
+    $("alerts").hidden = true;
     $("override-form").hidden = true;
     $("override-done").textContent = "";
     show("login-view");
