@@ -33,9 +33,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from gated.clock import Clock, rfc3339
 from gated.config import AlertsConfig
 from gated.errors import GatedError, StorageError
+from gated.messages import Message
 from gated.model import new_id
 from gated.redact import error_text, printable, url_secrets
-from gated.store import AuditRecord, alerts, insert_audit, webhook_outbox
+from gated.store import AuditRecord, alerts, insert_audit, record_alerts, webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,19 @@ class AlertDesk:
         )
         with self._storage("read the alerts"), self.engine.connect() as conn:
             return [Alert.of(row) for row in conn.execute(query)]
+
+    def record_direct(self, messages: list[Message]) -> bool:
+        """Alerts for alarms published without the outbox (storage failed, the node fails): stored
+        when the database still takes them; False when it does not (the lanes are closed anyway,
+        and their status says why)."""
+        try:
+            with self._storage("store the alerts"), self.engine.begin() as conn:
+                record_alerts(conn, self.node, messages, self.clock.now())
+        except StorageError as error:
+            log.warning("alerts of alarms sent directly not stored: %s", error)
+            return False
+        self.changed()
+        return True
 
     # -- an officer acknowledges -----------------------------------------------------------------
     def acknowledge(self, alert_id: str, *, actor: str, note: str = "") -> Alert:

@@ -36,7 +36,7 @@ from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
 from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
-from gated.messages import Topics, alarm_message, lane_status_message
+from gated.messages import ALARM, Topics, alarm_message, lane_status_message
 from gated.metrics import DaemonState, Metrics, MetricsServer
 from gated.model import Decision, Visit
 from gated.pipeline import Pipeline
@@ -278,6 +278,8 @@ class Daemon:
                 alarm_message(self.topics, lane=lane.id, alarm=alarm, text=text, ts=now, severity="high")
             )
         self.publisher.publish_volatile(messages)
+        # The officers' alerts too, if the database still takes them (a failing one will not).
+        self.alerts.record_direct([m for m in messages if m.schema == ALARM])
 
     def start(self) -> None:
         log.info(

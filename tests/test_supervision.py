@@ -78,6 +78,8 @@ def test_an_unexpected_error_closes_every_lane_and_ends_the_daemon(
         lambda m: m.topic == f"{PREFIX}/lane-1/alarm" and m.payload["alarm"] == "node_failure"
     )
     assert "a bug nobody foresaw" in alarm[0].payload["text"]
+    # The database still works: the officers get the alarm as an alert too.
+    assert "node_failure" in {alert.alarm for alert in daemon.alerts.alerts() if alert.lane == "lane-1"}
     assert lane_devices.barrier is not None and lane_devices.barrier.permit() == 0
     for message in (closed[-1], alarm[0]):
         assert validate_payload(message.topic, message.payload) == []
