@@ -292,3 +292,22 @@ def test_alerts_are_pushed_acknowledged_and_escalated_when_nobody_does(page: obj
     expect(taken).to_contain_text("Acknowledged by user:operator at")
     expect(taken).to_contain_text("RPO on the way")
     shot(page, "alerts")
+
+
+def test_the_console_fits_a_phone(browser: object, site: Site) -> None:
+    expect = sync_api.expect
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)  # type: ignore[attr-defined]
+    try:
+        phone = context.new_page()
+        phone.goto(site.url + "/")
+        log_in(phone, "supervisor", PASSWORDS["supervisor"])
+        expect(phone.locator("#queue .queue-item").first).to_be_visible()
+        expect(phone.locator("#alert-list .alert").first).to_be_visible()
+        # Nothing wider than the screen: no sideways scrolling to reach a button.
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        for button in ("button.ack", "button.override-open", "button.resolve-open"):
+            box = phone.locator(button).first.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, button
+        shot(phone, "phone")
+    finally:
+        context.close()
