@@ -147,6 +147,13 @@ def open_engine(
             engine = create_engine(target, pool_pre_ping=True)
         if create:
             migrate(engine)
+    except ModuleNotFoundError as error:
+        # A URL whose driver is not installed (psycopg for PostgreSQL): say what to install.
+        extra = " (pip install 'gated[postgres]')" if target.get_backend_name() == "postgresql" else ""
+        raise StorageError(
+            f"cannot open database {redact_url(target)}: its driver {error.name or 'module'} is not "
+            f"installed{extra}"
+        ) from None
     except (SQLAlchemyError, OSError, CommandError) as error:
         # Not chained: a driver's error may show the password, and a traceback would print it.
         detail = redact(str(error), url_secrets(target))

@@ -9,6 +9,7 @@ the same transaction, so ``seq`` goes up by exactly one per message across resta
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,16 +44,26 @@ from gated.messages import ALARM, READING, Message
 from gated.model import Decision, Reading, Source, Visit, new_id
 from gated.redact import error_text, url_secrets
 
+log = logging.getLogger(__name__)
+
 counters = Table(
     "node_counters",
     metadata,
-    Column("name", String(32), primary_key=True),
+    # A node's own counters are named "<name>@<node>" (boot, seq, dropped_readings); the rest
+    # (holds_active) belong to the whole database.
+    Column("name", String(100), primary_key=True),
     Column("value", Integer, nullable=False),
 )
+NODE_COUNTERS = ("boot", "seq", "dropped_readings")
+"""Counters each node keeps for itself when several share a database."""
+LEGACY_NODE = ""
+"""The ``node`` of outbox rows stored before nodes had their own: the first node to start adopts them."""
 
 outbox = Table(
     "outbox",
     metadata,
+    # Each node has its own outbox and its own gap-free seq (CONTRACT section 4) in one database.
+    Column("node", String(64), primary_key=True),
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("topic", Text, nullable=False),
     Column("payload", Text, nullable=False),
@@ -67,6 +78,7 @@ outbox = Table(
 # What the publisher scans: undelivered rows in seq order.
 Index(
     "ix_outbox_pending",
+    outbox.c.node,
     outbox.c.seq,
     sqlite_where=outbox.c.delivered_at.is_(None),
     postgresql_where=outbox.c.delivered_at.is_(None),
@@ -319,22 +331,47 @@ class Store:
         self.alarm_listeners: list[Callable[[], None]] = []
 
     # -- counters ---------------------------------------------------------------------------
+    def _counter_name(self, name: str) -> str:
+        return f"{name}@{self.node}" if name in NODE_COUNTERS else name
+
     def _counter(self, conn: Connection, name: str) -> int:
-        value = conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar()
+        key = self._counter_name(name)
+        value = conn.execute(select(counters.c.value).where(counters.c.name == key)).scalar()
         if value is None:
-            conn.execute(insert(counters).values(name=name, value=0))
+            conn.execute(insert(counters).values(name=key, value=0))
             return 0
         return int(value)
 
     def _set_counter(self, conn: Connection, name: str, value: int) -> None:
-        conn.execute(update(counters).where(counters.c.name == name).values(value=value))
+        key = self._counter_name(name)
+        conn.execute(update(counters).where(counters.c.name == key).values(value=value))
 
     def next_boot(self) -> int:
-        """Count one more start of this node (carried in the birth message)."""
+        """Count one more start of this node (carried in the birth message). The first node to
+        start on a database from before nodes had their own counters adopts its counters and
+        outbox, so its boot and seq go on from where they were."""
         with self._write_lock, self._begin() as conn:
+            self._adopt_legacy(conn)
             boot = self._counter(conn, "boot") + 1
             self._set_counter(conn, "boot", boot)
             return boot
+
+    def _adopt_legacy(self, conn: Connection) -> None:
+        legacy = (
+            conn.execute(select(counters.c.name).where(counters.c.name.in_(NODE_COUNTERS))).scalars().all()
+        )
+        if not legacy:
+            return
+        for name in legacy:
+            own = self._counter_name(name)
+            if conn.execute(select(counters.c.name).where(counters.c.name == own)).first() is not None:
+                log.warning("the database's earlier counter %r is left: node %s has its own", name, self.node)
+                continue
+            conn.execute(update(counters).where(counters.c.name == name).values(name=own))
+        moved = conn.execute(
+            update(outbox).where(outbox.c.node == LEGACY_NODE).values(node=self.node)
+        ).rowcount
+        log.info("node %s adopted the database's earlier counters and %d outbox messages", self.node, moved)
 
     # -- writing ----------------------------------------------------------------------------
     def _begin(self) -> Any:
@@ -390,6 +427,7 @@ class Store:
                         payloads[envelope["id"]] = payload
                         values.append(
                             {
+                                "node": self.node,
                                 "seq": seq,
                                 "topic": message.topic,
                                 "payload": payload,
@@ -478,16 +516,25 @@ class Store:
             conn.execute(insert(visits).values(id=visit.id, **values))
 
     # -- the outbox -------------------------------------------------------------------------
+    @property
+    def _mine(self) -> Any:
+        """This node's rows of the outbox (other nodes on the database have their own)."""
+        return outbox.c.node == self.node
+
     def pending(self, after_seq: int, limit: int) -> list[OutboxRow]:
         """Undelivered messages with seq > ``after_seq``, oldest first."""
         return self._select_rows(
-            (outbox.c.delivered_at.is_(None)) & (outbox.c.seq > after_seq), limit, "read the outbox"
+            self._mine & outbox.c.delivered_at.is_(None) & (outbox.c.seq > after_seq),
+            limit,
+            "read the outbox",
         )
 
     def recently_delivered(self, since: datetime, limit: int) -> list[OutboxRow]:
         """Messages the broker acknowledged since ``since``: sent again when the broker comes back
         without our session, since it may have lost what it had acknowledged but not yet passed on."""
-        return self._select_rows(outbox.c.delivered_at >= since, limit, "read recent deliveries")
+        return self._select_rows(
+            self._mine & (outbox.c.delivered_at >= since), limit, "read recent deliveries"
+        )
 
     def _select_rows(self, condition: Any, limit: int, what: str) -> list[OutboxRow]:
         try:
@@ -523,7 +570,9 @@ class Store:
                 for first, last in runs:
                     conn.execute(
                         update(outbox)
-                        .where(outbox.c.seq.between(first, last) & outbox.c.delivered_at.is_(None))
+                        .where(
+                            self._mine & outbox.c.seq.between(first, last) & outbox.c.delivered_at.is_(None)
+                        )
                         .values(delivered_at=now)
                     )
         except SQLAlchemyError as error:
@@ -537,7 +586,7 @@ class Store:
                 return int(
                     conn.execute(
                         delete(outbox).where(
-                            outbox.c.delivered_at.is_not(None) & (outbox.c.delivered_at < before)
+                            self._mine & outbox.c.delivered_at.is_not(None) & (outbox.c.delivered_at < before)
                         )
                     ).rowcount
                 )
@@ -553,7 +602,7 @@ class Store:
                     conn.execute(
                         select(func.count())
                         .select_from(outbox)
-                        .where(outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
+                        .where(self._mine & outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
                     ).scalar()
                     or 0
                 )
@@ -562,11 +611,13 @@ class Store:
                     return 0
                 oldest = (
                     select(outbox.c.seq)
-                    .where(outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
+                    .where(self._mine & outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
                     .order_by(outbox.c.seq)
                     .limit(excess)
                 )
-                dropped = int(conn.execute(delete(outbox).where(outbox.c.seq.in_(oldest))).rowcount)
+                dropped = int(
+                    conn.execute(delete(outbox).where(self._mine & outbox.c.seq.in_(oldest))).rowcount
+                )
                 total = self._counter(conn, "dropped_readings") + dropped
                 self._set_counter(conn, "dropped_readings", total)
                 return dropped
@@ -575,7 +626,8 @@ class Store:
 
     def counter(self, name: str) -> int:
         with self.engine.connect() as conn:
-            value = conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar()
+            key = self._counter_name(name)
+            value = conn.execute(select(counters.c.value).where(counters.c.name == key)).scalar()
             return int(value or 0)
 
     def outbox_depth(self) -> int:
@@ -583,7 +635,9 @@ class Store:
         with self.engine.connect() as conn:
             return int(
                 conn.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.delivered_at.is_(None))
+                    select(func.count())
+                    .select_from(outbox)
+                    .where(self._mine & outbox.c.delivered_at.is_(None))
                 ).scalar()
                 or 0
             )
@@ -591,7 +645,7 @@ class Store:
     def outbox_backlog(self) -> tuple[int, datetime | None]:
         """Messages not yet acknowledged by the broker, and when the oldest of them was stored."""
         with self.engine.connect() as conn:
-            pending = outbox.c.delivered_at.is_(None)
+            pending = self._mine & outbox.c.delivered_at.is_(None)
             depth = conn.execute(select(func.count()).select_from(outbox).where(pending)).scalar()
             # The oldest by seq: the pending index gives it without a scan.
             oldest = conn.execute(
@@ -605,7 +659,7 @@ class Store:
                 conn.execute(
                     select(func.count())
                     .select_from(outbox)
-                    .where(outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
+                    .where(self._mine & outbox.c.delivered_at.is_(None) & (outbox.c.is_reading == 1))
                 ).scalar()
                 or 0
             )

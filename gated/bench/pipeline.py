@@ -199,7 +199,7 @@ def _gated_once(
         with engine.connect() as conn:
             rows = conn.execute(
                 select(outbox.c.topic, outbox.c.payload)
-                .where(outbox.c.seq > seq_before)
+                .where((outbox.c.node == store.node) & (outbox.c.seq > seq_before))
                 .order_by(outbox.c.seq)
             )
             published = [(topic, payload.encode()) for topic, payload in rows if "/reading/" in topic]
