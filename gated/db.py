@@ -165,6 +165,7 @@ def schema_tables() -> MetaData:
     """``metadata`` with every table gated defines (importing the modules that define them)."""
     import gated.credentials
     import gated.holds
+    import gated.leases
     import gated.preadvice
     import gated.store
     import gated.users  # noqa: F401
