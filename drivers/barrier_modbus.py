@@ -12,7 +12,16 @@ Register map of the PLC (holding registers, 0-based):
 5     vehicles passed counter (PLC), counts modulo 65536
 6     last cause of closing (PLC): 0 none, 1 permit withdrawn, 2 watchdog expired,
       3 vehicle passed, 4 fault
+7, 8  fencing token (PLC): the highest accepted, low and high word
+9-13  fenced command, one write of five: fencing token low, high, heartbeat, permit (0, 1, or
+      0xFFFF to leave it), permit token (taken with permit 1)
 ====  ==================================================================================
+
+With a fencing token (``fence()``, the lane lease's token when nodes share lanes: ``gated.leases``)
+every write is a fenced command. The PLC takes it only with a token at least the highest it has
+seen, takes nothing but fenced commands once it has seen one, and withdraws the permit when a
+higher token arrives: a node that lost the lane's lease can no longer open the barrier, even before
+it knows (its writes are refused, and it reports the barrier offline).
 
 If gated dies, hangs or loses the network, the heartbeat stops and the PLC withdraws the permit
 and closes within its watchdog timeout: safety does not depend on gated closing the barrier.
@@ -60,7 +69,9 @@ STATE = 3
 WATCHDOG_MS = 4
 VEHICLES_PASSED = 5
 LAST_CAUSE = 6
-REGISTER_COUNT = 7
+REGISTER_COUNT = 7  # read 0..6 each beat
+FENCED = 9
+LEAVE = 0xFFFF  # a fenced command's permit field: leave the permit as it is
 
 STATE_NAMES = ("closed", "opening", "open", "closing", "fault")
 CAUSE_NAMES = ("none", "permit_withdrawn", "watchdog_expired", "vehicle_passed", "fault")
@@ -201,6 +212,7 @@ class ModbusBarrier:
         self._state: BarrierState | None = None
         self._unhealthy_logged = False
         self._failing_since: float | None = None  # first failed cycle with no good one after it
+        self._fence: int | None = None  # the fencing token every write carries (None: plain writes)
         self._failures = 0  # failed cycles since then
 
     @property
@@ -249,6 +261,16 @@ class ModbusBarrier:
             self._withdraw = False
         log.info("%s: permit granted for token %d, lease %.1f s", self._where, token, lease_seconds)
         self._wake.set()
+
+    def fence(self, token: int | None) -> None:
+        """Carry fencing ``token`` in every write from now on (None: plain writes, one node)."""
+        if token is not None and not 1 <= token <= 0xFFFFFFFF:
+            raise ValueError(f"fencing token {token} is not 1..2**32-1")
+        with self._lock:
+            changed, self._fence = self._fence != token, token
+        if changed:
+            log.info("%s: fencing token %s", self._where, token)
+            self._wake.set()
 
     def revoke(self, reason: str) -> None:
         """Withdraw the permit now; the PLC closes the barrier."""
@@ -455,6 +477,16 @@ class ModbusBarrier:
         return response
 
     def _write(self, address: int, values: list[int]) -> None:
+        with self._lock:
+            fence = self._fence
+        if fence is not None:
+            # The same command as a fenced block: heartbeat, or permit (and its token), or both.
+            beat = values[0] if address == HEARTBEAT else self._beat
+            permit = values[0] if address == PERMIT else LEAVE
+            token = values[1] if address == PERMIT and len(values) > 1 else LEAVE
+            block = [fence & 0xFFFF, fence >> 16, beat, permit, token]
+            self._call(lambda c: c.write_registers(FENCED, block, device_id=self.unit))
+            return
         if len(values) == 1:
             self._call(lambda c: c.write_register(address, values[0], device_id=self.unit))
         else:

@@ -11,7 +11,16 @@ Written from the PLC's register map (holding registers, 0-based), not from gated
 5     vehicles passed counter (PLC), counts modulo 65536
 6     last cause of closing (PLC): 0 none, 1 permit withdrawn, 2 watchdog expired,
       3 vehicle passed, 4 fault
+7, 8  fencing token (PLC): the highest accepted, low and high word (0: no fencing yet)
+9-13  fenced command, written as one block of five by the master: fencing token low, high,
+      heartbeat, permit (0, 1, or 0xFFFF to leave it), permit token (taken with permit 1)
 ====  ==================================================================================
+
+Fencing: once a master has written a fenced command, only fenced commands are taken (a write to
+0..2 is refused with exception 3, illegal data value), and only with a fencing token at least the
+highest seen (a lower one: exception 3, nothing applied). A higher token is a new master: the PLC
+withdraws the permit the previous one gave before it applies the block. The highest token survives
+a power loss.
 
 PLC rules: the barrier opens (opening, then open after ``travel_seconds``) only while permit is 1
 and the heartbeat changed within the watchdog timeout. A stale heartbeat makes the PLC drop the
@@ -49,8 +58,13 @@ STATE = 3
 WATCHDOG_MS = 4
 VEHICLES_PASSED = 5
 LAST_CAUSE = 6
-REGISTER_COUNT = 7
+FENCE_LOW = 7
+FENCE_HIGH = 8
+FENCED = 9  # fenced command block: fence low, fence high, heartbeat, permit, token
+FENCED_COUNT = 5
+REGISTER_COUNT = FENCED + FENCED_COUNT
 WRITABLE = frozenset({HEARTBEAT, PERMIT, TOKEN})
+LEAVE = 0xFFFF
 
 CLOSED = 0
 OPENING = 1
@@ -89,6 +103,7 @@ class PlcState:
     moved_at: float = 0.0  # when the current travel (opening or closing) began
     watchdog_ms: int = 1000
     travel_seconds: float = 0.3
+    fence: int = 0  # the highest fencing token accepted (0: none yet)
 
     def heartbeat_fresh(self, now: float) -> bool:
         return self.last_beat is not None and now - self.last_beat <= self.watchdog_ms / 1000
@@ -102,6 +117,9 @@ class PlcState:
         values[WATCHDOG_MS] = self.watchdog_ms
         values[VEHICLES_PASSED] = self.vehicles_passed
         values[LAST_CAUSE] = self.last_cause
+        values[FENCE_LOW] = values[FENCED] = self.fence & 0xFFFF
+        values[FENCE_HIGH] = values[FENCED + 1] = self.fence >> 16
+        values[FENCED + 2 : FENCED + 5] = [self.heartbeat, self.permit, self.token]
         return values
 
 
@@ -112,6 +130,7 @@ class PlcInputs:
     heartbeat: int | None = None
     permit: int | None = None
     token: int | None = None
+    fence: int | None = None  # a fenced command's token (checked before: at least the highest)
     vehicle_passed: bool = False
     fault: bool = False  # a level, not an event: the fault input as it is now
 
@@ -119,6 +138,9 @@ class PlcInputs:
 def plc_step(state: PlcState, inputs: PlcInputs, now: float) -> PlcState:
     """One scan of the PLC program: apply the inputs at ``now`` and move the barrier."""
     s = state
+    if inputs.fence is not None and inputs.fence > s.fence:
+        # A new master: nothing the previous one permitted stands.
+        s = replace(s, fence=inputs.fence, permit=0)
     if inputs.heartbeat is not None and inputs.heartbeat != s.heartbeat:
         s = replace(s, heartbeat=inputs.heartbeat, last_beat=now)
     if inputs.token is not None:
@@ -191,6 +213,8 @@ class BarrierPlcSimulator(ModbusTcpSimulator):
         self._fault = False
         self._history: list[tuple[float, int]] = [(time.monotonic(), CLOSED)]
         self._beats: list[float] = []
+        self.refused_fenced = 0  # fenced commands with a token below the highest
+        self.refused_unfenced = 0  # plain writes once fencing is in force
 
     def stop(self) -> None:
         """Stop serving and close every client connection (a power loss). Safe to call twice."""
@@ -220,16 +244,24 @@ class BarrierPlcSimulator(ModbusTcpSimulator):
         first = address - start_address
         if written is not None:
             targets = range(address, address + count)
-            if any(target not in WRITABLE for target in targets):
+            if address == FENCED and count == FENCED_COUNT:
+                inputs = self._fenced([int(value) for value in written])
+                if inputs is None:
+                    return ExcCodes.ILLEGAL_VALUE
+            elif any(target not in WRITABLE for target in targets):
                 return ExcCodes.ILLEGAL_ADDRESS
-            by_address = {target: int(value) for target, value in zip(targets, written, strict=False)}
-            image = self._apply(
-                PlcInputs(
+            else:
+                with self._lock:
+                    if self._model.fence:
+                        self.refused_unfenced += 1
+                        return ExcCodes.ILLEGAL_VALUE  # fenced: only fenced commands now
+                by_address = {target: int(value) for target, value in zip(targets, written, strict=False)}
+                inputs = PlcInputs(
                     heartbeat=by_address.get(HEARTBEAT),
                     permit=by_address.get(PERMIT),
                     token=by_address.get(TOKEN),
                 )
-            )
+            image = self._apply(inputs)
             # pymodbus stores ``written`` once this returns: make it what the PLC program kept.
             cast(list[int], written)[:] = image[first : first + len(written)]
         else:
@@ -237,6 +269,18 @@ class BarrierPlcSimulator(ModbusTcpSimulator):
                 image = self._model.registers()
         registers[: len(image)] = image
         return None
+
+    def _fenced(self, block: list[int]) -> PlcInputs | None:
+        """A fenced command's inputs, or None (counted) when its token is below the highest."""
+        fence = block[0] | block[1] << 16
+        with self._lock:
+            if fence < self._model.fence or fence == 0:
+                self.refused_fenced += 1
+                return None
+        permit = None if block[3] == LEAVE else block[3]
+        return PlcInputs(
+            heartbeat=block[2], permit=permit, token=block[4] if permit == 1 else None, fence=fence
+        )
 
     def _apply(self, inputs: PlcInputs) -> list[int]:
         now = time.monotonic()
@@ -275,6 +319,11 @@ class BarrierPlcSimulator(ModbusTcpSimulator):
     def vehicles_passed(self) -> int:
         with self._lock:
             return self._model.vehicles_passed
+
+    def fence(self) -> int:
+        """The highest fencing token accepted (0: none)."""
+        with self._lock:
+            return self._model.fence
 
     def registers(self) -> list[int]:
         """A copy of all holding registers as the PLC holds them."""
