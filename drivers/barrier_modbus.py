@@ -213,6 +213,8 @@ class ModbusBarrier:
         self._unhealthy_logged = False
         self._failing_since: float | None = None  # first failed cycle with no good one after it
         self._fence: int | None = None  # the fencing token every write carries (None: plain writes)
+        # Lanes shared by nodes: write nothing without a fencing token (a standby only reads).
+        self.fenced_only = False
         self._failures = 0  # failed cycles since then
 
     @property
@@ -479,6 +481,8 @@ class ModbusBarrier:
     def _write(self, address: int, values: list[int]) -> None:
         with self._lock:
             fence = self._fence
+        if fence is None and self.fenced_only:
+            return  # not this node's barrier now: not a single write
         if fence is not None:
             # The same command as a fenced block: heartbeat, or permit (and its token), or both.
             beat = values[0] if address == HEARTBEAT else self._beat

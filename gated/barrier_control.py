@@ -19,6 +19,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from drivers.barrier_modbus import BarrierState, ModbusBarrier
 from drivers.printer_escpos import EscposPrinter, GatePass, instructions_for, render_pass
@@ -63,6 +64,7 @@ class BarrierControl:
         barriers: Mapping[str, LaneBarrierSpec],
         clock: Clock,
         alive: Callable[[], bool],
+        lane_ok: Callable[[str], bool] = lambda _lane: True,
     ) -> None:
         self.pipeline = pipeline
         self.lanes = {lane: _lane_barrier(spec) for lane, spec in barriers.items()}
@@ -70,8 +72,10 @@ class BarrierControl:
         self.alive = alive
         # lane -> id of the newest visit opened there, so a late RELEASE of an older one is known.
         self._newest: dict[str, str] = {}
+        self.lane_ok = lane_ok
         for lane, entry in self.lanes.items():
-            entry.barrier.healthy = self.healthy
+            # A heartbeat only from the node that drives the lane now (its lease: gated.ownership).
+            entry.barrier.healthy = partial(self._lane_healthy, lane)
             entry.barrier.on_state = self._reporter(lane, entry.barrier.device)
         pipeline.listeners.append(self.on_decisions)
         pipeline.storage_listeners.append(self.on_storage)
@@ -79,6 +83,9 @@ class BarrierControl:
 
     def healthy(self) -> bool:
         return self.alive() and self.pipeline.storage_ok
+
+    def _lane_healthy(self, lane: str) -> bool:
+        return self.healthy() and self.lane_ok(lane)
 
     def start(self) -> None:
         for entry in self.lanes.values():

@@ -302,6 +302,20 @@ class ConsoleConfig(Strict):
         return self
 
 
+class ClusterConfig(Strict):
+    """Several nodes for the same lanes (active and standby) on one shared database."""
+
+    lease_seconds: float | None = Field(
+        None,
+        ge=1,
+        le=60,
+        description="Drive a lane only while holding its lease in the shared database (renewed every "
+        "third of this); a node that stops renewing loses its lanes to a standby after this long, and "
+        "the barrier PLCs take commands only with the newest holder's fencing token. Unset: this node "
+        "drives every lane of its config, alone.",
+    )
+
+
 class AlertsConfig(Strict):
     """Alarms put before the officers on duty: in the console until acknowledged, escalated when
     nobody does, and sent to a webhook for other systems."""
@@ -425,6 +439,7 @@ class GateConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
     console: ConsoleConfig = Field(default_factory=lambda: ConsoleConfig())
     alerts: AlertsConfig = Field(default_factory=lambda: AlertsConfig())
+    cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig())
     lanes: list[LaneConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -36,9 +36,11 @@ from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
 from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
+from gated.leases import LaneLeases
 from gated.messages import ALARM, Topics, alarm_message, lane_status_message
 from gated.metrics import DaemonState, Metrics, MetricsServer
 from gated.model import Decision, Visit
+from gated.ownership import LaneOwnership
 from gated.pipeline import Pipeline
 from gated.preadvice import PreadviceStore
 from gated.publisher import MqttPublisher
@@ -71,6 +73,15 @@ class Daemon:
         self.boot = self.store.next_boot()
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
+        lane_ids = [lane.id for lane in config.lanes]
+        self.ownership: LaneOwnership | None = None
+        if config.cluster.lease_seconds is not None:
+            leases = LaneLeases(
+                self.engine, self.clock, node=config.node, lease_seconds=config.cluster.lease_seconds
+            )
+            self.ownership = LaneOwnership(
+                leases, lane_ids, self.clock, on_taken=self._lane_taken, on_lost=self._lane_lost
+            )
         self.pipeline = Pipeline(
             config,
             self.store,
@@ -79,6 +90,8 @@ class Daemon:
             preadvice=PreadviceStore(self.engine),
             credentials=CancelledCardList(self.engine, self.clock),
             metrics=self.metrics,
+            # With leases every lane waits for its lease; without, this node drives them all.
+            standby=lane_ids if self.ownership is not None else (),
         )
         self.topics = topics = Topics(config.site)
         self.commands = HoldCommandWorker(
@@ -143,6 +156,7 @@ class Daemon:
             },
             self.clock,
             alive=self._pipeline_alive,
+            lane_ok=self.ownership.holds if self.ownership is not None else (lambda _lane: True),
         )
         self.alerts = AlertDesk(self.engine, self.clock, config.alerts, site=config.site, node=config.node)
         self.store.alarm_listeners.append(self.alerts.changed)
@@ -157,6 +171,9 @@ class Daemon:
             self.webhook = WebhookSender(
                 self.engine, self.clock, config.alerts, node=config.node, secret=secret
             )
+        if self.ownership is not None:
+            for entry in self.barriers.lanes.values():
+                entry.barrier.fenced_only = True  # a standby never writes to the lane's PLC
         self.anchor = AuditAnchor(self.engine, self.store, topics, config.node, on_stored=self.publisher.wake)
         self._anchor_thread: threading.Thread | None = None
         self._helper_threads: list[threading.Thread] = []
@@ -267,12 +284,29 @@ class Daemon:
                 f"gated cannot store decisions: lane closed to automatic release: {detail}",
             )
 
+    def _lane_taken(self, lane: str, token: int) -> None:
+        entry = self.barriers.lanes.get(lane)
+        if entry is not None:
+            entry.barrier.fence(token)
+        self.pipeline.set_ownership(lane, True, f"lease taken, fencing token {token}")
+
+    def _lane_lost(self, lane: str, why: str) -> None:
+        self.pipeline.set_ownership(lane, False, why)
+        entry = self.barriers.lanes.get(lane)
+        if entry is not None:
+            # No more writes at all: the new holder's token has withdrawn any permit already, and
+            # without a holder the PLC closes when the heartbeats stop.
+            entry.barrier.revoke(f"lane lost: {why}")
+            entry.barrier.fence(None)
+
     def _close_lanes(self, reason: str, alarm: str, text: str) -> None:
         """Every lane's status ``closed`` and a high alarm, published directly (``seq`` null): sent
         when the daemon can no longer trust itself to store or decide."""
         now = self.clock.now()
         messages = []
         for lane in self.config.lanes:
+            if lane.id in self.pipeline.standby:
+                continue  # another node drives it and says how it is
             messages.append(lane_status_message(self.topics, lane.id, "closed", {}, reason, now))
             messages.append(
                 alarm_message(self.topics, lane=lane.id, alarm=alarm, text=text, ts=now, severity="high")
@@ -322,6 +356,8 @@ class Daemon:
         helpers: list[tuple[str, Callable[[threading.Event], None]]] = [("alerts", self.alerts.run)]
         if self.webhook is not None:
             helpers.append(("alerts-webhook", self.webhook.run))
+        if self.ownership is not None:
+            helpers.append(("lane-ownership", self.ownership.run))
         for name, target in helpers:
             helper = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             helper.start()
@@ -362,6 +398,8 @@ class Daemon:
         ):
             if worker is not None:
                 worker.join(timeout)
+        if self.ownership is not None:
+            self.ownership.release_all()  # after the open visits are decided: a standby goes on
         self.publisher.stop(graceful_offline=True, timeout=timeout)
         if self.metrics_server is not None:
             self.metrics_server.close()

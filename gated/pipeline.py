@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -97,6 +97,7 @@ class PipelineStats:
     frame_errors: dict[str, int] = field(default_factory=dict)
     storage_failures: int = 0
     dropped_inputs: int = 0  # readings and frame errors refused by the full queue
+    standby_readings: int = 0  # readings of lanes another node drives, left to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,16 @@ class _Override:
     number: str | None = None
 
 
-_Event = Reading | _Status | _FrameError | _NodeAlarm | _Dropped | _Override
+@dataclass(frozen=True, slots=True)
+class _Ownership:
+    """This node took (``held``) or lost a lane's lease (``gated.leases``)."""
+
+    lane: str
+    held: bool
+    detail: str
+
+
+_Event = Reading | _Status | _FrameError | _NodeAlarm | _Dropped | _Override | _Ownership
 StorageListener = Callable[[bool, str], None]
 
 
@@ -160,6 +170,7 @@ class Pipeline:
         preadvice: PreadviceStore | None = None,
         credentials: CancelledCardList | None = None,
         metrics: Metrics | None = None,
+        standby: Iterable[str] = (),
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
@@ -195,6 +206,9 @@ class Pipeline:
         self.preadvice = preadvice
         self.credentials = credentials
         self.credential_max_age = max_age_for(config.credentials.security_level)
+        # Lanes another node drives (leases: gated.leases): their readings are not this node's to
+        # take, their status not this node's to say. Empty when the node drives all its lanes.
+        self.standby: set[str] = set(standby)
 
     # -- DriverSink: called from driver threads ----------------------------------------------
     def reading(self, reading: Reading) -> None:
@@ -248,6 +262,10 @@ class Pipeline:
         self._queue.put(_Override(decision_id, None, actor, note, future, number=number))
         return future
 
+    def set_ownership(self, lane: str, held: bool, detail: str) -> None:
+        """This node took (``held``) or lost ``lane``'s lease (from any thread)."""
+        self._queue.put(_Ownership(lane, held, detail))
+
     def node_alarm(self, alarm: str, text: str, severity: str = "medium") -> None:
         """An alarm about the node itself, raised on every lane (from any thread)."""
         self._queue.put(_NodeAlarm(alarm, text, severity))
@@ -258,8 +276,8 @@ class Pipeline:
         batch = Batch()
         decided: list[tuple[Visit, list[Decision]]] = []
         for visit in self.store.open_visits():
-            if visit.lane not in self.lanes:
-                continue
+            if visit.lane not in self.lanes or visit.lane in self.standby:
+                continue  # another node's lane: it decides its own visits
             log.warning("visit %s on %s was open when gated stopped: deciding it now", visit.id, visit.lane)
             self._decide(visit.closed(self.clock.now(), "restart"), batch, decided)
         self._commit(batch, decided)
@@ -305,8 +323,12 @@ class Pipeline:
                 self._commit(batch, decided)  # what came before it is stored first
                 batch, decided = Batch(), []
                 self._on_override(event)
+            elif isinstance(event, _Ownership):
+                self._on_ownership(event, batch, decided)
             else:
                 for lane in self.config.lanes:
+                    if lane.id in self.standby:
+                        continue
                     batch.messages.append(
                         alarm_message(
                             self.topics,
@@ -341,6 +363,34 @@ class Pipeline:
         self._commit(batch, decided)
 
     # -- handlers ------------------------------------------------------------------------------
+    def _on_ownership(
+        self, event: _Ownership, batch: Batch, decided: list[tuple[Visit, list[Decision]]]
+    ) -> None:
+        lane = self.lanes.get(event.lane)
+        if lane is None:
+            return
+        if event.held and event.lane in self.standby:
+            self.standby.discard(event.lane)
+            log.warning("lane %s: this node drives it now (%s)", event.lane, event.detail)
+            # The visit the previous holder left open is decided here as interrupted: never a
+            # release without fresh evidence (the truck's readings come again to this node).
+            for visit in self.store.open_visits():
+                if visit.lane == event.lane:
+                    self._decide(visit.closed(self.clock.now(), "takeover"), batch, decided)
+            now = self.clock.now()
+            batch.messages.extend(
+                device_status_message(
+                    self.topics, event.lane, device, lane.device_kinds[device], state, detail, now
+                )
+                for device, (state, detail) in lane.device_states.items()
+            )
+            batch.messages.append(self._lane_status(event.lane))
+        elif not event.held and event.lane not in self.standby:
+            self.standby.add(event.lane)
+            log.warning("lane %s: this node no longer drives it (%s)", event.lane, event.detail)
+            for visit in lane.correlator.close_open("lease_lost"):
+                self._decide(visit, batch, decided)
+
     def _on_reading(
         self, reading: Reading, batch: Batch, decided: list[tuple[Visit, list[Decision]]]
     ) -> None:
@@ -349,6 +399,9 @@ class Pipeline:
             log.error(
                 "reading for unknown lane %s from %s: dropped", shown(reading.lane), shown(reading.device)
             )
+            return
+        if reading.lane in self.standby:
+            self.stats.standby_readings += 1  # the lane's holder takes it from its own drivers
             return
         if reading.source == Source.SCAN_RESULT:
             self._on_scan(reading, batch)
@@ -472,8 +525,8 @@ class Pipeline:
         lane.device_states[event.device] = (event.state, event.detail)
         if event.state is DeviceState.OFFLINE:
             lane.went_offline(event.device)
-        if previous is not None and previous[0] == event.state:
-            return
+        if (previous is not None and previous[0] == event.state) or event.lane in self.standby:
+            return  # unchanged, or the lane's holder says how its devices are
         now = self.clock.now()
         kind = lane.device_kinds[event.device]
         batch.messages.append(
@@ -544,9 +597,12 @@ class Pipeline:
                 self.topics, lane_id, device, self.lanes[lane_id].device_kinds[device], state, detail, now
             )
             for lane_id in sorted(self.lanes)
+            if lane_id not in self.standby
             for device, (state, detail) in sorted(self.lanes[lane_id].device_states.items())
         ]
-        messages.extend(self._lane_status(lane.id) for lane in self.config.lanes)
+        messages.extend(
+            self._lane_status(lane.id) for lane in self.config.lanes if lane.id not in self.standby
+        )
         messages.append(self.holds_state_message())
         return messages
 
@@ -745,7 +801,9 @@ class Pipeline:
             log.warning("storage works again")
             self.storage_ok = True
             self._tell_storage(True, "storage works again")
-            self._pending.messages.extend(self._lane_status(lane.id) for lane in self.config.lanes)
+            self._pending.messages.extend(
+                self._lane_status(lane.id) for lane in self.config.lanes if lane.id not in self.standby
+            )
         self.on_stored()
         stored_at = self.clock.now()
         for visit, decisions in decided:
