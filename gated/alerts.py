@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -48,6 +49,8 @@ SNAPSHOT_KEPT = timedelta(seconds=10)
 LEVEL_NAMES = ("officers on duty", "supervisors", "everyone")
 WEBHOOK_BATCH = 20
 WEBHOOK_BACKOFF_MAX = 300.0
+WEBHOOK_KEPT = timedelta(days=7)
+"""Delivered webhook events are kept this long (to look up what a receiver was told)."""
 ESCALATOR = "gated:alerts"
 
 
@@ -440,9 +443,27 @@ class WebhookSender:
             return f"cannot reach the receiver: {printable(str(reason))[:200]}"
         return None if 200 <= status < 300 else f"the receiver answered {status}"
 
+    def purge(self, older_than: timedelta = WEBHOOK_KEPT) -> int:
+        """Forget events delivered more than ``older_than`` ago (their alerts and audit stay)."""
+        before = self.clock.now() - older_than
+        with _storage_errors("purge the webhook queue", self.engine), self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    delete(webhook_outbox).where(
+                        (webhook_outbox.c.node == self.node)
+                        & webhook_outbox.c.delivered_at.is_not(None)
+                        & (webhook_outbox.c.delivered_at < before)
+                    )
+                ).rowcount
+            )
+
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        purged_at = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() - purged_at > 3600:
+                    purged_at = time.monotonic()
+                    self.purge()
                 self.drain()
             except GatedError as error:
                 log.warning("webhook: %s", error)

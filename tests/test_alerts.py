@@ -198,6 +198,9 @@ def test_the_webhook_hears_every_raise_escalation_and_acknowledgement_once_signe
         events.append((payload["event"], payload["alert"]["id"], payload["alert"]["level"]))
     assert events == [("raised", alert, 0), ("escalated", alert, 1), ("acknowledged", alert, 1)]
     assert len({json.loads(body)["id"] for _, body in receiver.events}) == 3
+    assert sender.purge() == 0  # delivered just now: kept
+    console.clock.advance(8 * 86400)
+    assert sender.purge() == 3
 
 
 def test_a_webhook_receiver_that_fails_gets_the_events_again_later_in_order(
