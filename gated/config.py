@@ -126,6 +126,14 @@ class StorageConfig(Strict):
         "start; one trailing newline is stripped; the password goes to the driver, never into the "
         "URL's text, so no message shows it.",
     )
+    local_replica: str | None = Field(
+        None,
+        description="A SQLite file of this node's own beside a shared PostgreSQL: the hold list is "
+        "copied into it every few seconds, and while the shared database is unreachable the lanes "
+        "decide from it (failing closed once it is older than holds.max_age_seconds), records are kept "
+        "in it, and they are copied over when the shared database is back. Unset: the lanes close to "
+        "automatic release while the database is unreachable.",
+    )
     evidence: str = Field(
         "/var/lib/gated/evidence",
         description="Folder of the content-addressed evidence store (scan images, crops).",

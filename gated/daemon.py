@@ -34,6 +34,7 @@ from gated.db import open_engine
 from gated.devices import build_barrier, build_driver, build_printer, is_reader
 from gated.errors import ConfigError
 from gated.evidence import EvidenceStore
+from gated.failover import FailoverHolds, FailoverStore, HoldReplica
 from gated.hold_commands import HoldCommandWorker
 from gated.holds import HoldStore
 from gated.leases import LaneLeases
@@ -68,8 +69,23 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         storage = config.storage
         self.engine = open_engine(storage.database, password_file=storage.database_password_file)
-        self.store = Store(self.engine, site=config.site, node=config.node, clock=self.clock)
-        self.holds = HoldStore(self.engine, self.clock)
+        self.failover: FailoverStore | None = None
+        self.replica: HoldReplica | None = None
+        if storage.local_replica is not None:
+            local_engine = open_engine(storage.local_replica)
+            local = Store(local_engine, site=config.site, node=config.node, clock=self.clock)
+            self.failover = FailoverStore(
+                self.engine, local, site=config.site, node=config.node, clock=self.clock
+            )
+            self.store: Store = self.failover
+            self.replica = HoldReplica(self.engine, local_engine, self.clock)
+            self.replica.refresh()  # the whole list now: the replica is ready before any truck
+            self.holds: HoldStore = FailoverHolds(
+                self.engine, self.clock, HoldStore(local_engine, self.clock), self.failover
+            )
+        else:
+            self.store = Store(self.engine, site=config.site, node=config.node, clock=self.clock)
+            self.holds = HoldStore(self.engine, self.clock)
         self.boot = self.store.next_boot()
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
@@ -87,7 +103,10 @@ class Daemon:
             self.store,
             self.holds,
             self.clock,
-            preadvice=PreadviceStore(self.engine),
+            preadvice=PreadviceStore(
+                self.engine,
+                fallback=None if self.replica is None else PreadviceStore(self.replica.local),
+            ),
             credentials=CancelledCardList(self.engine, self.clock),
             metrics=self.metrics,
             # With leases every lane waits for its lease; without, this node drives them all.
@@ -113,6 +132,8 @@ class Daemon:
             on_link_alarm=lambda alarm, text: self.pipeline.node_alarm(alarm, text, severity="high"),
         )
         self.pipeline.on_stored = self.publisher.wake
+        if self.failover is not None:
+            self.failover.on_outage = self._shared_store
         self.commands.on_stored = self.publisher.wake
         self.pipeline.on_fatal = self.fatal
         self.pipeline.storage_listeners.append(self._on_storage)
@@ -172,6 +193,7 @@ class Daemon:
                 self.engine, self.clock, config.alerts, node=config.node, secret=secret
             )
         if self.ownership is not None:
+            self.ownership.keep_through_outage = self.failover is not None
             for entry in self.barriers.lanes.values():
                 entry.barrier.fenced_only = True  # a standby never writes to the lane's PLC
         self.anchor = AuditAnchor(self.engine, self.store, topics, config.node, on_stored=self.publisher.wake)
@@ -284,6 +306,16 @@ class Daemon:
                 f"gated cannot store decisions: lane closed to automatic release: {detail}",
             )
 
+    def _shared_store(self, down: bool, detail: str) -> None:
+        if down:
+            self.pipeline.node_alarm(
+                "shared_store_down",
+                f"the shared database is unreachable: deciding from the local hold replica, records kept "
+                f"locally until it is back ({detail})",
+                severity="high",
+            )
+        self.publisher.wake()
+
     def _lane_taken(self, lane: str, token: int) -> None:
         entry = self.barriers.lanes.get(lane)
         if entry is not None:
@@ -358,6 +390,9 @@ class Daemon:
             helpers.append(("alerts-webhook", self.webhook.run))
         if self.ownership is not None:
             helpers.append(("lane-ownership", self.ownership.run))
+        if self.failover is not None and self.replica is not None:
+            helpers.append(("store-catch-up", self.failover.run))
+            helpers.append(("holds-replica", self.replica.run))
         for name, target in helpers:
             helper = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             helper.start()

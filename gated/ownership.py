@@ -43,6 +43,7 @@ class LaneOwnership:
         self.margin = timedelta(seconds=self.renew_every)
         self._lock = threading.Lock()
         self._held: dict[str, tuple[int, datetime]] = {}  # lane -> (token, lease end)
+        self.keep_through_outage = False  # with a local replica, lanes go on deciding from it
 
     def holds(self, lane: str) -> bool:
         """This node drives ``lane`` now (the barrier's heartbeat asks, every beat)."""
@@ -60,8 +61,7 @@ class LaneOwnership:
             try:
                 lease = self.leases.acquire(lane)
             except GatedError as error:
-                log.warning("lane %s: lease not renewed: %s", lane, error)
-                self._check_expiry(lane)
+                self._unreachable(lane, error)
                 continue
             with self._lock:
                 before = self._held.get(lane)
@@ -74,6 +74,21 @@ class LaneOwnership:
             elif lease is None and before is not None:
                 holder = self.leases.current(lane)
                 self.on_lost(lane, f"node {holder.node if holder else '?'} holds its lease")
+
+    def _unreachable(self, lane: str, error: GatedError) -> None:
+        """The database does not answer. Nobody can take a lease without it, so a lane held goes
+        on being held (and decided from the local replica, with a local replica: gated.failover);
+        should another node reach the database and take the lane meanwhile, its newer fencing token
+        makes the barrier PLC refuse this node. Without a replica the lane is given up in time."""
+        if self.keep_through_outage:
+            with self._lock:
+                held = self._held.get(lane)
+                if held is not None:
+                    self._held[lane] = (held[0], max(held[1], self.clock.now() + self.leases.length))
+            log.warning("lane %s: lease not renewed (database unreachable), kept: %s", lane, error)
+            return
+        log.warning("lane %s: lease not renewed: %s", lane, error)
+        self._check_expiry(lane)
 
     def _check_expiry(self, lane: str) -> None:
         with self._lock:

@@ -81,9 +81,12 @@ def read_file(path: Path) -> list[PreadviceRow]:
 
 
 class PreadviceStore:
-    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock | None = None, *, fallback: PreadviceStore | None = None
+    ) -> None:
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
+        self.fallback = fallback
 
     def import_file(self, path: str | Path, *, replace: bool = False) -> int:
         """Import a file; with ``replace`` the old pre-advice goes first. Returns rows added."""
@@ -118,12 +121,23 @@ class PreadviceStore:
             raise StorageError(f"cannot import pre-advice {file}: {error_text(error)}") from error
 
     def expected_for(self, tag: str) -> frozenset[str] | None:
-        """The containers pre-advised for ``tag``, or None when the tag has no pre-advice."""
-        with self.engine.connect() as conn:
-            found = [
-                row[0]
-                for row in conn.execute(select(preadvice.c.container).where(preadvice.c.tag == tag.lower()))
-            ]
+        """The containers pre-advised for ``tag``, or None when the tag has no pre-advice. With a
+        ``fallback`` (the node's local replica: gated.failover) it answers when this database does
+        not; without, ``StorageError``."""
+        try:
+            with self.engine.connect() as conn:
+                found = [
+                    row[0]
+                    for row in conn.execute(
+                        select(preadvice.c.container).where(preadvice.c.tag == tag.lower())
+                    )
+                ]
+        except SQLAlchemyError as error:
+            if self.fallback is not None:
+                return self.fallback.expected_for(tag)
+            raise StorageError(
+                f"cannot read the pre-advice of tag {tag[:64]!r}: {error_text(error)}"
+            ) from error
         return frozenset(found) if found else None
 
     def all(self) -> list[PreadviceRow]:

@@ -356,6 +356,19 @@ class Store:
             self._set_counter(conn, "boot", boot)
             return boot
 
+    def continue_seq(self, seq: int) -> None:
+        """Go on from ``seq``: the node's next message gets at least ``seq + 1`` (its records were
+        stored elsewhere up to there: gated.failover)."""
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                self.continue_seq_in(conn, seq)
+        except SQLAlchemyError as error:
+            raise StorageError(f"cannot move the seq on: {self._failure(error)}") from error
+
+    def continue_seq_in(self, conn: Connection, seq: int) -> None:
+        if seq > self._counter(conn, "seq"):
+            self._set_counter(conn, "seq", seq)
+
     def _adopt_legacy(self, conn: Connection) -> None:
         legacy = (
             conn.execute(select(counters.c.name).where(counters.c.name.in_(NODE_COUNTERS))).scalars().all()

@@ -30,9 +30,45 @@ def _server_tool(name: str) -> str:
 class PostgresServer:
     """A running throwaway server; ``new_database()`` gives the URL of a new, empty database."""
 
-    def __init__(self, folder: Path, port: int, run_as: list[str]) -> None:
+    def __init__(self, folder: Path, port: int, run_as: list[str], options: str = "") -> None:
         self.folder, self.port, self._run_as = folder, port, run_as
+        self._options = options
         self._made = 0
+
+    def stop(self) -> None:
+        """Stop the server (fast: connections are cut), as an outage does."""
+        subprocess.run(
+            [
+                *self._run_as,
+                _server_tool("pg_ctl"),
+                "-D",
+                str(self.folder / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                *self._run_as,
+                _server_tool("pg_ctl"),
+                "-D",
+                str(self.folder / "data"),
+                "-o",
+                self._options,
+                "-l",
+                str(self.folder / "log"),
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def new_database(self) -> str:
         self._made += 1
@@ -79,7 +115,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             capture_output=True,
         )
         try:
-            yield PostgresServer(folder, port, run_as)
+            yield PostgresServer(folder, port, run_as, options)
         finally:
             subprocess.run(
                 [*run_as, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
