@@ -652,9 +652,17 @@ class Pipeline:
     # -- deciding and committing ---------------------------------------------------------------
     def _decide(self, visit: Visit, batch: Batch, decided: list[tuple[Visit, list[Decision]]]) -> None:
         lane = self.lanes[visit.lane]
-        expected = self._expected(visit)
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
-        holds = self._holds_for(numbers | (expected or frozenset()))
+        unavailable: list[Reason] = []
+        try:
+            expected = self._expected(visit)
+            holds = self._holds_for(numbers | (expected or frozenset()))
+            status = self.hold_list_status()
+        except StorageError as error:
+            # Holds or pre-advice unreadable: decided all the same, and never a release.
+            log.error("visit %s: holds or pre-advice could not be read: %s", visit.id, error)
+            expected, holds, status = None, {}, HoldListStatus(loaded=False, confirmed_at=None)
+            unavailable.append(Reason(STORAGE_FAILURE, "the hold list or pre-advice could not be read"))
         now = self.clock.now()
         offline = lane.offline_during(visit.id)
         if lane.readings_dropped_before(visit.opened_at):
@@ -662,15 +670,15 @@ class Pipeline:
         decisions = decide(
             visit,
             holds,
-            self.hold_list_status(),
+            status,
             lane.policy,
             now=now,
             offline_devices=sorted(offline),
             expected_containers=expected,
             tampered_devices=lane.tampered_during(visit.id),
-            extra_reasons=self._credential_reasons(visit, now),
+            extra_reasons=[*self._credential_reasons(visit, now), *unavailable],
         )
-        if not self.storage_ok:
+        if not self.storage_ok or unavailable:
             decisions = _without_release(decisions)
         decided.append((visit, decisions))
         self.stats.decisions += len(decisions)
