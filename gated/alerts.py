@@ -321,11 +321,15 @@ class AlertDesk:
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Escalate on time until ``stop``; a failure is logged and tried again, never fatal (the
         lanes decide without the desk)."""
+        failures = 0
         while not stop.is_set():
             try:
                 self.tick()
+                failures = 0
             except GatedError as error:
-                log.warning("alerts: %s", error)
+                failures += 1
+                if failures % 60 == 1:  # the database down: said once a minute, not every second
+                    log.warning("alerts: %s", error)
             except Exception:
                 log.exception("alerts: unexpected error (trying again)")
             self.wake.wait(interval)
@@ -459,14 +463,18 @@ class WebhookSender:
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         purged_at = 0.0
+        failures = 0
         while not stop.is_set():
             try:
                 if time.monotonic() - purged_at > 3600:
                     purged_at = time.monotonic()
                     self.purge()
                 self.drain()
+                failures = 0
             except GatedError as error:
-                log.warning("webhook: %s", error)
+                failures += 1
+                if failures % 60 == 1:
+                    log.warning("webhook: %s", error)
             except Exception:
                 log.exception("webhook: unexpected error (trying again)")
             stop.wait(interval)
