@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from drivers.ocr_frames import BACKLOG as OCR_BACKLOG
 from gated.clock import Clock, rfc3339
 from gated.config import GateConfig
@@ -654,16 +656,18 @@ class Pipeline:
         lane = self.lanes[visit.lane]
         numbers = {r.value for r in visit.of_source(Source.CONTAINER_NUMBER) if isinstance(r.value, str)}
         unavailable: list[Reason] = []
+        now = self.clock.now()
         try:
             expected = self._expected(visit)
             holds = self._holds_for(numbers | (expected or frozenset()))
             status = self.hold_list_status()
-        except StorageError as error:
-            # Holds or pre-advice unreadable: decided all the same, and never a release.
-            log.error("visit %s: holds or pre-advice could not be read: %s", visit.id, error)
+            credential = self._credential_reasons(visit, now)
+        except (StorageError, SQLAlchemyError) as error:
+            # Holds, pre-advice or cards unreadable: decided all the same, and never a release.
+            log.error("visit %s: holds, pre-advice or cards could not be read: %s", visit.id, error)
             expected, holds, status = None, {}, HoldListStatus(loaded=False, confirmed_at=None)
-            unavailable.append(Reason(STORAGE_FAILURE, "the hold list or pre-advice could not be read"))
-        now = self.clock.now()
+            credential = [Reason(STORAGE_FAILURE, "the hold list, pre-advice or card list could not be read")]
+            unavailable.append(credential[0])
         offline = lane.offline_during(visit.id)
         if lane.readings_dropped_before(visit.opened_at):
             offline.add("readings dropped")
@@ -676,7 +680,7 @@ class Pipeline:
             offline_devices=sorted(offline),
             expected_containers=expected,
             tampered_devices=lane.tampered_during(visit.id),
-            extra_reasons=[*self._credential_reasons(visit, now), *unavailable],
+            extra_reasons=credential,
         )
         if not self.storage_ok or unavailable:
             decisions = _without_release(decisions)

@@ -1,4 +1,6 @@
-"""Holds or pre-advice that cannot be read (the database failing under the lookup) never crash the
+"""Lookups that fail and lanes that change hands, on the real pipeline and SQLite.
+
+Holds or pre-advice that cannot be read (the database failing under the lookup) never crash the
 pipeline and never release: the truck is decided with STORAGE_FAILURE, and the next truck, with
 the database answering again, is released. Real pipeline and SQLite; the failing part is a pre-advice
 store whose database lies in a folder that is not there."""
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
@@ -47,3 +50,37 @@ def test_unreadable_preadvice_holds_the_truck_and_the_lane_goes_on(lane: Gate, t
     found = outcomes(lane)
     assert found[CLEAN][0] != "RELEASE" and "STORAGE_FAILURE" in found[CLEAN][1]
     assert found[OTHER] == ("RELEASE", ["CLEAR"])
+
+
+def test_a_visit_the_previous_holder_left_open_is_decided_by_the_new_one_never_released(lane: Gate) -> None:
+    from gated.holds import HoldStore
+    from gated.model import Kind, Source
+    from gated.pipeline import Pipeline
+    from gated.store import Store
+
+    # The holder's truck is half way through the lane when the holder dies: its visit is open.
+    lane.reading(Kind.RFID, "rfid-1", Source.EPC, "e2801100000000000000a009")
+    lane.reading(Kind.RPM, "rpm-1", Source.OCCUPANCY, True)
+    lane.pipeline.step()
+    assert lane.pipeline.open_visit("lane-1") is not None
+    standby_store = Store(lane.store.engine, site=lane.config.site, node="gate-2", clock=lane.clock)
+    standby = Pipeline(
+        lane.config, standby_store, HoldStore(lane.store.engine, lane.clock), lane.clock, standby=["lane-1"]
+    )
+    standby.recover()  # a standby leaves another node's lane alone
+    standby.reading(_ocr(lane, CLEAN))  # the lane's camera, heard by the standby too
+    standby.step()
+    assert standby.stats.standby_readings == 1 and outcomes(lane) == {}
+    standby.set_ownership("lane-1", True, "lease taken, fencing token 2")
+    standby.step()
+    found = outcomes(lane)
+    [(outcome, reasons)] = found.values()
+    assert outcome != "RELEASE" and "VISIT_INCOMPLETE" in reasons, found
+
+
+def _ocr(gate: Gate, number: str) -> Any:
+    from gated.model import Kind, Reading, Source
+
+    return Reading(
+        "lane-1", Kind.OCR, "ocr-1", Source.CONTAINER_NUMBER, number, gate.clock.now(), confidence=0.97
+    )
