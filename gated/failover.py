@@ -320,6 +320,7 @@ class HoldReplica:
         self.shared, self.local, self.clock = shared, local, clock
         self.version: int | None = None
         self.preadvice_mark: tuple[int, int] | None = None
+        self.state_seen: dict[str, Any] | None = None
         self.last_hold = 0
         self.last_manifest = 0
         self.checked_at: datetime | None = None
@@ -349,7 +350,8 @@ class HoldReplica:
         started = self.clock.now()
         with self.shared.connect() as source:
             state = source.execute(select(holdlist_state)).mappings().one_or_none()
-            if state is None or state["version"] == self.version:
+            # Any change of the state row counts: a confirmation moves no version but the list's age.
+            if state is None or dict(state) == self.state_seen:
                 return False
             placed = (
                 source.execute(
@@ -404,6 +406,7 @@ class HoldReplica:
             ):
                 conn.execute(insert(counters).values(name=HOLDS_ACTIVE, value=int(active or 0)))
         self.version = int(state["version"])
+        self.state_seen = dict(state)
         self.last_hold = max(self.last_hold, int(top))
         if mapped:
             self.last_manifest = int(mapped[-1]["id"])

@@ -136,7 +136,9 @@ def test_sllurp_inventories_the_simulator() -> None:
             wait_until("sllurp to acknowledge keepalives", lambda: simulator.keepalive_acks >= 2)
             assert START_ROSPEC not in simulator.received  # sllurp relies on the immediate start
             client.disconnect(timeout=10)
-            wait_until("sllurp's thread to end", lambda: not client.is_alive())
+            # sllurp's thread ends once the reader's answer to CLOSE_CONNECTION is handled: on a
+            # loaded machine that can take a while (a thread of its own, behind the test's).
+            wait_until("sllurp's thread to end", lambda: not client.is_alive(), timeout=60)
             wait_until("the simulator to see sllurp leave", lambda: not simulator.client_connected)
         finally:
             client.hard_disconnect()

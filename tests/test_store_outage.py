@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
+from gated.holds.store import holdlist_state
 from gated.store import decisions
 from simulators.lane import ContainerSighting, LaneDevices, ScriptedLane, Truck
 from tests.conftest import Mosquitto
@@ -25,7 +26,7 @@ from tests.postgres import PostgresServer, postgres_server
 pytest.importorskip("psycopg")
 
 PREFIX = "gated/v1/e2e"
-MAX_AGE = 45
+MAX_AGE = 40
 HELD = number("TGHU100002")
 CLEAN = [number(f"MSKU52{index:04d}") for index in range(1, 5)]
 
@@ -34,6 +35,23 @@ CLEAN = [number(f"MSKU52{index:04d}") for index in range(1, 5)]
 def server() -> Iterator[PostgresServer]:
     with postgres_server() as running:
         yield running
+
+
+def confirmed_at(url: str) -> Any:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(holdlist_state.c.confirmed_at)).scalar()
+    finally:
+        engine.dispose()
+
+
+def replica_confirmed(path: Path) -> Any:
+    return confirmed_at(f"sqlite:///{path}")
+
+
+def shared_confirmed(url: str) -> Any:
+    return confirmed_at(url)
 
 
 def decision_of(container: str) -> Any:
@@ -58,7 +76,6 @@ def test_the_lane_decides_from_the_replica_while_postgresql_is_down_and_catches_
     holds = tmp_path / "holds.csv"
     holds.write_text(f"container,agency,hold_type\n{HELD},CBP,customs\n", encoding="utf-8")
     gated("holds", "import", str(holds), "--reason", "CBP's list of today", "--config", str(config))
-    confirmed = time.monotonic()
     customs = subscriber_factory(mosquitto.port)
     daemon = start_daemon(config, tmp_path / "daemon.log")
     lane = ScriptedLane(lane_devices, pace=0.5)
@@ -70,6 +87,13 @@ def test_the_lane_decides_from_the_replica_while_postgresql_is_down_and_catches_
         customs.wait_for(lambda m: m.topic == f"{PREFIX}/lane-1/status" and m.payload["state"] == "open", 60)
         lane.drive(Truck("before", "e28011606000020000000101", (ContainerSighting(CLEAN[0]),)))
         assert outcome(CLEAN[0]) == "RELEASE"
+        # Confirmed again just before the outage: the replica's age counts from here.
+        gated("holds", "import", str(holds), "--reason", "CBP's list, confirmed", "--config", str(config))
+        confirmed = time.monotonic()
+        deadline = confirmed + 15
+        while replica_confirmed(tmp_path / "replica.db") != shared_confirmed(database):  # within 5 s
+            assert time.monotonic() < deadline, "the replica did not copy the confirmed list"
+            time.sleep(0.2)
         server.stop()  # PostgreSQL goes away mid-run
         lane.drive(Truck("during", "e28011606000020000000102", (ContainerSighting(CLEAN[1]),)))
         assert outcome(CLEAN[1]) == "RELEASE"  # decided from the replica, kept locally
