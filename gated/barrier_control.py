@@ -200,8 +200,10 @@ class PassPrinter:
         printer: EscposPrinter,
         clock: Clock,
         places: dict[Outcome, str],
+        lane_ok: Callable[[str], bool] = lambda _lane: True,
     ) -> None:
         self.pipeline = pipeline
+        self.lane_ok = lane_ok
         self.printer = printer
         self.clock = clock
         self.places = places
@@ -253,6 +255,10 @@ class PassPrinter:
                 continue
             if item is None:
                 return
+            if not self.lane_ok(self.lane):
+                # The lane went to another node meanwhile (this one was paused): it prints, not us.
+                log.warning("lane %s: gate pass not printed: this node no longer drives the lane", self.lane)
+                continue
             try:
                 self.printer.print_pass(item)
                 self._status(True, "printed")

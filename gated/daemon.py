@@ -158,7 +158,13 @@ class Daemon:
                 self.pipeline.listeners.append(driver.visit_decided)
                 driver.metrics = self.metrics
         self.printers = [
-            PassPrinter(self.pipeline, build_printer(lane.id, device, context), self.clock, device.places())
+            PassPrinter(
+                self.pipeline,
+                build_printer(lane.id, device, context),
+                self.clock,
+                device.places(),
+                lane_ok=self.ownership.holds if self.ownership is not None else (lambda _lane: True),
+            )
             for lane in config.lanes
             for device in lane.devices
             if isinstance(device, PrinterEscposDevice)

@@ -84,3 +84,34 @@ def _ocr(gate: Gate, number: str) -> Any:
     return Reading(
         "lane-1", Kind.OCR, "ocr-1", Source.CONTAINER_NUMBER, number, gate.clock.now(), confidence=0.97
     )
+
+
+def test_a_node_that_no_longer_drives_the_lane_prints_no_gate_pass(lane: Gate) -> None:
+    """A pass decided before a pause reaches the printer only if the node still holds the lane."""
+    import time
+
+    from drivers.printer_escpos import EscposPrinter, PrinterEscposDevice
+    from gated.barrier_control import PassPrinter
+    from simulators.printer_escpos import EscposPrinterSimulator
+
+    held = {"lane-1": True}
+    with EscposPrinterSimulator() as simulator:
+        settings = PrinterEscposDevice(
+            id="printer-1", driver="printer-escpos", host="127.0.0.1", port=simulator.port
+        )
+        printer = PassPrinter(
+            lane.pipeline, EscposPrinter("lane-1", settings), lane.clock, {}, lane_ok=lambda name: held[name]
+        )
+        printer.start()
+        try:
+            lane.truck("e2801100000000000000a010", CLEAN, ScreeningVerdict.CLEAR)
+            deadline = time.monotonic() + 30
+            while len(simulator.jobs) < 1:
+                assert time.monotonic() < deadline, "the pass was not printed"
+                time.sleep(0.05)
+            held["lane-1"] = False  # the lane went to another node
+            lane.truck("e2801100000000000000a011", OTHER, ScreeningVerdict.CLEAR)
+            time.sleep(1.0)
+            assert len(simulator.jobs) == 1
+        finally:
+            printer.stop()
