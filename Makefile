@@ -50,7 +50,7 @@ test: $(TEST_STAMP) system-deps lint typecheck
 ## simulator, PostgreSQL, OCR engine or child process; tests/conftest.py marks them) with few
 ## hypothesis examples. `make test` stays the whole suite.
 check: lint typecheck
-	HYPOTHESIS_PROFILE=dev $(BIN)/pytest -m fast -x -q
+	HYPOTHESIS_PROFILE=dev $(BIN)/pytest -m fast -x -q -n $(TEST_WORKERS)
 
 bench: $(TEST_STAMP)
 	$(BIN)/gated bench policy

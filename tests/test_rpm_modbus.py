@@ -539,12 +539,12 @@ def test_a_monitor_answering_every_poll_with_an_exception_is_offline_until_it_an
             assert sim.refused >= 3 and len(sink.errors) >= 3
             sim.refuse(None)
             sink.wait_for("online", lambda: sink.state is DeviceState.ONLINE)
-            assert sink.states == [
-                DeviceState.DEGRADED,
-                DeviceState.OFFLINE,
-                DeviceState.DEGRADED,
-                DeviceState.ONLINE,
-            ]
+            # Degraded on the way back while its last failure is recent; straight back online when
+            # the driver's reconnect backoff outlasted that (a loaded machine, a longer backoff).
+            assert sink.states in (
+                [DeviceState.DEGRADED, DeviceState.OFFLINE, DeviceState.DEGRADED, DeviceState.ONLINE],
+                [DeviceState.DEGRADED, DeviceState.OFFLINE, DeviceState.ONLINE],
+            ), sink.states
             sim.begin_pass()
             sim.end_pass(gamma_alarm=True)
             assert pass_readings(sink, 1)[Source.SCREENING].value == ScreeningVerdict.GAMMA_ALARM

@@ -63,7 +63,7 @@ def _visible(secret: str, *texts: str) -> bool:
 
 def _check_hidden(scheme: str, user: str, password: str, written: str, host: str) -> None:
     url = f"{scheme}://{user}:{written}@{host}:5432/path"
-    rest = f"{scheme}://{user}:@{host}:5432/path cannot open database {{}}: connection refused {HIDDEN}"
+    rest = f"{scheme}://{user}:{HIDDEN}@{host}:5432/path cannot open database {{}}: connection refused {HIDDEN}"  # what a redacted message is made of: a password that is part of it cannot be told apart
     assume(not _visible(password, rest) and written not in rest)
     for message in (
         redact_url(url),
