@@ -44,7 +44,7 @@ typecheck: $(TEST_STAMP)
 ## (most tests wait on a broker, a device or a child process, so two share two cores well).
 TEST_WORKERS ?= 2
 test: $(TEST_STAMP) system-deps lint typecheck
-	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 ## The inner loop, about a minute: lint, types, and the fast tier (tests that need no broker,
 ## simulator, PostgreSQL, OCR engine or child process; tests/conftest.py marks them) with few
