@@ -465,3 +465,11 @@ def test_a_hold_placed_in_the_console_is_the_one_the_lane_checks(site: Site) -> 
     assert site.gate.pipeline.holds.active_holds_for(CLEAN) == []
     entries = [(actor, action) for actor, action, _ in trail(site) if action.startswith("hold_")]
     assert entries[-2:] == [("user:supervisor", "hold_place"), ("user:supervisor", "hold_release")]
+
+
+def test_a_lane_another_node_drives_shows_as_standby(site: Site) -> None:
+    http, _ = logged_in(site, "viewer")
+    assert http.get("/api/lanes").json()["lanes"][0]["state"] == "open"
+    site.gate.pipeline.standby.add(LANE)  # the lease went to another node
+    [tile] = http.get("/api/lanes").json()["lanes"]
+    assert tile["state"] == "standby" and "another node" in tile["reason"]

@@ -126,14 +126,19 @@ class LaneBoard:
             last = dict(self._last)
             queue = list(self._queue)
             barriers = dict(self._barriers)
+        standby: set[str] = getattr(self.source, "standby", set())
         for lane in self.source.lane_ids():
             status = self.source.lane_status(lane)
             visit = self.source.open_visit(lane)
+            # A lane another node drives (leases): its tile says so, not this node's idle view of it.
+            elsewhere = lane in standby
             lanes.append(
                 {
                     "id": lane,
-                    "state": status.get("state"),
-                    "reason": status.get("reason"),
+                    "state": "standby" if elsewhere else status.get("state"),
+                    "reason": "driven by another node (this one takes over if it fails)"
+                    if elsewhere
+                    else status.get("reason"),
                     "devices": [
                         {"id": device, "kind": kind, "state": str(state), "detail": detail}
                         for device, (kind, state, detail) in self.source.device_states(lane).items()
