@@ -462,11 +462,16 @@ class Daemon:
         self.publisher.wait_connected(10.0)
         sd_notify("READY=1")
         interval = watchdog_interval()
-        while not self._done.wait(interval or None):
-            if self.healthy():
-                sd_notify("WATCHDOG=1")
-            else:
-                log.error("not healthy: the systemd watchdog is not pinged")
+        next_ping = time.monotonic() + interval
+        # Woken every second: a SIGTERM the kernel gave another thread (it does when the main thread
+        # cannot take it, e.g. right after SIGCONT) is only handled when the main thread runs again.
+        while not self._done.wait(1.0):
+            if interval and time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + interval
+                if self.healthy():
+                    sd_notify("WATCHDOG=1")
+                else:
+                    log.error("not healthy: the systemd watchdog is not pinged")
         sd_notify("STOPPING=1")
         if self.failed is not None:
             time.sleep(1.0)  # the closed lanes and the alarm leave before the connection does

@@ -161,3 +161,37 @@ def test_the_unit_has_a_watchdog_longer_than_a_stall() -> None:
     )
     assert settings["Type"] == "notify" and settings["Restart"] == "always"
     assert float(settings["WatchdogSec"]) >= 2 * gated.daemon.STALL_SECONDS
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_sigterm_right_after_sigcont_stops_gated_run(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any, lane_devices: LaneDevices
+) -> None:
+    """A node paused (SIGSTOP) and then stopped (SIGCONT, SIGTERM: what an operator or a test does)
+    exits. The kernel may hand that SIGTERM to another thread than the main one, which must still
+    see it: before, `gated run` slept on and never stopped."""
+    from tests.gate import start_daemon
+
+    config = write_config(tmp_path, mosquitto, lane_devices)
+    customs = subscriber_factory(mosquitto.port)
+    for attempt in range(3):
+        daemon = start_daemon(config, tmp_path / "daemon.log")
+        try:
+            customs.wait_for(
+                lambda m, n=attempt + 1: (
+                    m.topic == f"{PREFIX}/node/gate-1/status"
+                    and m.payload["state"] == "online"
+                    and m.payload["boot"] == n
+                ),
+                60,
+            )
+            os.kill(daemon.pid, signal.SIGSTOP)
+            time.sleep(0.3)
+            os.kill(daemon.pid, signal.SIGCONT)
+            os.kill(daemon.pid, signal.SIGTERM)
+            assert daemon.wait(20) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(10)
