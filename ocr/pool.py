@@ -99,6 +99,8 @@ WORKER_THREADS: Final = 1
 """Threads each worker's engine reads a frame with (module docstring)."""
 WORKER_NICENESS: Final = 5
 """How much lower than the daemon the workers run (``nice``)."""
+OWNER_CHECK_SECONDS = 2.0
+"""How often a worker looks whether the process that owns its pool is still there."""
 
 
 def default_workers() -> int:
@@ -113,16 +115,32 @@ def settled_by(future: Future[list[Candidate]]) -> bool:
     )
 
 
-def _load(name: str) -> None:
-    """Worker initializer: load the engine once and run it on one painted frame."""
+def _load(name: str, owner: int | None = None) -> None:
+    """Worker initializer: load the engine once and run it on one painted frame; and end the worker
+    when ``owner`` (the process whose pool it is) is gone."""
     global _engine, _load_error
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
+    if owner is not None:
+        threading.Thread(target=_watch_owner, args=(owner,), name="ocr-owner-watch", daemon=True).start()
     try:
         _engine = load_engine(name, threads=WORKER_THREADS)
         read_image(_engine, _warm_up_frame())
     except OcrError as error:
         _engine, _load_error = None, error
+
+
+def _watch_owner(owner: int, every: float = OWNER_CHECK_SECONDS) -> None:
+    """A worker's parent is the fork server, not the daemon: when the daemon is killed (SIGKILL,
+    a crash outside systemd's cgroup) nothing else would end the worker and its loaded engine."""
+    while True:
+        time.sleep(every)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            continue  # alive (another user's process would say so; ours cannot be one)
 
 
 def _warm_up_frame() -> Image:
@@ -513,7 +531,7 @@ class OcrPool:
                 max_workers=self.workers,
                 mp_context=_context(),
                 initializer=_load,
-                initargs=(self.engine,),
+                initargs=(self.engine, os.getpid()),
             )
         return self._executor
 

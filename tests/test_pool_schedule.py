@@ -179,3 +179,45 @@ def test_workers_run_below_the_daemon(pool: OcrPool) -> None:
 def test_the_default_worker_count_follows_the_machine() -> None:
     assert default_workers() >= 1
     assert OcrPool("rapidocr").workers == default_workers()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_owner_leaves_no_ocr_worker_behind() -> None:
+    """gated killed outright (SIGKILL, outside systemd's cgroup): its OCR workers, each holding a
+    loaded engine, end by themselves instead of running on as orphans of the fork server."""
+    import multiprocessing.forkserver
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time, multiprocessing.forkserver as fs\n"
+        "from ocr.pool import OcrPool\n"
+        "pool = OcrPool('rapidocr', workers=1)\n"
+        "print(pool.start().result(timeout=120), fs._forkserver._forkserver_pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    assert multiprocessing.forkserver  # the pool's workers come from a fork server on Linux
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        worker, server = (int(pid) for pid in owner.stdout.readline().split())
+        assert not _gone(worker)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 20
+        while not (_gone(worker) and _gone(server)):
+            assert time.monotonic() < deadline, "the OCR worker (or its fork server) outlived its owner"
+            time.sleep(0.2)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
