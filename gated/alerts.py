@@ -87,14 +87,14 @@ class Alert:
         return cls(**{name: getattr(row, name) for name in cls.__slots__})
 
     def to_json(self) -> dict[str, Any]:
-        shown: dict[str, Any] = {
-            name: rfc3339(value) if isinstance(value, datetime) else value
-            for name in self.__slots__
-            if not name.startswith("_")
-            for value in [getattr(self, name)]
+        shown = {name: getattr(self, name) for name in self.__slots__}
+        return {
+            **{
+                name: rfc3339(value) if isinstance(value, datetime) else value
+                for name, value in shown.items()
+            },
+            "level_name": level_name(self.level),
         }
-        shown["level_name"] = level_name(self.level)
-        return shown
 
 
 class AlertDesk:

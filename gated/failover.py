@@ -65,10 +65,6 @@ RELEASE_OVERLAP = timedelta(minutes=5)
 HOLDS_ACTIVE = "holds_active"
 
 
-def _storage(what: str) -> Callable[[SQLAlchemyError], StorageError]:
-    return lambda error: StorageError(f"cannot {what}: {error}")
-
-
 class FailoverStore(Store):
     """The shared store (this object), and ``local`` standing in while it is unreachable."""
 

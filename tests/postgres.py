@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.system import SEARCH_PATH, free_port, require_tool
 
 
@@ -122,3 +124,20 @@ def postgres_server() -> Iterator[PostgresServer]:
             )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for a test module (psycopg needed)."""
+    pytest.importorskip("psycopg")
+    with postgres_server() as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new database on each engine in turn: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "shared.db")
+    running: PostgresServer = request.getfixturevalue("server")
+    return running.new_database()

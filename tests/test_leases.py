@@ -5,33 +5,15 @@ win."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-
-import pytest
 
 from gated.clock import ManualClock
 from gated.db import open_engine
 from gated.leases import LaneLeases
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import database as database
+from tests.postgres import server as server
 
 LEASE = 5.0
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    pytest.importorskip("psycopg")
-    with postgres_server() as running:
-        yield running
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "shared.db")
-    running: PostgresServer = request.getfixturevalue("server")
-    return running.new_database()
 
 
 def nodes(database: str, clock: ManualClock, *names: str) -> list[LaneLeases]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, select, text
@@ -19,25 +17,11 @@ from gated.clock import ManualClock
 from gated.db import open_engine
 from gated.messages import Topics, alarm_message
 from gated.store import Batch, Message, Store, counters
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import database as database
+from tests.postgres import server as server
 
 TOPICS = Topics("s")
 PER_NODE = 120
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    pytest.importorskip("psycopg")
-    with postgres_server() as running:
-        yield running
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "shared.db")
-    running: PostgresServer = request.getfixturevalue("server")
-    return running.new_database()
 
 
 def status(text: str) -> Message:
