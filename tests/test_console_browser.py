@@ -58,9 +58,11 @@ def shot(page: object, name: str) -> None:
 
 
 def log_in(page: object, username: str, password: str) -> None:
+    """Submit the login form and wait for the answer, as a person would before trying again."""
     page.fill("#login-username", username)  # type: ignore[attr-defined]
     page.fill("#login-password", password)  # type: ignore[attr-defined]
-    page.click("#login-form button[type=submit]")  # type: ignore[attr-defined]
+    with page.expect_response(lambda r: r.url.endswith("/api/login")):  # type: ignore[attr-defined]
+        page.click("#login-form button[type=submit]")  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -477,11 +477,20 @@ async function start() {
   $("login-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     $("login-error").textContent = "";
-    const result = await api("/api/login", {
-      method: "POST",
-      body: { username: $("login-username").value, password: $("login-password").value },
-    });
-    $("login-password").value = "";
+    const submit = $("login-form").querySelector("button[type=submit]");
+    const password = $("login-password").value;
+    submit.disabled = true;  // one attempt at a time: each one counts towards the lock
+    let result;
+    try {
+      result = await api("/api/login", {
+        method: "POST",
+        body: { username: $("login-username").value, password },
+      });
+    } finally {
+      submit.disabled = false;
+    }
+    // Clear what was sent, never what was typed since.
+    if ($("login-password").value === password) $("login-password").value = "";
     if (result.status === 200) signedIn(result.body);
     else if (result.status === 423) $("login-error").textContent = `Account locked until ${result.body.locked_until}.`;
     else $("login-error").textContent = result.body.error || `Login failed (${result.status}).`;
