@@ -467,7 +467,6 @@ class EscposPrinterSimulator(Simulator):
         self._server: socket.socket | None = None
         self._stop = threading.Event()
         self._accept_thread: threading.Thread | None = None
-        self._threads: list[threading.Thread] = []
         self._connections = 0
 
     @property
@@ -519,10 +518,6 @@ class EscposPrinterSimulator(Simulator):
         if self._accept_thread is not None:
             self._accept_thread.join(timeout=5.0)
             self._accept_thread = None
-        with self._condition:
-            threads, self._threads = self._threads, []
-        for thread in threads:
-            thread.join(timeout=5.0)
         server.close()
 
     def _accept_loop(self, server: socket.socket) -> None:
@@ -534,13 +529,11 @@ class EscposPrinterSimulator(Simulator):
             except OSError:
                 return
             client.settimeout(0.1)
-            thread = threading.Thread(
-                target=self._serve, args=(client,), name=f"escpos-client-{self.port}", daemon=True
-            )
             with self._condition:
                 self._connections += 1
-                self._threads.append(thread)
-            thread.start()
+            # One connection at a time, like a printer's raw port: the next waits in the backlog,
+            # so jobs come out in the order they were sent.
+            self._serve(client)
 
     def _serve(self, client: socket.socket) -> None:
         parser = EscposParser()
@@ -559,10 +552,6 @@ class EscposPrinterSimulator(Simulator):
             with contextlib.suppress(OSError):
                 client.close()
             self._add(parser.finish())
-            with self._condition:
-                current = threading.current_thread()
-                if current in self._threads:
-                    self._threads.remove(current)
 
     def _add(self, jobs: list[PrintJob]) -> None:
         if not jobs:
