@@ -223,6 +223,10 @@ class OcrPool:
         """(visit, step name) of the latest tasks handed to a worker, oldest first."""
         self.last_task_seconds: float | None = None
         """Seconds the last task took in a worker (from hand-over to result)."""
+        self.tasks_done: dict[str, int] = dict.fromkeys(STEP_NAMES.values(), 0)
+        """Tasks a worker finished, by step name (``quick``, ``plate``, ``full``, ``control``)."""
+        self.seconds_done: dict[str, float] = dict.fromkeys(STEP_NAMES.values(), 0.0)
+        """Seconds workers spent on them (hand-over to result), by step name."""
         self._lock = threading.Condition()
         self._queue: list[tuple[int, float, int, _Task]] = []
         self._count = itertools.count()
@@ -496,6 +500,9 @@ class OcrPool:
         with self._lock:
             self._in_flight -= 1
             self.last_task_seconds = seconds
+            name = STEP_NAMES[task.step]
+            self.tasks_done[name] += 1
+            self.seconds_done[name] += seconds
             self._lock.notify_all()
         if task.timed is not None:
             task.timed(seconds)

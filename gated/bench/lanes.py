@@ -85,6 +85,10 @@ class _Step:
     unmatched: int = 0
     mqtt_decisions: int = 0
     ocr_workers: int = 0
+    ocr_tasks: dict[str, int] = field(default_factory=dict)
+    ocr_seconds: dict[str, float] = field(default_factory=dict)
+    process_cpu_seconds: float = 0.0
+    """CPU of this process over the window and drain: the daemon, the simulators, the bench."""
 
 
 def _numbered(first_ten: str) -> str:
@@ -362,6 +366,7 @@ def _run_step(
         start = time.monotonic()
         end = start + seconds
         finished: list[float] = []
+        cpu_before = time.process_time()
 
         def drive(lane: _Lane, offset: float) -> None:
             scripted_lane = ScriptedLane(lane.devices, decided=decided[lane.id])
@@ -409,7 +414,12 @@ def _run_step(
         if max_trucks is not None and finished:
             # A fixed number of trucks: the rate is over the time they took, not the whole window.
             step.window = min(seconds, max(finished) - start)
+        step.process_cpu_seconds = time.process_time() - cpu_before
         step.ocr_workers = sum(pool.workers for pool in daemon.ocr_pools.values())
+        for pool in daemon.ocr_pools.values():
+            for name, done in pool.tasks_done.items():
+                step.ocr_tasks[name] = step.ocr_tasks.get(name, 0) + done
+                step.ocr_seconds[name] = step.ocr_seconds.get(name, 0.0) + pool.seconds_done[name]
         expected = sum(1 for passage in step.passages if passage.decided is not None)
         deadline = time.monotonic() + 15.0
         while daemon.store.outbox_depth() > 0 and time.monotonic() < deadline:
@@ -483,6 +493,18 @@ def _summary(step: _Step, bound: float, headway: float) -> dict[str, Any]:
             default=None,
         ),
         "ocr_workers": step.ocr_workers,
+        # Where a truck's CPU goes: each OCR step's tasks and worker seconds, and this process.
+        "ocr_per_truck": {
+            name: {
+                "tasks": round(step.ocr_tasks[name] / len(passages), 2),
+                "worker_seconds": round(step.ocr_seconds[name] / len(passages), 2),
+            }
+            for name in ("quick", "plate", "full")
+            if passages and name in step.ocr_tasks
+        },
+        "process_cpu_seconds_per_truck": round(step.process_cpu_seconds / len(passages), 2)
+        if passages
+        else None,
     }
     problems = []
     if p99 is None or p99 > bound:
