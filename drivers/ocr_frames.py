@@ -4,7 +4,8 @@ Where ``drivers.ocr_camera`` listens to a camera that reads numbers on board, th
 or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image folder: see
 ``ocr.frames``) and runs gated's own OCR on them:
 
-1. A thread per view keeps the last few seconds of frames, at most ``sample_fps`` a second.
+1. A thread per view keeps the last few seconds of frames, at most ``sample_fps`` a second (an
+   MJPEG camera's as JPEGs: only the frames round a trigger are ever decoded).
 2. When a visit opens on the lane with a tag read or the portal's occupancy, the daemon calls
    ``visit_opened``. The driver hands the sharpest half of ``frames_per_view`` of each view's
    frames from the ``pre_trigger`` seconds before the trigger to the OCR pool (``ocr.pool``) at
@@ -32,7 +33,9 @@ or more ordinary camera views (MJPEG over HTTP, RTSP, a video file or an image f
 
 4. When ``plate_views`` (cameras aimed at the truck's front) are configured, the sharpest
    ``frames_per_view`` frames of each are read for the licence plate in the same pool, after the
-   container frames (so the number is not kept waiting), voted (``ocr.plate.vote_plates``) and
+   container frames (so the number is not kept waiting), one after another, sharpest first, until
+   one gives the plate (a truck has one: the rest are left unread, ``OcrPool.submit_plates``),
+   voted (``ocr.plate.vote_plates``) and
    reported, crop stored first, as one ``licence_plate`` reading: GOOD with the plate (upper case,
    no separators) when voted at ``plate_min_confidence`` or more; UNCERTAIN with the plate as read
    when it fits a format but falls short of that, or with the text as read when it is plate-shaped
@@ -64,6 +67,7 @@ frames with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -218,8 +222,22 @@ class _View:
             self._thread.join(timeout=3.0)
 
     def frames_between(self, start: float, end: float) -> list[Frame]:
+        """The frames kept from ``start`` to ``end``, decoded; one that does not decode is counted
+        as a protocol error and forgotten."""
         with self._lock:
-            return [frame for frame in self._frames if start <= frame.ts <= end]
+            frames = [frame for frame in self._frames if start <= frame.ts <= end]
+        good = []
+        for frame in frames:
+            try:
+                frame.image  # noqa: B018 - decoded here, once, off the view's lock
+            except ProtocolError as error:
+                self._errors.put(ProtocolError(printable(redact(f"view {self.shown}: {error}"))))
+                self._wake.set()
+                with self._lock, contextlib.suppress(ValueError):
+                    self._frames.remove(frame)
+                continue
+            good.append(frame)
+        return good
 
     def _run(self, source: FrameSource) -> None:
         counted = 0
@@ -807,7 +825,11 @@ class FramesCameraDriver(Driver):
                     trigger.ts + self.post_trigger,
                     self.frames_per_view * len(self._open_plate_views),
                 )
-                plate_futures = [self._submit_plate(frame.image, trigger) for frame in plates]
+                # Sharpest first: the pool reads them in turn and stops at the first plate read.
+                from ocr.frames import sharpness
+
+                plates.sort(key=lambda frame: sharpness(frame.image), reverse=True)
+                plate_futures = self._submit_plates([frame.image for frame in plates], trigger)
                 self._plate_reads.append(_Read(trigger, plates, plate_futures))
 
     def _choose(
@@ -857,6 +879,23 @@ class FramesCameraDriver(Driver):
                 order=trigger.ts,
             )
         )
+
+    def _submit_plates(self, images: list[Image], trigger: Trigger) -> list[Future[PlateRead]]:
+        try:
+            futures = self.pool.submit_plates(
+                images,
+                formats=self.plate_formats,
+                min_confidence=self.plate_min_confidence,
+                visit=trigger.visit,
+                order=trigger.ts,
+            )
+        except (GatedError, BrokenProcessPool) as error:
+            futures = [Future() for _ in images]
+            for future in futures:
+                future.set_exception(error)
+        for future in futures:
+            future.add_done_callback(lambda _: self._wake.set())
+        return futures
 
     def _guarded(self, submit: Callable[[], Future[R]]) -> Future[R]:
         """``submit()``'s future, or one failed with why the pool refused it; it wakes the thread."""

@@ -12,10 +12,13 @@
 - a folder of images (camera FTP drop): files in name order, new files picked up as they arrive,
   hidden and ``.part``/``.tmp`` files left alone.
 
-``read(timeout)`` returns a ``Frame`` or None when nothing arrived in time. A source that cannot be
+``read(timeout)`` returns a ``Frame`` or None when nothing arrived in time (an MJPEG frame still
+as its JPEG, decoded when its ``image`` is first asked for). A source that cannot be
 reached, or that went away, raises ``DeviceUnavailable`` (then and on every later read: open a new
 source to retry). A part or file that is not a decodable image is a ``ProtocolError``: counted in
 ``protocol_errors`` (the newest kept in ``last_error``), logged once, and skipped; the stream goes on.
+An MJPEG part that is whole (its end-of-image marker there) but does not decode raises its
+``ProtocolError`` from ``Frame.image`` instead, when it is first looked at.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
@@ -53,24 +55,65 @@ _READ_CHUNK = 65536
 _QUEUE_FRAMES = 4
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Frame:
     """One picture: BGR pixels (height x width x 3, uint8), when it was taken or received (epoch
-    seconds), which source it came from, and its number in that source (0, 1, ...)."""
+    seconds), which source it came from, and its number in that source (0, 1, ...).
 
-    image: NDArray[np.uint8]
-    ts: float
-    source: str
-    index: int
+    A frame from a JPEG stream keeps its JPEG and decodes it the first time ``image`` is asked for:
+    a lane's cameras send frames all day, and only those round a truck's trigger are ever looked
+    at. ``image`` then raises ``ProtocolError`` when the JPEG does not decode. Frames compare by
+    identity."""
+
+    __slots__ = ("_image", "_jpeg", "index", "source", "ts")
+
+    def __init__(
+        self,
+        image: NDArray[np.uint8] | None,
+        ts: float,
+        source: str,
+        index: int,
+        *,
+        jpeg: bytes | None = None,
+    ) -> None:
+        if image is None and jpeg is None:
+            raise ValueError("a frame needs its image or its JPEG")
+        self._image = image
+        self._jpeg = jpeg
+        self.ts = ts
+        self.source = source
+        self.index = index
+
+    @property
+    def image(self) -> NDArray[np.uint8]:
+        if self._image is None:
+            assert self._jpeg is not None
+            self._image = decode_jpeg(self._jpeg)
+            self._jpeg = None
+        return self._image
+
+    @property
+    def decoded(self) -> bool:
+        return self._image is not None
+
+    def __repr__(self) -> str:
+        return f"Frame(source={self.source!r}, index={self.index}, ts={self.ts:.3f})"
 
 
-def decode_jpeg(data: bytes) -> NDArray[np.uint8]:
-    """Decode one JPEG (or other image) into BGR; ``ProtocolError`` when it is not a whole image."""
+def whole_jpeg(data: bytes) -> bytes:
+    """``data`` without trailing line ends, once it looks like a whole image (not empty; a JPEG
+    with its end-of-image marker): the checks that cost nothing before a frame is kept undecoded;
+    ``ProtocolError`` otherwise."""
     body = data.rstrip(b"\r\n")
     if body[:2] == b"\xff\xd8" and body[-2:] != b"\xff\xd9":
         raise ProtocolError(f"JPEG of {len(data)} bytes is cut short (no end-of-image marker)")
     if not body:
         raise ProtocolError("empty image")
+    return body
+
+
+def decode_jpeg(data: bytes) -> NDArray[np.uint8]:
+    """Decode one JPEG (or other image) into BGR; ``ProtocolError`` when it is not a whole image."""
+    body = whole_jpeg(data)
     image = cv2.imdecode(np.frombuffer(body, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         raise ProtocolError(f"{len(data)} bytes are not a decodable image")
@@ -105,8 +148,12 @@ class FrameSource(ABC):
     ) -> None:
         self.close()
 
-    def _frame(self, image: NDArray[np.uint8], ts: float | None = None) -> Frame:
-        frame = Frame(image, time.time() if ts is None else ts, self.source, self._index)
+    def _frame(self, image: NDArray[np.uint8] | bytes, ts: float | None = None) -> Frame:
+        when = time.time() if ts is None else ts
+        if isinstance(image, bytes):
+            frame = Frame(None, when, self.source, self._index, jpeg=image)
+        else:
+            frame = Frame(image, when, self.source, self._index)
         self._index += 1
         return frame
 
@@ -140,8 +187,9 @@ class _ThreadedSource(FrameSource):
         self._thread.start()
 
     @abstractmethod
-    def _images(self) -> Iterator[NDArray[np.uint8]]:
-        """Decoded images until the stream ends; raises DeviceUnavailable, counts ProtocolErrors."""
+    def _images(self) -> Iterator[NDArray[np.uint8] | bytes]:
+        """Images (decoded, or JPEGs decoded when first looked at) until the stream ends; raises
+        DeviceUnavailable, counts ProtocolErrors."""
 
     def _release(self) -> None:
         """Unblock and free what ``_images`` reads from."""
@@ -312,10 +360,10 @@ class MjpegHttpSource(_ThreadedSource):
             return self._read_exact(length)
         return self._read_until_delimiter()
 
-    def _images(self) -> Iterator[NDArray[np.uint8]]:
+    def _images(self) -> Iterator[NDArray[np.uint8] | bytes]:
         while not self._stop.is_set():
             try:
-                yield decode_jpeg(self._part())
+                yield whole_jpeg(self._part())
             except ProtocolError as error:
                 self._count(error)
 

@@ -13,7 +13,8 @@ are handed to it, so the next one is chosen when a worker is free, by visit:
 
 1. the quick look (``read_all(..., quick_only=True)``) of every frame waiting, before any slow step:
    it settles most numbers, and every truck gets its chance before one hard frame takes seconds;
-2. then licence plates (informational, one look each);
+2. then licence plates (informational, one look each; a truck's plate frames one after another,
+   until one gives the plate: ``submit_plates``);
 3. last, the full read of a frame whose quick look did not settle its number (``settled``), and
    only while no other frame of its visit has settled one: a settled frame makes the rest
    confirmations, which the quick look gives. While a caller still collects a visit's frames
@@ -70,7 +71,7 @@ import numpy as np
 from ocr.assemble import Candidate
 from ocr.engine import Image, OcrEngine, load_engine
 from ocr.errors import OcrError
-from ocr.plate import PlateFormat, PlateRead, read_plate
+from ocr.plate import NO_PLATE, PlateFormat, PlateRead, read_plate
 from ocr.reader import read_all, read_image, settled
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ class OcrPool:
         """Tasks cancelled before a worker took them (their visit was decided, or the caller gave up)."""
         self.full_reads_skipped = 0
         """Full reads left out because another frame of the visit had settled its number."""
+        self.plates_skipped = 0
+        """Plate frames left unread because an earlier frame of the truck gave its plate."""
         self.started: deque[tuple[str | None, str]] = deque(maxlen=STARTED_KEPT)
         """(visit, step name) of the latest tasks handed to a worker, oldest first."""
         self.last_task_seconds: float | None = None
@@ -319,6 +322,69 @@ class OcrPool:
         the future fails as ``submit``'s does."""
         rank = time.time() if order is None else order
         return self._enqueue(PLATE, rank, visit, _read_plate, image, tuple(formats), min_confidence)
+
+    def submit_plates(
+        self,
+        images: Sequence[Image],
+        *,
+        formats: Sequence[PlateFormat],
+        min_confidence: float,
+        visit: str | None = None,
+        order: float | None = None,
+    ) -> list[Future[PlateRead]]:
+        """Read the licence plate in each frame of one truck, one frame after another in the order
+        given (sharpest first), each after every waiting quick look. Once a frame gives the plate
+        (read with ``min_confidence``), the frames after it are answered ``NO_PLATE`` unread
+        (``plates_skipped``): one truck has one plate. A frame whose read failed or was cancelled
+        hands on to the next, or cancels the rest when the visit was dropped."""
+        rank = time.time() if order is None else order
+        futures: list[Future[PlateRead]] = [Future() for _ in images]
+        with self._lock:
+            if visit is not None:
+                # Registered now, so that ``drop`` cancels the frames not handed on yet.
+                for future in futures:
+                    self._visit_futures.setdefault(visit, {}).setdefault(future, PLATE)
+                    future.add_done_callback(lambda done: self._forget(visit, done))
+
+        def start(index: int) -> None:
+            if index == len(images):
+                return
+            future = futures[index]
+            if future.done():  # cancelled before its turn: the visit was dropped
+                for rest in futures[index + 1 :]:
+                    rest.cancel()
+                return
+            future.add_done_callback(lambda done: after(index, done))
+            try:
+                self._enqueue(
+                    PLATE,
+                    rank,
+                    visit,
+                    _read_plate,
+                    images[index],
+                    tuple(formats),
+                    min_confidence,
+                    future=future,
+                )
+            except OcrError as error:
+                for rest in futures[index:]:
+                    _fail(rest, error)
+
+        def after(index: int, done: Future[PlateRead]) -> None:
+            if done.cancelled():
+                for rest in futures[index + 1 :]:
+                    rest.cancel()
+            elif done.exception() is None and done.result().plate is not None:
+                for rest in futures[index + 1 :]:
+                    if not rest.done():
+                        with self._lock:
+                            self.plates_skipped += 1
+                        _answer(rest, NO_PLATE)
+            else:
+                start(index + 1)
+
+        start(0)
+        return futures
 
     def ping(self) -> Future[int]:
         """The pid of the worker that answers (tests kill it to see it replaced)."""

@@ -235,3 +235,64 @@ def test_select_frames_prefers_the_sharp_frame() -> None:
     assert chosen == [frames[1], frames[2]]
     assert select_frames(frames, trigger, window_s=2.0, max_frames=10) == [frames[1], frames[2], frames[0]]
     assert select_frames(frames, trigger, window_s=2.0, max_frames=0) == []
+
+
+BROKEN_JPEG = b"\xff\xd8" + bytes(range(256)) * 8 + b"\xff\xd9"
+"""Whole to look at (start and end markers) but not an image: found out only when decoded."""
+
+
+def test_a_stream_frame_is_decoded_when_first_looked_at_and_a_bad_one_fails_then() -> None:
+    from gated.errors import ProtocolError
+
+    with MjpegCameraSimulator(fps=20, seed=5) as camera, open_source(camera.url) as source:
+        good = source.read(timeout=5.0)
+        assert good is not None and not good.decoded  # kept as its JPEG until someone looks
+        assert good.image.shape == (720, 1280, 3) and good.decoded
+        camera.play_jpegs([BROKEN_JPEG, camera.current_jpeg()])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = source.read(timeout=1.0)
+            if frame is None:
+                continue
+            try:
+                frame.image  # noqa: B018
+            except ProtocolError as error:
+                assert "not a decodable image" in str(error)
+                break
+        else:
+            raise AssertionError("the broken frame never came")
+        assert source.protocol_errors == 0  # whole parts: the stream had nothing to count
+
+
+def test_the_driver_forgets_a_frame_that_does_not_decode_and_counts_it() -> None:
+    import threading
+
+    from drivers.base import BoundedQueue
+    from drivers.ocr_frames import _View
+    from gated.errors import ProtocolError
+
+    errors: BoundedQueue[ProtocolError] = BoundedQueue(10)
+    with MjpegCameraSimulator(fps=10, seed=6) as camera:
+        view = _View(
+            camera.url,
+            keep_seconds=30.0,
+            sample_period=0.1,
+            silence_timeout=5.0,
+            errors=errors,
+            wake=threading.Event(),
+            retry_seconds=1.0,
+        )
+        view.open()
+        try:
+            time.sleep(0.5)
+            camera.play_jpegs([BROKEN_JPEG, camera.current_jpeg()])
+            time.sleep(1.0)
+            start = time.time() - 30
+            kept = view.frames_between(start, time.time())
+            assert kept and all(frame.image.shape == (720, 1280, 3) for frame in kept)
+            assert len(errors) == 1 and "not a decodable image" in str(errors.take())
+            # Forgotten: asked again, the same window holds no broken frame and counts nothing more.
+            again = view.frames_between(start, time.time())
+            assert len(again) >= len(kept) and not errors
+        finally:
+            view.close()

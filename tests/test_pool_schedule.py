@@ -221,3 +221,49 @@ def test_a_killed_owner_leaves_no_ocr_worker_behind() -> None:
         if owner.poll() is None:
             owner.kill()
             owner.wait(10)
+
+
+def painted_plate(text: str) -> np.ndarray:
+    from simulators.plate_frames import PlateSpec
+    from simulators.plate_frames import render_frame as render_plate
+
+    image, _ = render_plate(PlateSpec(text=text), np.random.default_rng(4))
+    return image
+
+
+def test_a_trucks_plate_frames_are_read_in_turn_until_one_gives_the_plate(pool: OcrPool) -> None:
+    from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE, NO_PLATE
+
+    plate = painted_plate("ABC 1234")
+    mark, first = busy(pool)
+    skipped = pool.plates_skipped
+    # Nothing on the first frame: the second is read; it gives the plate, so the third is not.
+    futures = pool.submit_plates(
+        [EMPTY, plate, plate],
+        formats=DEFAULT_FORMATS,
+        min_confidence=DEFAULT_MIN_CONFIDENCE,
+        visit="t",
+        order=1.0,
+    )
+    wait([first, *futures], timeout=90)
+    reads = [future.result() for future in futures]
+    assert reads[0].plate is None and reads[1].plate == "ABC1234"
+    assert reads[2] is NO_PLATE and pool.plates_skipped == skipped + 1
+    assert since(pool, mark) == [("busy", "quick"), ("t", "plate"), ("t", "plate")]
+
+
+def test_dropping_a_visit_cancels_its_plate_frames_not_read_yet(pool: OcrPool) -> None:
+    from ocr.plate import DEFAULT_FORMATS, DEFAULT_MIN_CONFIDENCE
+
+    mark, first = busy(pool)
+    futures = pool.submit_plates(
+        [EMPTY, EMPTY],
+        formats=DEFAULT_FORMATS,
+        min_confidence=DEFAULT_MIN_CONFIDENCE,
+        visit="gone",
+        order=1.0,
+    )
+    assert pool.drop("gone") == 2
+    wait([first, *futures], timeout=90)
+    assert all(future.cancelled() for future in futures)
+    assert since(pool, mark) == [("busy", "quick")]
