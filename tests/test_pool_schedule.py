@@ -264,6 +264,7 @@ def test_dropping_a_visit_cancels_its_plate_frames_not_read_yet(pool: OcrPool) -
         order=1.0,
     )
     assert pool.drop("gone") == 2
-    wait([first, *futures], timeout=90)
+    # Not waited on: futures.wait never counts a future cancelled by its owner as done.
+    wait([first], timeout=90)
     assert all(future.cancelled() for future in futures)
     assert since(pool, mark) == [("busy", "quick")]
