@@ -825,10 +825,8 @@ class FramesCameraDriver(Driver):
                     trigger.ts + self.post_trigger,
                     self.frames_per_view * len(self._open_plate_views),
                 )
-                # Sharpest first: the pool reads them in turn and stops at the first plate read.
-                from ocr.frames import sharpness
-
-                plates.sort(key=lambda frame: sharpness(frame.image), reverse=True)
+                # In the order chosen (each view's sharpest first): the pool reads them in turn and
+                # stops at the first plate read.
                 plate_futures = self._submit_plates([frame.image for frame in plates], trigger)
                 self._plate_reads.append(_Read(trigger, plates, plate_futures))
 
@@ -881,18 +879,14 @@ class FramesCameraDriver(Driver):
         )
 
     def _submit_plates(self, images: list[Image], trigger: Trigger) -> list[Future[PlateRead]]:
-        try:
-            futures = self.pool.submit_plates(
-                images,
-                formats=self.plate_formats,
-                min_confidence=self.plate_min_confidence,
-                visit=trigger.visit,
-                order=trigger.ts,
-            )
-        except (GatedError, BrokenProcessPool) as error:
-            futures = [Future() for _ in images]
-            for future in futures:
-                future.set_exception(error)
+        # Never raises: a pool that refuses fails the futures with why.
+        futures = self.pool.submit_plates(
+            images,
+            formats=self.plate_formats,
+            min_confidence=self.plate_min_confidence,
+            visit=trigger.visit,
+            order=trigger.ts,
+        )
         for future in futures:
             future.add_done_callback(lambda _: self._wake.set())
         return futures

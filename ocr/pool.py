@@ -336,7 +336,8 @@ class OcrPool:
         given (sharpest first), each after every waiting quick look. Once a frame gives the plate
         (read with ``min_confidence``), the frames after it are answered ``NO_PLATE`` unread
         (``plates_skipped``): one truck has one plate. A frame whose read failed or was cancelled
-        hands on to the next, or cancels the rest when the visit was dropped."""
+        hands on to the next, or cancels the rest when the visit was dropped. Never raises: a closed
+        pool fails the futures with ``OcrError``."""
         rank = time.time() if order is None else order
         futures: list[Future[PlateRead]] = [Future() for _ in images]
         with self._lock:

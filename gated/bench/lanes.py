@@ -50,6 +50,8 @@ DEFAULT_SECONDS = 90.0
 DEFAULT_P99_BOUND = 5.0
 CLERK_BOUND_FACTOR = 2.0
 """A truck sent to a clerk is decided within this many times the p99 bound (module docstring)."""
+CLERK = str(Outcome.MANUAL_REVIEW)
+"""The outcome of a truck sent to a clerk."""
 DEFAULT_HEADWAY = 30.0
 QUICK_SECONDS = 60.0
 QUICK_TRUCKS = 3
@@ -487,18 +489,14 @@ def _summary(step: _Step, bound: float, headway: float) -> dict[str, Any]:
         "decision_max_s": round(max(times), 2) if times else None,
         # Split: trucks the machines decided, and those sent to a clerk (their full reads come last).
         "decision_p99_machine_decided_s": _p(
-            [
-                p.decided - p.started
-                for p in passages
-                if p.decided is not None and p.outcome != "MANUAL_REVIEW"
-            ],
+            [p.decided - p.started for p in passages if p.decided is not None and p.outcome != CLERK],
             0.99,
         ),
         "decision_max_sent_to_clerk_s": max(
             (
                 round(p.decided - p.started, 2)
                 for p in passages
-                if p.decided is not None and p.outcome == "MANUAL_REVIEW"
+                if p.decided is not None and p.outcome == CLERK
             ),
             default=None,
         ),
